@@ -1,0 +1,1 @@
+"""recsmith: product recommendations with a language model."""

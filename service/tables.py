@@ -1,0 +1,6 @@
+"""Registers every ORM table with the shared metadata (imported by service.db)."""
+
+from service.assistant import tables as _assistant  # noqa: F401
+from service.catalog import tables as _catalog  # noqa: F401
+from service.copy import tables as _copy  # noqa: F401
+from service.llm import tables as _llm  # noqa: F401
