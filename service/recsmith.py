@@ -45,7 +45,11 @@ class Recsmith:
     def dense(self) -> DenseIndex:
         s = self.settings
         return DenseIndex.load(
-            self.index_dir, self.encoder.dim, self.encoder.model_id, s.index_kind, s.index_faiss_threshold
+            self.index_dir,
+            self.encoder.dim,
+            self.encoder.model_id,
+            s.index_kind,
+            s.index_faiss_threshold,
         )
 
     @cached_property
@@ -58,7 +62,9 @@ class Recsmith:
 
     @cached_property
     def indexer(self) -> Indexer:
-        return Indexer(self.store, self.encoder, self.dense, self.lexical, self.meta, self.index_dir)
+        return Indexer(
+            self.store, self.encoder, self.dense, self.lexical, self.meta, self.index_dir
+        )
 
     @property
     def co(self) -> CoInteraction:
@@ -108,9 +114,9 @@ class Recsmith:
         history: list[tuple[str, str]] = []
         purchased: set[str] = set()
         if req.user_id:
-            if not self.store.has_user(req.user_id) and not req.history:
-                if not (req.query or req.seed_product_id):
-                    raise NotFound(f"unknown user id {req.user_id!r} (no interactions stored)")
+            cold = not (req.history or req.query or req.seed_product_id)
+            if cold and not self.store.has_user(req.user_id):
+                raise NotFound(f"unknown user id {req.user_id!r} (no interactions stored)")
             history = self.history(req.user_id)
             purchased = self.store.purchased(req.user_id)
         if req.history:
@@ -121,3 +127,8 @@ class Recsmith:
         if req.seed_product_id and req.seed_product_id not in self.dense.row:
             raise NotFound(f"unknown product id {req.seed_product_id!r}")
         return self.retriever.candidates(req, history=history, purchased=purchased)
+
+    def llm(self):  # noqa: ANN201 - the configured LLM backend (loaded on first use)
+        from service.llm.factory import get_llm
+
+        return get_llm(self.settings)

@@ -20,7 +20,13 @@ from service.catalog.models import Interaction, Product
 from service.catalog.store import CatalogStore
 
 Kind = Literal["products", "interactions"]
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
 
 
 class IngestError(ValueError):

@@ -151,9 +151,11 @@ class CatalogStore:
         stmt = self._insert()(InteractionRow).on_conflict_do_nothing(
             index_elements=["user_id", "product_id", "event", "ts"]
         )
+        count = select(func.count()).select_from(InteractionRow)
         with session_scope(self.engine) as s:
-            result = s.execute(stmt, rows)
-            return max(result.rowcount or 0, 0) if result.rowcount is not None else len(rows)
+            before = s.scalar(count) or 0
+            s.execute(stmt, rows)
+            return (s.scalar(count) or 0) - before
 
     def user_history(self, user_id: str, limit: int = 200) -> list[tuple[str, str, datetime]]:
         """(product_id, event, ts) oldest first, the most recent `limit` events."""
@@ -170,7 +172,9 @@ class CatalogStore:
     def has_user(self, user_id: str) -> bool:
         with session_scope(self.engine) as s:
             return (
-                s.scalar(select(InteractionRow.id).where(InteractionRow.user_id == user_id).limit(1))
+                s.scalar(
+                    select(InteractionRow.id).where(InteractionRow.user_id == user_id).limit(1)
+                )
                 is not None
             )
 
@@ -184,7 +188,10 @@ class CatalogStore:
     def all_interactions(self) -> list[tuple[str, str, str, datetime]]:
         """(user_id, product_id, event, ts) ordered by user then time: for co-interaction."""
         stmt = select(
-            InteractionRow.user_id, InteractionRow.product_id, InteractionRow.event, InteractionRow.ts
+            InteractionRow.user_id,
+            InteractionRow.product_id,
+            InteractionRow.event,
+            InteractionRow.ts,
         ).order_by(InteractionRow.user_id, InteractionRow.ts, InteractionRow.id)
         with session_scope(self.engine) as s:
             return [tuple(r) for r in s.execute(stmt).all()]  # type: ignore[misc]

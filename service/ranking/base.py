@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.catalog.models import Product
 from service.retrieval.retriever import Candidate
@@ -30,6 +31,7 @@ class RankResult:
     template: str | None = None
     template_version: str | None = None
     latency_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)  # passes, windows, parse notes, …
 
 
 class Reranker(ABC):
@@ -43,7 +45,9 @@ class Reranker(ABC):
         the retrieval order with degraded=True and the reason."""
 
 
-def retrieval_order(candidates: list[Candidate], method: str, reason: str | None = None) -> RankResult:
+def retrieval_order(
+    candidates: list[Candidate], method: str, reason: str | None = None
+) -> RankResult:
     return RankResult(
         order=[(c.product_id, c.score) for c in candidates],
         method=method,

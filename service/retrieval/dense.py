@@ -82,7 +82,9 @@ class DenseIndex:
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(self.ids[r], float(scores[r])) for r in top if np.isfinite(scores[r])]
 
-    def _search_faiss(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> list[tuple[str, float]]:
+    def _search_faiss(
+        self, q: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> list[tuple[str, float]]:
         import faiss
 
         if self._faiss is None:
@@ -122,7 +124,11 @@ class DenseIndex:
         meta = json.loads(meta_path.read_text())
         vectors = np.load(vec_path)
         # A different encoder means different vector spaces: start again rather than mix.
-        if meta.get("model_id") != model_id or meta.get("dim") != dim or len(meta["ids"]) != len(vectors):
+        if (
+            meta.get("model_id") != model_id
+            or meta.get("dim") != dim
+            or len(meta["ids"]) != len(vectors)
+        ):
             return index
         index.ids = list(meta["ids"])
         index.row = {pid: r for r, pid in enumerate(index.ids)}

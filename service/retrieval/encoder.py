@@ -69,6 +69,9 @@ class Encoder:
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.model_id = resolve_encoder(model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)

@@ -18,7 +18,11 @@ class Filters(BaseModel):
 
     @model_validator(mode="after")
     def _price_range(self) -> Filters:
-        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+        if (
+            self.min_price is not None
+            and self.max_price is not None
+            and self.min_price > self.max_price
+        ):
             raise ValueError("min_price must not be greater than max_price")
         return self
 
@@ -73,7 +77,8 @@ class ProductMeta:
             [self._codes.get(self.category.get(pid, ""), -1) for pid in ids], dtype=np.int32
         )
         self._price = np.array(
-            [np.nan if self.price.get(pid) is None else self.price[pid] for pid in ids], dtype=np.float64
+            [np.nan if self.price.get(pid) is None else self.price[pid] for pid in ids],
+            dtype=np.float64,
         )
         self._stock = np.array([self.in_stock.get(pid, False) for pid in ids], dtype=bool)
         self._row = {pid: r for r, pid in enumerate(ids)}
@@ -81,7 +86,9 @@ class ProductMeta:
 
     def mask(self, ids: list[str], f: Filters, excluded: set[str]) -> np.ndarray | None:
         """Boolean mask over `ids` (the dense index rows); None when nothing is filtered."""
-        active = f.categories or f.min_price is not None or f.max_price is not None or f.in_stock_only
+        active = (
+            f.categories or f.min_price is not None or f.max_price is not None or f.in_stock_only
+        )
         if not (active or excluded):
             return None
         self._align(ids)

@@ -40,7 +40,13 @@ class Indexer:
         meta: ProductMeta,
         directory: Path,
     ) -> None:
-        self.store, self.encoder, self.dense, self.lexical, self.meta = store, encoder, dense, lexical, meta
+        self.store, self.encoder, self.dense, self.lexical, self.meta = (
+            store,
+            encoder,
+            dense,
+            lexical,
+            meta,
+        )
         self.directory = directory
         self.state_path = directory / "state.json"
         self.state: dict[str, str] = {}
@@ -48,10 +54,16 @@ class Indexer:
             self.state = json.loads(self.state_path.read_text())
 
     def sync(
-        self, progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None
+        self,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
     ) -> IndexReport:
         hashes = self.store.content_hashes()
-        changed = [pid for pid, h in hashes.items() if self.state.get(pid) != h or pid not in self.dense.row]
+        changed = [
+            pid
+            for pid, h in hashes.items()
+            if self.state.get(pid) != h or pid not in self.dense.row
+        ]
         removed = [pid for pid in self.state if pid not in hashes]
         calls_before = self.encoder.model_calls
         if on_total:
@@ -75,7 +87,9 @@ class Indexer:
             self.save()
         # Filter columns always come from the store (prices and stock change without text).
         self.meta.update(list(self.store.iter_products()))
-        return IndexReport(len(hashes), len(changed), len(removed), self.encoder.model_calls - calls_before)
+        return IndexReport(
+            len(hashes), len(changed), len(removed), self.encoder.model_calls - calls_before
+        )
 
     def save(self) -> None:
         self.dense.save(self.directory, self.encoder.model_id)

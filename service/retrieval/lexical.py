@@ -51,7 +51,9 @@ class LexicalIndex:
             return []
         match = " OR ".join(f'"{t}"' for t in dict.fromkeys(terms))
         weights = ", ".join(str(w) for w in _WEIGHTS)
-        sql = f"SELECT id, bm25(docs, {weights}) AS s FROM docs WHERE docs MATCH ? ORDER BY s LIMIT ?"
+        sql = (
+            f"SELECT id, bm25(docs, {weights}) AS s FROM docs WHERE docs MATCH ? ORDER BY s LIMIT ?"
+        )
         with self._lock:
             rows = self._db.execute(sql, (match, k)).fetchall()
         return [(pid, -float(s)) for pid, s in rows]

@@ -7,6 +7,7 @@ popularity as the cold-start fallback. Each candidate keeps its score per source
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,7 +34,12 @@ class RetrievalRequest(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_go_on(self) -> RetrievalRequest:
-        if not (self.user_id or self.history or (self.query and self.query.strip()) or self.seed_product_id):
+        if not (
+            self.user_id
+            or self.history
+            or (self.query and self.query.strip())
+            or self.seed_product_id
+        ):
             raise ValueError("give at least one of user_id, history, query or seed_product_id")
         return self
 
@@ -48,7 +54,9 @@ class Candidate:
 class SequenceScorer(Protocol):
     """A trained next-item model (e.g. SASRec) usable as a candidate source."""
 
-    def top_k(self, history: list[str], k: int, allowed: Callable[[str], bool]) -> list[tuple[str, float]]: ...
+    def top_k(
+        self, history: list[str], k: int, allowed: Callable[[str], bool]
+    ) -> list[tuple[str, float]]: ...
 
 
 @dataclass
@@ -130,10 +138,10 @@ class Retriever:
                     (p, s) for p, s in self.co.neighbours(item_weights, depth * 3) if allowed(p)
                 ][:depth]
             if self.sequential is not None:
-                try:
-                    ranked["sequential"] = self.sequential.top_k([p for p, _ in history], depth, allowed)
-                except Exception:  # noqa: BLE001 - a broken model must not break retrieval
-                    pass
+                # A broken trained model must not break retrieval.
+                with contextlib.suppress(Exception):
+                    seq = [p for p, _ in history]
+                    ranked["sequential"] = self.sequential.top_k(seq, depth, allowed)
         if req.query and req.query.strip():
             q = self.encode_query([req.query.strip()])[0]
             ranked["dense_query"] = self.dense.search(q, depth, mask)
@@ -145,11 +153,15 @@ class Retriever:
                 ranked["similar"] = self.dense.search(v, depth, mask)
             if self.co:
                 ranked["co_interaction_seed"] = [
-                    (p, s) for p, s in self.co.neighbours({req.seed_product_id: 1.0}, depth * 3) if allowed(p)
+                    (p, s)
+                    for p, s in self.co.neighbours({req.seed_product_id: 1.0}, depth * 3)
+                    if allowed(p)
                 ][:depth]
         if not any(ranked.values()) and self.co:
             # Cold start: nothing personal to go on, so the most popular allowed items.
-            ranked["popularity"] = [(p, s) for p, s in self.co.most_popular(depth * 5) if allowed(p)][:depth]
+            ranked["popularity"] = [
+                (p, s) for p, s in self.co.most_popular(depth * 5) if allowed(p)
+            ][:depth]
         return self.fuse(ranked, req.k)
 
     def _weight(self, source: str) -> float:
