@@ -1,0 +1,197 @@
+"""Generation-based listwise reranker with reasons (RankGPT/LLMRank style, zero-shot).
+
+The model writes JSON {"rationale": …, "ranking": [labels…], "reasons": {label: …}}. The
+schema goes out as GenParams(json_schema=…), which vLLM enforces (structured_outputs);
+in-process output is parsed leniently (service/ranking/parse.py): first JSON object, mended
+if cut off, labels mapped back, hallucinated or repeated ones dropped, and any candidate
+the model left out appended in retrieval order. The rationale and per-item reasons become
+the "why" of each recommendation.
+
+Only the first `window` candidates (20) are reranked: generation cost grows with the list
+and a small model loses track of long ones. The rest follow in retrieval order, scored
+below every reranked item. `passes=n` generates n seeded shuffles in one batched call and
+aggregates by Borda (mean rank points in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from service.catalog.models import Product
+from service.llm.base import LLM, GenParams, Message
+from service.prompts import Rendered, render
+from service.ranking.base import RankResult, UserContext
+from service.ranking.common import (
+    ALL_LABELS,
+    DEFAULT_WINDOW,
+    Item,
+    LLMReranker,
+    UnparseableOutput,
+    aggregate,
+    call_with_budget,
+    history_texts,
+    llm_log_tags,
+    order_by_scores,
+    pass_orders,
+    product_text,
+)
+from service.ranking.parse import (
+    MAX_RATIONALE_CHARS,
+    MAX_REASON_CHARS,
+    ParsedRanking,
+    parse_ranking,
+)
+from service.retrieval.retriever import Candidate
+
+TEMPLATE = "rank_reasoning"
+
+
+def ranking_schema(labels: list[str]) -> dict[str, Any]:
+    """JSON schema of the answer. Rationale first (the model reasons before it orders),
+    ranking before reasons (a token limit then cuts reasons, not the order)."""
+    reason = {"type": "string", "maxLength": MAX_REASON_CHARS}
+    return {
+        "type": "object",
+        "properties": {
+            "rationale": {"type": "string", "maxLength": MAX_RATIONALE_CHARS},
+            "ranking": {
+                "type": "array",
+                "items": {"type": "string", "enum": labels},
+                "minItems": 1,
+                "maxItems": len(labels),
+            },
+            "reasons": {
+                "type": "object",
+                "properties": {label: reason for label in labels},
+                "additionalProperties": False,
+            },
+        },
+        "required": ["rationale", "ranking", "reasons"],
+        "additionalProperties": False,
+    }
+
+
+def build_prompt(
+    user: UserContext, items: list[Item], max_history: int = 8, top_reasons: int = 3
+) -> tuple[list[Message], Rendered]:
+    r = render(
+        TEMPLATE,
+        history=history_texts(user, max_history),
+        query=user.query,
+        items=items,
+        top_reasons=top_reasons,
+    )
+    return [{"role": "user", "content": r.text}], r
+
+
+class ReasoningReranker(LLMReranker):
+    name = "reasoning"
+    template_name = TEMPLATE
+
+    def __init__(
+        self,
+        llm: LLM | Callable[[], LLM],
+        *,
+        window: int = DEFAULT_WINDOW,
+        passes: int = 1,
+        seed: int = 0,
+        max_tokens: int = 192,
+        top_reasons: int = 3,
+        max_history: int = 8,
+        timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(llm, timeout_s)
+        if not 2 <= window <= len(ALL_LABELS):
+            raise ValueError(f"window must be between 2 and {len(ALL_LABELS)}")
+        if passes < 1:
+            raise ValueError("passes must be >= 1")
+        self.window, self.passes, self.seed = window, passes, seed
+        self.max_tokens, self.top_reasons, self.max_history = max_tokens, top_reasons, max_history
+
+    def _rank(
+        self,
+        user: UserContext,
+        candidates: list[Candidate],
+        products: dict[str, Product],
+        deadline: float | None,
+    ) -> RankResult:
+        head, tail = candidates[: self.window], candidates[self.window :]
+        n = len(head)
+        labels = list(ALL_LABELS[:n])
+        texts = [product_text(products.get(c.product_id), c.product_id) for c in head]
+        orders = pass_orders(n, self.passes, self.seed)
+        prompts = []
+        for order in orders:  # pass p shows candidate order[k] under label k
+            items = [Item(labels[k], texts[i]) for k, i in enumerate(order)]
+            prompts.append(build_prompt(user, items, self.max_history, self.top_reasons)[0])
+        params = GenParams(
+            max_tokens=self.max_tokens,
+            temperature=0.0,
+            json_schema=ranking_schema(labels),
+            seed=self.seed,
+        )
+        llm = self.llm
+        with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
+            gens = call_with_budget(lambda: llm.generate(prompts, params), self.remaining(deadline))
+        if len(gens) != len(prompts):
+            raise UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
+
+        per_pass: list[list[float]] = []
+        parsed: list[ParsedRanking] = []
+        errors: list[str] = []
+        pass_meta: list[dict[str, Any]] = []
+        for order, gen in zip(orders, gens, strict=True):
+            ids = {head[i].product_id: labels[k] for k, i in enumerate(order)}
+            try:
+                pr = parse_ranking(gen.text, labels, ids)
+            except UnparseableOutput as e:
+                errors.append(str(e))
+                pass_meta.append({"parsed": False, "error": str(e)[:200]})
+                continue
+            shown = [order[labels.index(lab)] for lab in pr.labels]  # label -> candidate index
+            omitted = sorted(set(range(n)) - set(shown))  # retrieval order
+            full = shown + omitted
+            pos = {i: r for r, i in enumerate(full)}
+            per_pass.append([float(n - pos[i]) for i in range(n)])
+            parsed.append(pr)
+            pass_meta.append(
+                {
+                    "parsed": True,
+                    "ranked_by_model": len(shown),
+                    "appended": len(omitted),
+                    "dropped": pr.dropped,
+                    "repaired": pr.repaired,
+                    "completion_tokens": gen.completion_tokens,
+                    "_order": order,
+                }
+            )
+        if not per_pass:
+            raise UnparseableOutput(errors[0] if len(errors) == 1 else "; ".join(errors)[:400])
+
+        scores = aggregate(per_pass, "borda")
+        order = order_by_scores(head, scores)
+        order += [(c.product_id, -(k + 1) / len(tail)) for k, c in enumerate(tail)]
+
+        reasons: dict[str, str] = {}
+        parsed_meta = [m for m in pass_meta if m["parsed"]]
+        for pr, m in zip(parsed, parsed_meta, strict=True):
+            for lab, why in pr.reasons.items():
+                pid = head[m["_order"][labels.index(lab)]].product_id
+                reasons.setdefault(pid, why)
+        for m in pass_meta:
+            m.pop("_order", None)
+        return RankResult(
+            order=order,
+            method=self.name,
+            rationale=next((pr.rationale for pr in parsed if pr.rationale), None),
+            reasons=reasons,
+            meta={
+                "passes": self.passes,
+                "seed": self.seed,
+                "aggregate": "borda",
+                "reranked": n,
+                "tail_in_retrieval_order": len(tail),
+                "pass_details": pass_meta,
+            },
+        )

@@ -1,0 +1,177 @@
+"""LlamaRec-style verbalizer reranker: a full ranking from one forward pass per prompt.
+
+The prompt lists the shopper's recent items (oldest → newest, and says that order
+matters) and the candidates as "A. …", "B. …". Instead of generating, we read the
+log-probabilities of the label tokens at the answer position (`LLM.choice_logprobs`) and
+renormalise them over the labels shown: log P(candidate | the answer is one of them).
+
+More candidates than labels (20 by default): anchored buckets. The top `anchors`
+candidates by retrieval (4 by default) appear in every window; the others are dealt
+round-robin into buckets that fill the remaining slots, so windows are balanced in size
+and in retrieval quality. Every window is scored independently (all of them, for every
+pass, in ONE `choice_logprobs_batch` call). Scores from different windows become
+comparable by subtracting, in each window, the mean score of the anchors: every candidate
+is then measured in log-odds against the same reference set. An anchor's score is the mean
+over windows. Each pass is finally a log-softmax over the whole list, so the output is a
+full permutation with comparable scores.
+
+Several passes (`passes=n`) shuffle the candidates with a seeded RNG (position bias,
+LLMRank/RankGPT) and aggregate per candidate: mean of log-probabilities, or Borda points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from service.catalog.models import Product
+from service.llm.base import LLM, Message
+from service.prompts import Rendered, render
+from service.ranking.base import RankResult, UserContext
+from service.ranking.common import (
+    ALL_LABELS,
+    DEFAULT_WINDOW,
+    Item,
+    LLMReranker,
+    UnparseableOutput,
+    aggregate,
+    call_with_budget,
+    history_texts,
+    llm_log_tags,
+    log_softmax,
+    order_by_scores,
+    pass_orders,
+    product_text,
+)
+from service.retrieval.retriever import Candidate
+
+TEMPLATE = "rank_verbalizer"
+# A label the backend could not score (not in an API's top-k, -inf) gets this instead of
+# -inf: still last, but arithmetic on it stays finite.
+LOGPROB_FLOOR = -50.0
+
+
+def plan_windows(n: int, window: int, anchors: int) -> tuple[list[int], list[list[int]]]:
+    """Candidate indexes (retrieval order) of the anchors and of each window."""
+    if n <= window:
+        return [], [list(range(n))]
+    a = max(1, min(anchors, window - 2))  # at least two free slots per window
+    anchor_idx = list(range(a))
+    rest = list(range(a, n))
+    k = math.ceil(len(rest) / (window - a))
+    return anchor_idx, [anchor_idx + rest[b::k] for b in range(k)]
+
+
+def _clamp(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return LOGPROB_FLOOR
+    return v if math.isfinite(v) and v >= LOGPROB_FLOOR else LOGPROB_FLOOR
+
+
+def build_prompt(
+    user: UserContext, items: list[Item], max_history: int = 8
+) -> tuple[list[Message], Rendered]:
+    """The chat prompt for one window; the model's next token should be a label."""
+    r = render(TEMPLATE, history=history_texts(user, max_history), query=user.query, items=items)
+    return [{"role": "user", "content": r.text}], r
+
+
+class VerbalizerReranker(LLMReranker):
+    name = "verbalizer"
+    template_name = TEMPLATE
+
+    def __init__(
+        self,
+        llm: LLM | Callable[[], LLM],
+        *,
+        window: int = DEFAULT_WINDOW,
+        anchors: int = 4,
+        passes: int = 1,
+        seed: int = 0,
+        aggregate: str = "mean",
+        max_history: int = 8,
+        timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(llm, timeout_s)
+        if not 3 <= window <= len(ALL_LABELS):
+            raise ValueError(
+                f"window must be between 3 and {len(ALL_LABELS)} (single-token labels)"
+            )
+        if passes < 1:
+            raise ValueError("passes must be >= 1")
+        if aggregate not in ("mean", "borda"):
+            raise ValueError("aggregate must be 'mean' or 'borda'")
+        self.window, self.anchors, self.passes, self.seed = window, anchors, passes, seed
+        self.how, self.max_history = aggregate, max_history
+
+    def _rank(
+        self,
+        user: UserContext,
+        candidates: list[Candidate],
+        products: dict[str, Product],
+        deadline: float | None,
+    ) -> RankResult:
+        n = len(candidates)
+        anchor_idx, windows = plan_windows(n, self.window, self.anchors)
+        texts = [product_text(products.get(c.product_id), c.product_id) for c in candidates]
+        jobs: list[tuple[int, list[int]]] = []  # (pass, candidate indexes in prompt order)
+        for p, order in enumerate(pass_orders(n, self.passes, self.seed)):
+            pos = {i: k for k, i in enumerate(order)}
+            jobs += [(p, sorted(w, key=pos.__getitem__)) for w in windows]
+        prompts = []
+        for _, idxs in jobs:
+            items = [Item(ALL_LABELS[k], texts[i]) for k, i in enumerate(idxs)]
+            prompts.append(build_prompt(user, items, self.max_history)[0])
+        labels = list(ALL_LABELS[: max(len(idxs) for _, idxs in jobs)])
+
+        llm = self.llm
+        with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
+            if len(prompts) == 1:
+                lps = call_with_budget(
+                    lambda: [llm.choice_logprobs(prompts[0], labels)], self.remaining(deadline)
+                )
+            else:  # every window of every pass in one batched call
+                lps = call_with_budget(
+                    lambda: llm.choice_logprobs_batch(prompts, labels), self.remaining(deadline)
+                )
+        if not isinstance(lps, list) or len(lps) != len(prompts):
+            raise UnparseableOutput(f"expected {len(prompts)} score sets, got {len(lps)}")
+
+        per_pass: list[list[float]] = [[0.0] * n for _ in range(self.passes)]
+        anchor_vals: list[dict[int, list[float]]] = [{} for _ in range(self.passes)]
+        for (p, idxs), lp in zip(jobs, lps, strict=True):
+            if not isinstance(lp, dict):
+                raise UnparseableOutput(f"label scores are {type(lp).__name__}, not a mapping")
+            raw = [_clamp(lp.get(ALL_LABELS[k])) for k in range(len(idxs))]
+            if all(v == LOGPROB_FLOOR for v in raw):
+                raise UnparseableOutput("the model gave no usable label log-probabilities")
+            s = log_softmax(raw)  # renormalised over the labels this window shows
+            offset = 0.0
+            if anchor_idx:  # calibrate the window against the shared anchors
+                offset = sum(s[k] for k, i in enumerate(idxs) if i in anchor_idx) / len(anchor_idx)
+            for k, i in enumerate(idxs):
+                if i in anchor_idx:
+                    anchor_vals[p].setdefault(i, []).append(s[k] - offset)
+                else:
+                    per_pass[p][i] = s[k] - offset
+        for p in range(self.passes):
+            for i, vals in anchor_vals[p].items():
+                per_pass[p][i] = sum(vals) / len(vals)
+
+        scores = aggregate(per_pass, self.how)
+        return RankResult(
+            order=order_by_scores(candidates, scores),
+            method=self.name,
+            meta={
+                "passes": self.passes,
+                "seed": self.seed,
+                "aggregate": self.how,
+                "windows": len(windows),
+                "anchors": len(anchor_idx),
+                "prompts": len(prompts),
+                "labels": len(labels),
+            },
+        )
