@@ -1,0 +1,51 @@
+"""The encoder agrees with sentence-transformers on the same model, and caches by text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.retrieval.encoder import Encoder, default_encoder_path
+
+TEXTS = [
+    "Glass French press, 1 litre, borosilicate",
+    "Waterproof 3-layer hiking jacket for men",
+    "Orthopaedic memory foam dog bed, large",
+    "a",
+    "Wireless noise-cancelling headphones with 30 hours of battery life " * 8,
+]
+
+
+def test_matches_sentence_transformers() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    ours = Encoder("default").encode(TEXTS)
+    st = SentenceTransformer(default_encoder_path(), device="cpu")
+    st.max_seq_length = 256
+    theirs = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    cos = (ours * theirs).sum(1)
+    assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert cos.min() > 0.999, cos
+
+
+def test_batching_and_order_do_not_change_vectors() -> None:
+    enc = Encoder("default", batch_size=2)
+    one_by_one = np.stack([enc.encode([t])[0] for t in TEXTS])
+    batched = enc.encode(TEXTS)
+    assert np.allclose(one_by_one, batched, atol=1e-5)
+
+
+def test_cache_means_no_model_call_for_seen_text(tmp_path: Path) -> None:
+    enc = Encoder("default", cache_path=tmp_path / "emb.sqlite")
+    first = enc.encode(TEXTS)
+    calls = enc.model_calls
+    assert calls == len(TEXTS)
+    again = enc.encode(list(reversed(TEXTS)))
+    assert enc.model_calls == calls
+    assert np.allclose(again[::-1], first)
+    # A new process (new Encoder) reads the same cache file.
+    enc2 = Encoder("default", cache_path=tmp_path / "emb.sqlite")
+    enc2.encode(TEXTS[:2] + ["a brand new text"])
+    assert enc2.model_calls == 1
