@@ -1,0 +1,369 @@
+"""The chat shopping assistant: one turn = query → retrieve (→ rerank) → answer → check → store.
+
+Public API (what the HTTP route calls):
+
+    assistant = Assistant(rs)                       # rs: service.recsmith.Recsmith
+    events = assistant.stream(message, conversation_id=None, filters=None, user_id=None)
+    for ev in events: ...                          # {"type": "token", "text": …} …, then
+                                                   # one {"type": "final", …} (see `final`)
+    assistant.ask(...) -> the final event          # the same turn, not streamed
+    assistant.conversation(conversation_id) -> {"id", …, "messages": [...]}
+
+`stream` does the cheap, failing-fast work before returning the iterator: it validates the
+message, raises `ConversationNotFound` (→ 404) for an unknown conversation id and
+`NotFound` for an unknown user/product in filters, retrieves, and stores the user message.
+All model work happens while the iterator is consumed, and a model failure never raises:
+the final event is `degraded` with a templated answer and grounded product cards.
+
+How much of this is LangChain: the generation step is an LCEL chain
+(`turn_prompt | RecsmithChatModel | StrOutputParser`) and retrieval goes through
+`RecsmithRetriever`, the same pieces users compose. The rest is plain Python on purpose:
+the query rules need the previous turn's stored state, the relaxation ladder needs to see
+empty results, and the grounding step needs the turn's label → product map; threading these
+through a chain's dicts would hide them without making anything composable.
+
+The final event:
+    {"type": "final", "conversation_id", "message_id", "answer", "products": [card…],
+     "cited": [product ids cited in `answer`], "suggested": bool (cards are suggestions,
+     not citations), "degraded": bool, "degraded_reason": str | None,
+     "removed": [sentences dropped after streaming for an ungrounded price],
+     "flags": [{"kind", "text"}], "query": {"text", "follow_up", "derived"},
+     "model_id", "template", "template_version"}
+    card = {"id", "title", "price", "currency", "category", "in_stock", "label"}
+
+Tokens vs answer: token texts are the model's words with invalid labels and foreign ids
+already removed; `answer` is their concatenation, stripped, minus the `removed` sentences.
+When the model wrote nothing usable or failed mid-stream, `answer` is the fallback text.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from langchain_core.output_parsers import StrOutputParser
+
+from service.assistant.grounding import Labels, StreamSanitizer, check_prices
+from service.assistant.lc import (
+    SYSTEM_TEMPLATE,
+    TURN_TEMPLATE,
+    RecsmithChatModel,
+    RecsmithRetriever,
+    document_product,
+    turn_prompt,
+)
+from service.assistant.query import PreviousTurn, TurnQuery, build_query
+from service.assistant.store import ConversationNotFound, ConversationStore, StoredMessage
+from service.catalog.models import Product
+from service.llm.base import LLM
+from service.llm.log import log_context
+from service.prompts import library, render
+from service.retrieval.filters import Filters
+
+FALLBACK_TEMPLATE = "assistant_fallback"
+MAX_MESSAGE_CHARS = 1000  # the retrieval query limit
+
+__all__ = ["Assistant", "ConversationNotFound"]
+
+
+def card(p: Product, label: int) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "title": p.title,
+        "price": p.price,
+        "currency": p.currency,
+        "category": p.category,
+        "in_stock": p.in_stock,
+        "label": label,
+    }
+
+
+class Assistant:
+    def __init__(
+        self,
+        rs: Any,  # service.recsmith.Recsmith
+        llm: LLM | None = None,
+        *,
+        top_n: int = 4,
+        rerank: str = "none",
+        max_tokens: int = 80,
+        context_turns: int = 2,
+        piece_timeout_s: float | None = None,
+    ) -> None:
+        self.rs = rs
+        self._llm_obj = llm
+        self.top_n = top_n
+        self.rerank = rerank
+        self.max_tokens = max_tokens
+        self.context_turns = context_turns
+        self.piece_timeout_s = piece_timeout_s or float(rs.settings.llm_timeout_s)
+        self.conversations = ConversationStore(rs.store.engine)
+
+    # -- parts -------------------------------------------------------------------------
+    def llm(self) -> LLM:
+        if self._llm_obj is None:
+            self._llm_obj = self.rs.llm()
+        return self._llm_obj
+
+    def chain(self, llm: LLM):  # noqa: ANN201 - an LCEL Runnable[dict, str]
+        """The generation step as LCEL: prompt (our .j2 templates) | chat model | parser."""
+        return (
+            turn_prompt
+            | RecsmithChatModel(llm=llm, max_tokens=self.max_tokens)
+            | (StrOutputParser())
+        )
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        return self.conversations.get(conversation_id)
+
+    def _previous(self, history: list[StoredMessage]) -> PreviousTurn | None:
+        last = next((m for m in reversed(history) if m.role == "assistant"), None)
+        if last is None or not last.meta.get("topic"):
+            return None
+        ids = list(dict.fromkeys(last.cited_ids + last.product_ids))
+        found = self.rs.store.get_products(ids)
+        return PreviousTurn(
+            topic=last.meta["topic"],
+            products=[found[i] for i in ids if i in found],
+            categories=list(last.meta.get("categories") or []),
+        )
+
+    def _retrieve(
+        self, tq: TurnQuery, user_id: str | None, k: int
+    ) -> tuple[list[Product], dict[str, float], Filters]:
+        """Tries the filter attempts in order; the first with results wins."""
+        used = tq.attempts[0]
+        for f in tq.attempts:
+            used = f
+            docs = RecsmithRetriever(rs=self.rs, k=k, filters=f, user_id=user_id).invoke(tq.text)
+            if docs:
+                products = [document_product(d) for d in docs]
+                return products, {d.metadata["id"]: d.metadata["score"] for d in docs}, used
+        return [], {}, used
+
+    # -- one turn ----------------------------------------------------------------------
+    def stream(
+        self,
+        message: str,
+        conversation_id: str | None = None,
+        *,
+        filters: Filters | None = None,
+        user_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        message = (message or "").strip()
+        if not message:
+            raise ValueError("message must not be empty")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"message longer than {MAX_MESSAGE_CHARS} characters")
+        history: list[StoredMessage] = []
+        if conversation_id:
+            history = self.conversations.messages(
+                conversation_id, limit=4 * self.context_turns + 2
+            )  # raises ConversationNotFound
+        previous = self._previous(history)
+        tq = build_query(message, previous, filters)
+        k = max(self.top_n * 3, 12) if self.rerank != "none" else self.top_n
+        shortlist, scores, used = self._retrieve(tq, user_id, k)
+        context = (
+            [m.content for m in history if m.role == "user"][-self.context_turns :]
+            if tq.follow_up
+            else []
+        )
+        if conversation_id is None:
+            conversation_id = self.conversations.create(user_id=user_id, title=message)
+        self.conversations.add(conversation_id, "user", message)
+        return self._turn(conversation_id, message, tq, used, shortlist, scores, context, previous)
+
+    def ask(self, message: str, conversation_id: str | None = None, **kw: Any) -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        for ev in self.stream(message, conversation_id, **kw):
+            if ev["type"] == "final":
+                final = ev
+        return final
+
+    def _rerank(
+        self, llm: LLM, tq: TurnQuery, shortlist: list[Product], scores: dict[str, float],
+        previous: PreviousTurn | None,
+    ) -> tuple[list[Product], str | None]:  # fmt: skip
+        """Optional LLM rerank of the shortlist; any failure keeps retrieval order."""
+        if self.rerank == "none" or len(shortlist) < 2:
+            return shortlist, None
+        try:
+            from service.ranking.base import UserContext
+            from service.ranking.factory import get_reranker
+            from service.retrieval.retriever import Candidate
+
+            cands = [Candidate(p.id, scores.get(p.id, 0.0)) for p in shortlist]
+            ctx = UserContext(history=previous.products[:5] if previous else [], query=tq.text)
+            result = get_reranker(self.rerank, llm).rank(ctx, cands, {p.id: p for p in shortlist})
+            by_id = {p.id: p for p in shortlist}
+            order = [by_id[pid] for pid, _ in result.order if pid in by_id]
+            return order or shortlist, result.reason if result.degraded else None
+        except Exception as e:  # noqa: BLE001 - a rerank failure must not fail the turn
+            return shortlist, f"rerank failed: {type(e).__name__}: {e}"
+
+    def _generate(self, llm: LLM, inputs: dict[str, Any], tags: dict[str, Any]) -> Iterator[str]:
+        """Runs the LCEL chain in its own thread and relays pieces.
+
+        Why a thread: the model call, LangChain's callbacks and the llm_calls log tags all
+        use context variables and the transformers backend holds a lock for the whole
+        stream; a web server may resume this generator on a different worker thread each
+        time, so all of that stays on one thread and only text crosses over. A stall longer
+        than piece_timeout_s ends the turn (degraded); closing this generator stops the model.
+        """
+        q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+        chain = self.chain(llm)
+
+        def produce() -> None:
+            try:
+                with log_context(**tags):
+                    it = chain.stream(inputs)
+                    try:
+                        for piece in it:
+                            if stop.is_set():
+                                break
+                            q.put(("piece", piece))
+                    finally:
+                        it.close()  # ends the model's stream (and releases its lock)
+                q.put(("end", None))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                q.put(("error", e))
+
+        worker = threading.Thread(target=produce, name="assistant-llm", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, val = q.get(timeout=self.piece_timeout_s)
+                except queue.Empty:
+                    raise TimeoutError(
+                        f"no output from the model for {self.piece_timeout_s:.0f} s"
+                    ) from None
+                if kind == "piece":
+                    yield val
+                elif kind == "end":
+                    return
+                else:
+                    raise val
+        finally:
+            stop.set()
+
+    def _turn(
+        self,
+        conversation_id: str,
+        message: str,
+        tq: TurnQuery,
+        used: Filters,
+        shortlist: list[Product],
+        scores: dict[str, float],
+        context: list[str],
+        previous: PreviousTurn | None,
+    ) -> Iterator[dict[str, Any]]:
+        t0 = time.perf_counter()
+        degraded_reason: str | None = None
+        model_id: str | None = None
+        template, version = TURN_TEMPLATE, library().version(TURN_TEMPLATE)
+        san: StreamSanitizer | None = None
+        top: list[Product] = shortlist[: self.top_n]
+        labels = Labels(top)
+        notes: dict[str, Any] = {}
+        if top:
+            try:
+                llm = self.llm()
+                model_id = llm.model_id
+                ranked, rerank_note = self._rerank(llm, tq, shortlist, scores, previous)
+                if rerank_note:
+                    notes["rerank"] = rerank_note
+                top = ranked[: self.top_n]
+                labels = Labels(top)
+                san = StreamSanitizer(labels)
+                inputs = {"question": message, "products": top, "context": context}
+                tags = {
+                    "template": template,
+                    "template_version": version,
+                    "system_template_version": library().version(SYSTEM_TEMPLATE),
+                    "conversation_id": conversation_id,
+                }
+                for piece in self._generate(llm, inputs, tags):
+                    text = san.feed(piece)
+                    if text:
+                        yield {"type": "token", "text": text}
+                text = san.flush()
+                if text:
+                    yield {"type": "token", "text": text}
+            except Exception as e:  # noqa: BLE001 - a model failure degrades, never raises
+                degraded_reason = f"{type(e).__name__}: {e}"[:500]
+
+        removed: list[str] = []
+        flags: list[dict[str, Any]] = []
+        answer = ""
+        if san is not None and degraded_reason is None:
+            checked = check_prices(san.text, labels)
+            answer, removed, flags = checked.answer, checked.removed, checked.flags
+        cited = labels.cited(answer) if answer else []
+        if not answer:
+            # No products, a failed model, or nothing usable written: the templated answer.
+            reason = "llm" if degraded_reason else ("empty" if top else "none")
+            if top and not degraded_reason:
+                flags.append({"kind": "empty_answer", "text": san.text if san else ""})
+            fb = render(
+                FALLBACK_TEMPLATE,
+                question=message,
+                products=[{"label": i + 1, "p": p} for i, p in enumerate(top)],
+                reason=reason,
+            )
+            answer, template, version = fb.text, fb.template, fb.version
+        suggested = not cited
+        shown = [p for p in top if p.id in cited] if cited else top
+        cards = [card(p, labels.label_of[p.id]) for p in shown]
+        categories = list(used.categories)
+        meta = {
+            "topic": tq.text,
+            "follow_up": tq.follow_up,
+            "derived": tq.derived,
+            "filters": used.model_dump(),
+            "categories": categories,
+            "shortlist": [p.id for p in top],
+            "suggested": suggested,
+            "removed": removed,
+            "flags": flags,
+            "streamed": san.text if san else "",
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+            **notes,
+        }
+        if degraded_reason:
+            meta["degraded_reason"] = degraded_reason
+        message_id = self.conversations.add(
+            conversation_id,
+            "assistant",
+            answer,
+            cited_ids=cited,
+            product_ids=[c["id"] for c in cards],
+            model_id=model_id,
+            template=template,
+            template_version=version,
+            degraded=degraded_reason is not None,
+            meta=meta,
+        )
+        yield {
+            "type": "final",
+            "conversation_id": conversation_id,
+            "message_id": message_id,
+            "answer": answer,
+            "products": cards,
+            "cited": cited,
+            "suggested": suggested,
+            "degraded": degraded_reason is not None,
+            "degraded_reason": degraded_reason,
+            "removed": removed,
+            "flags": flags,
+            "query": {"text": tq.text, "follow_up": tq.follow_up, "derived": tq.derived},
+            "model_id": model_id,
+            "template": template,
+            "template_version": version,
+            **({"rerank_note": notes["rerank"]} if "rerank" in notes else {}),
+        }

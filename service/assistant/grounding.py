@@ -1,0 +1,201 @@
+"""Keeping answers grounded: citation labels, foreign ids, and prices.
+
+The model sees products labelled [1]..[n]. Its text is cleaned twice:
+
+1. While streaming (`StreamSanitizer`): a label that is not one of [1]..[n] is deleted, a
+   product id of a given product becomes its label, and any other id-shaped token
+   ("FAKE-9999", "kit-0042" when kit-0042 was not given) is deleted. Text is released only
+   at whitespace (or between two non-ASCII characters, for Chinese/Japanese text) outside
+   brackets, so a label or id split across pieces is judged whole and nothing fake is ever
+   sent, even mid-stream.
+2. At the end (`check_prices`): a sentence naming a price that none of its products has is
+   removed (a wrong price is worse than none); other numbers not found in the products'
+   data are flagged, not removed (sizes and counts are often paraphrased).
+
+Id-shaped means letters, then a separator (- _ :), then more, with a digit somewhere:
+"kit-0001", "FAKE-9999". A genuine model number like "XR-500" in an answer is removed too;
+the product card still shows the real title.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.catalog.models import Product
+
+LABEL = re.compile(r"\s*\[\s*(\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]")
+ID_LIKE = re.compile(
+    r"(?<![A-Za-z0-9_\-:])([A-Za-z][A-Za-z0-9]*(?:[-_:][A-Za-z0-9]+)+)(?![A-Za-z0-9_\-:])"
+)
+_SENTENCE_END = re.compile(r"(?<=[。！？])|(?<=[.!?])(?=\s|$)")
+PRICE = re.compile(
+    r"(?:[$€£¥]\s?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?))"
+    r"|(?:(\d+(?:[.,]\d{1,2})?)\s?(?:USD|EUR|GBP|CNY|RMB|dollars?|euros?|pounds?|yuan|元))",
+    re.I,
+)
+NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?(?![\w])")
+
+
+def _has_digit(s: str) -> bool:
+    return any(c.isdigit() for c in s)
+
+
+class Labels:
+    """The products of one turn, by label (1-based) and by id."""
+
+    def __init__(self, products: list[Product]) -> None:
+        self.products = products
+        self.by_label = {i + 1: p for i, p in enumerate(products)}
+        self.label_of = {p.id: i + 1 for i, p in enumerate(products)}
+
+    def sanitize(self, text: str) -> str:
+        """Drop labels outside [1]..[n] and foreign ids; given ids become labels."""
+
+        def label(m: re.Match[str]) -> str:
+            nums = [int(x) for x in re.findall(r"\d+", m.group(1))]
+            keep = list(dict.fromkeys(n for n in nums if n in self.by_label))
+            if not keep:
+                return ""
+            lead = m.group(0)[: len(m.group(0)) - len(m.group(0).lstrip())]
+            return lead + "".join(f"[{n}]" for n in keep)
+
+        def ident(m: re.Match[str]) -> str:
+            tok = m.group(1)
+            if tok in self.label_of:
+                return f"[{self.label_of[tok]}]"
+            return "" if _has_digit(tok) else tok
+
+        return ID_LIKE.sub(ident, LABEL.sub(label, text))
+
+    def cited(self, text: str) -> list[str]:
+        """Product ids cited in text, in order of first citation."""
+        out: list[str] = []
+        for m in LABEL.finditer(text):
+            for x in re.findall(r"\d+", m.group(1)):
+                p = self.by_label.get(int(x))
+                if p is not None and p.id not in out:
+                    out.append(p.id)
+        return out
+
+
+class StreamSanitizer:
+    """Feeds model pieces in, lets only cleaned, complete words out.
+
+    The concatenation of everything fed and flushed equals `labels.sanitize(full_text)`.
+    """
+
+    MAX_HOLD = 200  # an unclosed "[" longer than this is not a label: release it
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+        self.buf = ""
+        self.raw: list[str] = []  # what the model wrote, for the log and tests
+        self.out: list[str] = []
+
+    def _cut(self) -> int:
+        depth, cut, prev = 0, 0, ""
+        for i, ch in enumerate(self.buf):
+            if ch == "[":
+                depth += 1
+            elif ch == "]":
+                depth = max(0, depth - 1)
+            elif depth == 0 and i > 0:
+                ws_start = ch.isspace() and not prev.isspace()
+                cjk = not ch.isascii() and not prev.isascii() and not ch.isspace()
+                if ws_start or cjk:
+                    cut = i
+            prev = ch
+        if cut == 0 and len(self.buf) > self.MAX_HOLD:
+            cut = len(self.buf) // 2
+        return cut
+
+    def feed(self, piece: str) -> str:
+        self.raw.append(piece)
+        self.buf += piece
+        cut = self._cut()
+        if cut <= 0:
+            return ""
+        done, self.buf = self.buf[:cut], self.buf[cut:]
+        clean = self.labels.sanitize(done)
+        self.out.append(clean)
+        return clean
+
+    def flush(self) -> str:
+        done, self.buf = self.buf, ""
+        clean = self.labels.sanitize(done) if done else ""
+        self.out.append(clean)
+        return clean
+
+    @property
+    def text(self) -> str:
+        return "".join(self.out)
+
+
+@dataclass
+class Checked:
+    answer: str
+    removed: list[str] = field(default_factory=list)  # sentences dropped for a wrong price
+    flags: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _amount(s: str) -> float:
+    s = s.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+(\.\d+)?", s) else s.replace(",", ".")
+    return float(s)
+
+
+def _price_ok(value: float, products: list[Product]) -> bool:
+    for p in products:
+        if p.price is None:
+            continue
+        if abs(value - p.price) < 0.01 or (value.is_integer() and value == round(p.price)):
+            return True
+    return False
+
+
+def _numbers_in(p: Product) -> set[float]:
+    text = " ".join(
+        [p.title, p.description, str(p.attributes), " ".join(p.tags), str(p.price or "")]
+    )
+    out: set[float] = set()
+    for m in re.finditer(r"\d+(?:[.,]\d+)?", text):
+        try:
+            out.add(float(m.group(0).replace(",", ".")))
+        except ValueError:
+            continue
+    return out
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s]
+
+
+def check_prices(text: str, labels: Labels) -> Checked:
+    """Remove sentences with a price none of their products has; flag other stray numbers."""
+    cited_all = [labels.by_label[labels.label_of[i]] for i in labels.cited(text)]
+    kept: list[str] = []
+    removed: list[str] = []
+    flags: list[dict[str, Any]] = []
+    for sent in sentences(text):
+        own = [labels.by_label[labels.label_of[i]] for i in labels.cited(sent)]
+        # The sentence's own citations, else the answer's, else every product shown.
+        ref = own or cited_all or labels.products
+        bad = [
+            m.group(0).strip()
+            for m in PRICE.finditer(sent)
+            if not _price_ok(_amount(m.group(1) or m.group(2)), ref)
+        ]
+        if bad:
+            removed.append(sent.strip())
+            flags.append({"kind": "ungrounded_price", "text": ", ".join(bad)})
+            continue
+        kept.append(sent)
+    answer = "".join(kept).strip()
+    known: set[float] = set().union(*(_numbers_in(p) for p in labels.products))
+    body = PRICE.sub(" ", LABEL.sub(" ", answer))
+    for m in NUMBER.finditer(body):
+        v = float(m.group(0).replace(",", "."))
+        if v not in known and v not in labels.by_label:
+            flags.append({"kind": "ungrounded_number", "text": m.group(0)})
+    return Checked(answer=answer, removed=removed, flags=flags)
