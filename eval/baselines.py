@@ -137,9 +137,10 @@ class ContentMean:
     embeddings: np.ndarray  # items x d, L2-normalised rows
     last_n: int = 10
     name: str = ""
+    encoder: str = "MiniLM"
 
     def __post_init__(self) -> None:
-        self.name = self.name or f"content (MiniLM, mean of last {self.last_n})"
+        self.name = self.name or f"content ({self.encoder}, mean of last {self.last_n})"
 
     def fit(self, histories: Sequence[np.ndarray], n_items: int) -> None:
         if len(self.embeddings) != n_items:
@@ -154,7 +155,9 @@ class ContentMean:
         return np.asarray(self.profiles[rows] @ self.embeddings.T, dtype=np.float32)
 
 
-def default_methods(n_items: int, embeddings: np.ndarray | None) -> list[Method]:
+def default_methods(
+    n_items: int, embeddings: np.ndarray | None, encoder: str = "MiniLM"
+) -> list[Method]:
     methods: list[Method] = [
         Popularity(),
         ItemKNN(),
@@ -164,5 +167,5 @@ def default_methods(n_items: int, embeddings: np.ndarray | None) -> list[Method]
     if n_items <= EASE_MAX_ITEMS:
         methods.append(EASE())
     if embeddings is not None:
-        methods.append(ContentMean(embeddings))
+        methods.append(ContentMean(embeddings, encoder=encoder))
     return methods

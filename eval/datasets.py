@@ -419,3 +419,19 @@ def write_ingest_files(ds: Dataset, directory: Path) -> tuple[Path, Path]:
         buf.write(i.model_dump_json() + "\n")
     inter.write_text(buf.getvalue(), encoding="utf-8")
     return items, inter
+
+
+def slice_users(ds: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A seeded sample of n users with all their interactions, and only the products they
+    touched (for quick runs and tests; models are then fitted on those users alone)."""
+    import random
+
+    users = sorted({i.user_id for i in ds.interactions})
+    keep = set(random.Random(seed).sample(users, min(n, len(users))))
+    log = [i for i in ds.interactions if i.user_id in keep]
+    used = {i.product_id for i in log}
+    products = [p for p in ds.products if p.id in used]
+    note = (
+        f"Sliced to {len(keep)} users (seed {seed}) and the {len(products)} products they touched."
+    )
+    return Dataset(ds.name, products, log, [*ds.notes, note], dict(ds.source))

@@ -1,0 +1,628 @@
+"""One offline ranking run: every method side by side on the same LlamaRec split.
+
+Baselines are fitted on every user's history for the target at hand and tuned (EASE's λ)
+on the validation target; the report is on the test target. recsmith's own retrieval runs
+as the service runs it: a `Recsmith` over a temporary data directory with the data set's
+test histories ingested (never a test target), one `Retriever.candidates` call per user.
+Each source (dense history, co-interaction) and the fused hybrid is scored on its own
+shortlist. Past the shortlist, the ranking goes on by that method's base score over the
+whole catalogue (dense: cosine to the profile; co-interaction: its cosine-normalised
+co-counts; hybrid: weighted RRF of those two), which only moves MRR and Recall past K=20.
+
+LLM rerankers plug in through `evaluate_reranker`: any `service.ranking.base.Reranker`
+reorders the hybrid top-20 of a fixed, seeded sample of users, timed per user.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from eval.baselines import EASE, EASE_LAMBDAS, Method, default_methods
+from eval.datasets import Dataset
+from eval.metrics import KS, TargetRanks, summarize, target_ranks
+from eval.split import Split, Target, TieBreak, leave_last_two_out
+from service.catalog.models import Event, Interaction, Product
+from service.retrieval.retriever import RRF_K, Candidate, RetrievalRequest
+
+SHORTLIST = 20
+HISTORY_LIMIT = 200  # what Recsmith.history() hands the retriever for a known user
+RERANK_HISTORY = 10  # history items shown to a reranker, as service.recommend does
+SCORE_BATCH = 256
+
+
+class Encoder(Protocol):
+    """What the harness needs from service.retrieval.encoder.Encoder (tests pass a fake)."""
+
+    dim: int
+    model_id: str
+    model_calls: int
+
+    def encode(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> Any: ...
+
+
+class Reporter:
+    """Progress hooks; the CLI draws them with rich, the library stays quiet."""
+
+    def stage(self, label: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class MethodResult:
+    name: str
+    kind: str  # "baseline" | "retrieval" | "rerank"
+    users: int
+    test: dict[str, float]
+    val: dict[str, float] = field(default_factory=dict)
+    shortlist_recall: float | None = None  # Recall@20 of the top-20 handed to a reranker
+    latency_ms: float = 0.0  # per user
+    latency_kind: str = ""  # how latency was measured
+    expected_random_ties: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class RankingRun:
+    dataset: str
+    stats: dict[str, int]
+    tie_break: str
+    users_evaluated: int
+    users_total: int
+    seed: int
+    results: list[MethodResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    started: str = ""
+    sensitivity: list[MethodResult] = field(default_factory=list)  # other time tie-break
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def best_baseline(self) -> MethodResult | None:
+        base = [r for r in self.results if r.kind == "baseline" and r.users == self.users_evaluated]
+        return max(base, key=lambda r: r.test.get("ndcg@10", 0.0), default=None)
+
+
+# -- baselines --------------------------------------------------------------------------
+def seen_mask(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+    seen = np.zeros((len(histories), n_items), dtype=bool)
+    for r, h in enumerate(histories):
+        seen[r, h] = True
+    return seen
+
+
+def rank_targets(
+    method: Method, split: Split, target: Target, rows: np.ndarray, fit: bool = True
+) -> tuple[TargetRanks, float]:
+    """Fit on every user's history for `target`, rank the targets of `rows`. Returns the
+    ranks and the scoring time (fit excluded) in seconds."""
+    histories = split.history(target)
+    if fit:
+        method.fit(histories, split.n_items)
+    targets = split.targets(target)
+    parts: list[TargetRanks] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), SCORE_BATCH):
+        chunk = rows[start : start + SCORE_BATCH]
+        scores = method.score(chunk)
+        seen = seen_mask([histories[r] for r in chunk], split.n_items)
+        parts.append(target_ranks(scores, targets[chunk], seen))
+    elapsed = time.perf_counter() - t0
+    return TargetRanks(
+        np.concatenate([p.greater for p in parts]),
+        np.concatenate([p.equal for p in parts]),
+        np.concatenate([p.stable for p in parts]),
+    ), elapsed
+
+
+def evaluate_baseline(method: Method, split: Split, rows: np.ndarray) -> MethodResult:
+    params: dict[str, Any] = {}
+    tuning: dict[str, float] = {}
+    if isinstance(method, EASE):
+        # λ by validation NDCG@10 on the evaluated users, then refit on the test histories.
+        for lam in EASE_LAMBDAS:
+            method.lam = lam
+            ranks, _ = rank_targets(method, split, "val", rows)
+            tuning[f"{lam:g}"] = summarize(ranks.stable)["ndcg@10"]
+        method.lam = float(max(tuning, key=lambda k: tuning[k]))
+        params = {"lambda": method.lam, "val_ndcg@10_by_lambda": tuning}
+    val, _ = rank_targets(method, split, "val", rows)
+    t0 = time.perf_counter()
+    test, score_s = rank_targets(method, split, "test", rows)
+    fit_s = time.perf_counter() - t0 - score_s
+    params["fit_s"] = round(fit_s, 3)
+    return MethodResult(
+        name=method.name + (f", λ={method.lam:g}" if isinstance(method, EASE) else ""),
+        kind="baseline",
+        users=len(rows),
+        test=summarize(test.stable),
+        val=summarize(val.stable),
+        shortlist_recall=float(np.mean(test.stable <= SHORTLIST)),
+        latency_ms=1000 * score_s / max(len(rows), 1),
+        latency_kind="batch scoring, amortised per user (fit excluded)",
+        expected_random_ties=test.expected(),
+        params=params,
+    )
+
+
+def embed_products(
+    products: Sequence[Product], encoder: Encoder, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    texts = [p.embedding_text() for p in products]
+    vecs = np.asarray(encoder.encode(texts, progress), dtype=np.float32)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.maximum(norms, 1e-12)
+
+
+def encoder_label(encoder: Encoder) -> str:
+    mid = str(getattr(encoder, "model_id", "encoder"))
+    return "MiniLM" if "minilm" in mid.lower() else Path(mid).name
+
+
+def default_encoder() -> Encoder:
+    """The packaged all-MiniLM-L6-v2, with the data directory's embedding cache."""
+    from service.config import Settings
+    from service.retrieval.encoder import get_encoder
+
+    s = Settings()
+    cache = s.data_dir / "cache" / "embeddings.sqlite"
+    return get_encoder(s.encoder_model, s.encoder_batch_size, s.encoder_max_length, str(cache))
+
+
+# -- recsmith retrieval ----------------------------------------------------------------------
+@dataclass
+class RerankCase:
+    """One sampled user, ready for a reranker: the hybrid shortlist and what the service
+    would show the model."""
+
+    user_id: str
+    target: str
+    candidates: list[Candidate]
+    history: list[Product]
+    products: dict[str, Product]
+    tail_rank: float  # the target's rank when it is not in the shortlist
+    retrieval_s: float
+
+
+@dataclass
+class RetrievalEval:
+    results: list[MethodResult]
+    cases: list[RerankCase]
+    setup_s: float
+
+
+def _history_products_for(split: Split, rows: np.ndarray) -> list[list[str]]:
+    hist = split.history("test")
+    return [[split.item_ids[i] for i in hist[r]] for r in rows]
+
+
+def _ingest_histories(rs: Any, ds: Dataset, split: Split) -> int:
+    """Products, and every user's test history (never the test target) as ratings. Times
+    are synthetic, one second apart in split order, so the store replays the split's order
+    exactly (ties included)."""
+    for start in range(0, len(ds.products), 2000):
+        rs.store.upsert_products(ds.products[start : start + 2000])
+    t0 = datetime(2000, 1, 1, tzinfo=UTC)
+    batch: list[Interaction] = []
+    n = 0
+    for user, hist in zip(split.users, split.history("test"), strict=True):
+        for pos, item in enumerate(hist):
+            batch.append(
+                Interaction(
+                    user_id=user,
+                    product_id=split.item_ids[item],
+                    event=Event.rating,
+                    ts=t0 + timedelta(seconds=pos),
+                )
+            )
+        if len(batch) >= 20_000:
+            n += rs.store.add_interactions(batch)
+            batch = []
+    n += rs.store.add_interactions(batch)
+    return n
+
+
+class _BaseScores:
+    """Whole-catalogue scores of each source, for ranking past the shortlist: the same
+    formulas as the retriever's sources, as matrices (built once, then per user batch)."""
+
+    def __init__(self, rs: Any, split: Split) -> None:
+        self.index = {pid: i for i, pid in enumerate(split.item_ids)}
+        self.n_items = split.n_items
+        self.vectors = np.stack([rs.dense.vectors[rs.dense.row[pid]] for pid in split.item_ids])
+        co = rs.co
+        pop = np.array([co.popularity.get(pid, 0.0) or 1.0 for pid in split.item_ids])
+        crow, ccol, cval = [], [], []
+        for a, nbrs in co.pairs.items():
+            ia = self.index.get(a)
+            if ia is None:
+                continue
+            for b, c in nbrs.items():
+                ib = self.index.get(b)
+                if ib is not None:
+                    crow.append(ia)
+                    ccol.append(ib)
+                    cval.append(c)
+        inv = sp.diags(1 / np.sqrt(pop))
+        c_mat = sp.csr_matrix((cval, (crow, ccol)), shape=(self.n_items, self.n_items))
+        self.co = (inv @ c_mat @ inv).tocsr()
+        self.weights = rs.retriever.weights
+
+    def __call__(self, weights: Sequence[dict[str, float]]) -> dict[str, np.ndarray]:
+        rows, cols, vals = [], [], []
+        for r, w in enumerate(weights):
+            for pid, v in w.items():
+                rows.append(r)
+                cols.append(self.index[pid])
+                vals.append(v)
+        w_mat = sp.csr_matrix((vals, (rows, cols)), shape=(len(weights), self.n_items))
+        dense = np.asarray(w_mat @ self.vectors) @ self.vectors.T
+        co_scores = np.asarray((w_mat @ self.co).todense())
+        hybrid = self.weights.dense / (RRF_K + _ranks(dense)) + np.where(
+            co_scores > 0, self.weights.co_interaction / (RRF_K + _ranks(co_scores)), 0.0
+        )
+        return {"dense_history": dense, "co_interaction": co_scores, "hybrid": hybrid}
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of every item per row (descending, ties by item index)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1)[None, :], axis=1)
+    return ranks
+
+
+def _rank_with_shortlist(
+    shortlist: list[str], target: str, base: np.ndarray, seen: np.ndarray, index: dict[str, int]
+) -> float:
+    """Shortlist first, then every other unseen item by the base score (ties by index)."""
+    if target in shortlist:
+        return float(shortlist.index(target) + 1)
+    excluded = seen.copy()
+    excluded[[index[p] for p in shortlist]] = True
+    t = index[target]
+    higher = (~excluded) & (base > base[t])
+    tied_before = (~excluded) & (base == base[t]) & (np.arange(len(base)) < t)
+    return float(len(shortlist) + 1 + higher.sum() + tied_before.sum())
+
+
+SOURCE_LABELS = {
+    "dense_history": "recsmith retrieval: dense history (MiniLM profile)",
+    "co_interaction": "recsmith retrieval: co-interaction",
+    "hybrid": "recsmith retrieval: hybrid (weighted RRF)",
+}
+
+
+def evaluate_recsmith(
+    ds: Dataset,
+    split: Split,
+    rows: np.ndarray,
+    encoder: Encoder,
+    rerank_rows: set[int],
+    reporter: Reporter | None = None,
+    shortlist: int = SHORTLIST,
+) -> RetrievalEval:
+    from service.config import Settings
+    from service.ranking.base import UserContext  # noqa: F401 - checked importable early
+    from service.recsmith import Recsmith
+
+    reporter = reporter or Reporter()
+    t_setup = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="recsmith-eval-") as tmp:
+        rs = Recsmith(Settings(data_dir=Path(tmp), database_url=""))
+        rs.__dict__["encoder"] = encoder  # share the embedding cache with the content baseline
+        reporter.stage("recsmith: ingest")
+        _ingest_histories(rs, ds, split)
+        reporter.stage("recsmith: index")
+        rs.sync_index()
+        retriever = rs.retriever
+        captured: dict[str, list[tuple[str, float]]] = {}
+        fuse = retriever.fuse
+
+        def capture(ranked: dict[str, list[tuple[str, float]]], k: int) -> list[Candidate]:
+            captured.clear()
+            captured.update(ranked)
+            return fuse(ranked, k)
+
+        retriever.fuse = capture  # type: ignore[method-assign] - per-source lists, same fusion
+        setup_s = time.perf_counter() - t_setup
+
+        index = {pid: i for i, pid in enumerate(split.item_ids)}
+        hist_ids = _history_products_for(split, rows)
+        targets = split.targets("test")
+        lists: dict[str, list[list[str]]] = {k: [] for k in SOURCE_LABELS}
+        weights: list[dict[str, float]] = []
+        latency: list[float] = []
+        cases: list[RerankCase] = []
+        reporter.stage("recsmith: retrieve", len(rows))
+        for n, r in enumerate(rows):
+            recent = [(pid, Event.rating.value) for pid in hist_ids[n][-HISTORY_LIMIT:]]
+            req = RetrievalRequest(user_id=split.users[r], k=shortlist)
+            t0 = time.perf_counter()
+            cands = retriever.candidates(req, history=recent, purchased=set(hist_ids[n]))
+            latency.append(time.perf_counter() - t0)
+            for src in ("dense_history", "co_interaction"):
+                lists[src].append([p for p, _ in captured.get(src, [])][:shortlist])
+            lists["hybrid"].append([c.product_id for c in cands])
+            weights.append(retriever.profile_weights(recent))
+            if int(r) in rerank_rows:
+                shown = hist_ids[n][-RERANK_HISTORY:]
+                prods = rs.store.get_products(shown + [c.product_id for c in cands])
+                cases.append(
+                    RerankCase(
+                        user_id=split.users[r],
+                        target=split.item_ids[targets[r]],
+                        candidates=cands,
+                        history=[prods[p] for p in shown if p in prods],
+                        products=prods,
+                        tail_rank=0.0,  # filled below, once base scores exist
+                        retrieval_s=latency[-1],
+                    )
+                )
+            reporter.advance()
+
+        reporter.stage("recsmith: score the rest of the catalogue")
+        results: list[MethodResult] = []
+        ranks: dict[str, np.ndarray] = {k: np.zeros(len(rows)) for k in SOURCE_LABELS}
+        base_scores = _BaseScores(rs, split)
+        test_hist = split.history("test")
+        for start in range(0, len(rows), SCORE_BATCH):
+            sl = slice(start, start + SCORE_BATCH)
+            base = base_scores(weights[sl])
+            seen = seen_mask([test_hist[r] for r in rows[sl]], split.n_items)
+            for j, r in enumerate(rows[sl]):
+                tgt = split.item_ids[targets[r]]
+                for src in SOURCE_LABELS:
+                    ranks[src][start + j] = _rank_with_shortlist(
+                        lists[src][start + j], tgt, base[src][j], seen[j], index
+                    )
+        by_user = {split.users[r]: n for n, r in enumerate(rows)}
+        for case in cases:
+            case.tail_rank = float(ranks["hybrid"][by_user[case.user_id]])
+        lat_ms = 1000 * float(np.mean(latency)) if latency else 0.0
+        target_ids = [split.item_ids[targets[r]] for r in rows]
+        for src, label in SOURCE_LABELS.items():
+            results.append(
+                MethodResult(
+                    name=label,
+                    kind="retrieval",
+                    users=len(rows),
+                    test=summarize(ranks[src]),
+                    shortlist_recall=float(
+                        np.mean([t in sl for t, sl in zip(target_ids, lists[src], strict=True)])
+                    ),
+                    latency_ms=lat_ms,
+                    latency_kind="one Retriever.candidates call per user (all sources at once)",
+                    params={"shortlist": shortlist, "history_limit": HISTORY_LIMIT},
+                    note="past the shortlist: ranked by the source's base score",
+                )
+            )
+    return RetrievalEval(results, cases, setup_s)
+
+
+# -- LLM rerankers ------------------------------------------------------------------------
+def evaluate_reranker(
+    reranker: Any,
+    cases: Sequence[RerankCase],
+    name: str | None = None,
+    reporter: Reporter | None = None,
+) -> MethodResult:
+    """'retrieval top-20 → rerank' for each case: any object with
+    `rank(UserContext, candidates, products) -> RankResult`. A target outside the shortlist
+    keeps its retrieval rank (the reranker only permutes the shortlist)."""
+    from service.ranking.base import UserContext
+
+    reporter = reporter or Reporter()
+    label = name or getattr(reranker, "name", type(reranker).__name__)
+    reporter.stage(f"rerank: {label}", len(cases))
+    ranks, rerank_s, total_s = [], [], []
+    degraded: list[str] = []
+    for case in cases:
+        ctx = UserContext(history=case.history)
+        t0 = time.perf_counter()
+        result = reranker.rank(ctx, list(case.candidates), case.products)
+        dt = time.perf_counter() - t0
+        order = [pid for pid, _ in result.order]
+        ranks.append(
+            float(order.index(case.target) + 1) if case.target in order else case.tail_rank
+        )
+        rerank_s.append(dt)
+        total_s.append(dt + case.retrieval_s)
+        if getattr(result, "degraded", False):
+            degraded.append(str(getattr(result, "reason", "") or "unknown"))
+        reporter.advance()
+    in_short = [case.target in {c.product_id for c in case.candidates} for case in cases]
+    note = f"{len(degraded)} of {len(cases)} answers degraded to retrieval order"
+    if degraded:
+        note += f" (first reason: {degraded[0][:160]})"
+    return MethodResult(
+        name=f"recsmith hybrid top-{len(cases[0].candidates) if cases else SHORTLIST} → {label}",
+        kind="rerank",
+        users=len(cases),
+        test=summarize(np.array(ranks)),
+        shortlist_recall=float(np.mean(in_short)) if cases else None,
+        latency_ms=1000 * float(np.mean(total_s)) if cases else 0.0,
+        latency_kind="retrieval + rerank per user, sequential",
+        params={
+            "rerank_ms_mean": 1000 * float(np.mean(rerank_s)) if cases else 0.0,
+            "rerank_ms_p95": 1000 * float(np.percentile(rerank_s, 95)) if cases else 0.0,
+            "degraded": len(degraded),
+        },
+        note=note,
+    )
+
+
+def load_rerankers(
+    names: Sequence[str], reporter: Reporter | None = None
+) -> tuple[list[Any], list[str]]:
+    """The named rerankers over the configured LLM, when the ranking code is importable;
+    a note for each one skipped."""
+    reporter = reporter or Reporter()
+    out, notes = [], []
+    try:
+        from service.ranking.factory import get_reranker
+    except ImportError as e:
+        msg = f"LLM rerankers skipped: service.ranking.factory is not importable ({e})"
+        reporter.note(msg)
+        return [], [msg]
+    for name in names:
+        try:
+            out.append(get_reranker(name))
+        except (ImportError, ValueError, TypeError) as e:
+            msg = f"reranker {name!r} skipped: {e}"
+            reporter.note(msg)
+            notes.append(msg)
+    return out, notes
+
+
+# -- the whole run ------------------------------------------------------------------------
+def sample_rows(n_users: int, k: int | None, seed: int) -> np.ndarray:
+    """A fixed, seeded sample of user rows (all when k is None or too big), sorted."""
+    if k is None or k >= n_users:
+        return np.arange(n_users)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_users, size=k, replace=False))
+
+
+def run_ranking(
+    ds: Dataset,
+    users: int | None = None,
+    seed: int = 0,
+    tie_break: TieBreak = "item_id",
+    encoder: Encoder | None = None,
+    content: bool = True,
+    retrieval: bool = True,
+    rerankers: Sequence[Any] = (),
+    rerank_users: int = 100,
+    reporter: Reporter | None = None,
+    sensitivity: bool = True,
+) -> RankingRun:
+    """rerankers: names for load_rerankers, or Reranker objects."""
+    reporter = reporter or Reporter()
+    started = datetime.now(UTC)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    split = leave_last_two_out(ds, tie_break)
+    rows = sample_rows(len(split.users), users, seed)
+    run = RankingRun(
+        dataset=ds.name,
+        stats=ds.stats(),
+        tie_break=tie_break,
+        users_evaluated=len(rows),
+        users_total=len(split.users),
+        seed=seed,
+        notes=list(ds.notes),
+        started=started.isoformat(timespec="seconds"),
+    )
+    if split.dropped_users:
+        run.notes.append(f"{split.dropped_users} users with < 3 distinct items dropped.")
+    timings["split"] = time.perf_counter() - t0
+
+    embeddings = None
+    needs_encoder = content or retrieval
+    if needs_encoder and encoder is None:
+        reporter.stage("load the encoder")
+        encoder = default_encoder()
+    if content and encoder is not None:
+        reporter.stage("embed products", len(ds.products))
+        t0 = time.perf_counter()
+        embeddings = embed_products(ds.products, encoder, reporter.advance)
+        timings["embed_products"] = time.perf_counter() - t0
+
+    label = encoder_label(encoder) if encoder is not None else ""
+    methods = default_methods(split.n_items, embeddings, label)
+    if split.n_items > 12_000:
+        run.notes.append(f"EASE skipped: {split.n_items:,} items is too many for a dense inverse.")
+    reporter.stage("baselines", len(methods))
+    t0 = time.perf_counter()
+    for m in methods:
+        run.results.append(evaluate_baseline(m, split, rows))
+        reporter.advance()
+    timings["baselines"] = time.perf_counter() - t0
+
+    if sensitivity:
+        other: TieBreak = "original" if tie_break == "item_id" else "item_id"
+        alt = leave_last_two_out(ds, other)
+        alt_rows = sample_rows(len(alt.users), users, seed)
+        for m in default_methods(alt.n_items, embeddings, label):
+            res = evaluate_baseline(m, alt, alt_rows)
+            res.note = f"time ties ordered by {other}"
+            run.sensitivity.append(res)
+
+    if retrieval and encoder is not None:
+        specs = list(rerankers)
+        rerank_rows = (
+            set(sample_rows(len(rows), rerank_users, seed + 1).tolist()) if specs else set()
+        )
+        rerank_users_rows = {int(rows[i]) for i in rerank_rows}
+        t0 = time.perf_counter()
+        rev = evaluate_recsmith(ds, split, rows, encoder, rerank_users_rows, reporter)
+        timings["recsmith_setup"] = rev.setup_s
+        timings["recsmith"] = time.perf_counter() - t0
+        run.results.extend(rev.results)
+        if specs:
+            objs, notes = load_rerankers([s for s in specs if isinstance(s, str)], reporter)
+            run.notes.extend(notes)
+            objs += [s for s in specs if not isinstance(s, str)]
+            if objs and rev.cases:
+                run.results.append(_same_sample_retrieval(rev.cases))
+                for obj in objs:
+                    t0 = time.perf_counter()
+                    run.results.append(evaluate_reranker(obj, rev.cases, reporter=reporter))
+                    timings[f"rerank_{getattr(obj, 'name', 'x')}"] = time.perf_counter() - t0
+    run.timings_s = {k: round(v, 2) for k, v in timings.items()}
+    return run
+
+
+def _same_sample_retrieval(cases: Sequence[RerankCase]) -> MethodResult:
+    """The hybrid shortlist order on the rerank sample: what a reranker has to beat."""
+    ranks = []
+    for c in cases:
+        ids = [x.product_id for x in c.candidates]
+        ranks.append(float(ids.index(c.target) + 1) if c.target in ids else c.tail_rank)
+    return MethodResult(
+        name=f"recsmith hybrid, rerank sample ({len(cases)} users)",
+        kind="retrieval",
+        users=len(cases),
+        test=summarize(np.array(ranks)),
+        shortlist_recall=float(
+            np.mean([r <= len(c.candidates) for r, c in zip(ranks, cases, strict=True)])
+        ),
+        latency_ms=1000 * float(np.mean([c.retrieval_s for c in cases])),
+        latency_kind="one Retriever.candidates call per user",
+        note="same users as the rerank rows",
+    )
+
+
+__all__ = [
+    "KS",
+    "MethodResult",
+    "RankingRun",
+    "RerankCase",
+    "Reporter",
+    "evaluate_baseline",
+    "evaluate_recsmith",
+    "evaluate_reranker",
+    "load_rerankers",
+    "rank_targets",
+    "run_ranking",
+    "sample_rows",
+]
