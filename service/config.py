@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     # Dense index: "exact" (numpy), "faiss" (HNSW), or "auto" (faiss above the threshold).
     index_kind: Literal["auto", "exact", "faiss"] = "auto"
-    index_faiss_threshold: int = 200_000
+    index_faiss_threshold: int = 50_000
 
     # LLM: "transformers" runs in-process; "openai" talks to a vLLM (or any
     # OpenAI-compatible) server at llm_base_url.
