@@ -18,6 +18,8 @@ MAX_REASON_CHARS = 160
 MAX_RATIONALE_CHARS = 300
 _LEADING_LABEL = re.compile(r"^\s*[\[(\"']?\s*([A-Za-z])\s*(?:[.):\]\"'\-]|\s|$)")
 _QUOTED_LABEL = re.compile(r"\"\s*([A-Za-z])\s*[.)]?\s*\"")
+# A list line: "1. C", "- C", "C. Stand mixer", "[C]" (upper case only: "A great…" is prose).
+_LINE_LABEL = re.compile(r"^\s*(?:[-*•]\s*|\d{1,2}[.):]\s*)?\[?([A-Z])(?:[.):\]]|\s*$)")
 
 
 @dataclass
@@ -78,27 +80,36 @@ def _repairs(s: str) -> list[str]:
     return out
 
 
-def extract_json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
-    """The first JSON object in text, mended if cut off. Returns (object, repaired)."""
+def extract_json_object(
+    text: str, want: Sequence[str] = ("ranking", "order", "ranked", "rank")
+) -> tuple[dict[str, Any] | None, bool]:
+    """The first JSON object in text (mended if cut off) that has one of the `want` keys,
+    else the first object at all. Returns (object, repaired). Each '{' is tried outermost
+    first, so a complete inner object ({"C": "…"} inside a cut-off answer) does not win."""
     decoder = json.JSONDecoder()
-    starts = [m.start() for m in re.finditer(r"\{", text)][:8]
-    for start in starts:
+    fallback: tuple[dict[str, Any] | None, bool] = (None, False)
+    for m in list(re.finditer(r"\{", text))[:8]:
+        found: tuple[dict[str, Any], bool] | None = None
         try:
-            obj, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            pass
-        else:
+            obj, _ = decoder.raw_decode(text, m.start())
             if isinstance(obj, dict):
-                return obj, False
-    for start in starts:
-        for attempt in _repairs(text[start:]):
-            try:
-                obj = json.loads(attempt)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and obj:
-                return obj, True
-    return None, False
+                found = (obj, False)
+        except ValueError:
+            for attempt in _repairs(text[m.start() :]):
+                try:
+                    obj = json.loads(attempt)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and obj:
+                    found = (obj, True)
+                    break
+        if found is None:
+            continue
+        if any(k in found[0] for k in want):
+            return found
+        if fallback[0] is None:
+            fallback = found
+    return fallback
 
 
 def _as_label(entry: Any, labels: Sequence[str], ids: Mapping[str, str]) -> str | None:
@@ -157,6 +168,9 @@ def parse_ranking(
     if not entries:  # no usable JSON list: quoted labels after "ranking", if any
         seg = text[text.lower().find("ranking") :] if "ranking" in text.lower() else ""
         entries = _QUOTED_LABEL.findall(seg)
+        repaired = repaired or bool(entries)
+    if not entries:  # or a plain list, one label per line (small models do this)
+        entries = [m.group(1) for ln in text.splitlines() if (m := _LINE_LABEL.match(ln))]
         repaired = repaired or bool(entries)
 
     out: list[str] = []

@@ -48,13 +48,13 @@ TEMPLATE = "rank_reasoning"
 
 
 def ranking_schema(labels: list[str]) -> dict[str, Any]:
-    """JSON schema of the answer. Rationale first (the model reasons before it orders),
-    ranking before reasons (a token limit then cuts reasons, not the order)."""
+    """JSON schema of the answer. The order comes first, then reasons, then the overall
+    rationale: with a token limit (and a 135M model that rambles) a cut loses words, never
+    the ranking. A larger model might rank better reasoning first; measure before changing."""
     reason = {"type": "string", "maxLength": MAX_REASON_CHARS}
     return {
         "type": "object",
         "properties": {
-            "rationale": {"type": "string", "maxLength": MAX_RATIONALE_CHARS},
             "ranking": {
                 "type": "array",
                 "items": {"type": "string", "enum": labels},
@@ -66,8 +66,9 @@ def ranking_schema(labels: list[str]) -> dict[str, Any]:
                 "properties": {label: reason for label in labels},
                 "additionalProperties": False,
             },
+            "rationale": {"type": "string", "maxLength": MAX_RATIONALE_CHARS},
         },
-        "required": ["rationale", "ranking", "reasons"],
+        "required": ["ranking", "reasons", "rationale"],
         "additionalProperties": False,
     }
 
