@@ -1,0 +1,145 @@
+"""Prometheus metrics: HTTP requests per route template, model calls and tokens, degraded
+responses. One registry per process (Prometheus scrapes processes), shared by every app."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "recsmith_http_requests",
+    "HTTP requests by method, route template and status",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "recsmith_http_request_duration_seconds",
+    "HTTP request latency by route template (until the response starts for streams)",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "recsmith_http_requests_in_flight", "Requests being served", registry=REGISTRY
+)
+LLM_CALLS = Counter(
+    "recsmith_llm_calls",
+    "Language model calls (one per prompt) by backend, model, kind and outcome",
+    ["backend", "model", "kind", "outcome"],
+    registry=REGISTRY,
+)
+LLM_TOKENS = Counter(
+    "recsmith_llm_tokens",
+    "Language model tokens by direction (prompt | completion)",
+    ["backend", "model", "direction"],
+    registry=REGISTRY,
+)
+LLM_LATENCY = Histogram(
+    "recsmith_llm_call_duration_seconds",
+    "Language model call latency (a batched call counts once per prompt)",
+    ["backend", "kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+RECOMMENDATIONS = Counter(
+    "recsmith_recommendations", "Recommendation responses by rerank mode", ["rerank"],
+    registry=REGISTRY,
+)  # fmt: skip
+DEGRADED = Counter(
+    "recsmith_degraded_responses",
+    "Responses served degraded (a model stage failed; fallback served) by route and stage",
+    ["route", "stage"],
+    registry=REGISTRY,
+)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (/v1/products/{product_id}), so ids do not explode
+    the label set; unmatched paths share one label."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path:
+        return str(scope.get("root_path", "")) + str(path)
+    return "unmatched"
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): it must not buffer streamed responses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = {"code": 500}
+        observed = {"done": False}
+
+        def observe() -> None:
+            if observed["done"]:
+                return
+            observed["done"] = True
+            route = route_template(scope)
+            method = scope.get("method", "GET")
+            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - t0)
+            HTTP_REQUESTS.labels(method, route, str(status["code"])).inc()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                # Latency to the first byte: a chat stream's length is the client's business.
+                observe()
+            await send(message)
+
+        HTTP_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            observe()
+            HTTP_IN_FLIGHT.dec()
+
+
+# -- model calls: counted where every backend already logs them (the llm_calls table) --------
+_listening = False
+_listen_lock = threading.Lock()
+
+
+def _on_llm_row(_mapper: Any, _conn: Any, row: Any) -> None:
+    try:
+        backend, model = str(row.backend), str(row.model_id)
+        outcome = "error" if row.error else "ok"
+        LLM_CALLS.labels(backend, model, row.kind, outcome).inc()
+        if row.prompt_tokens:
+            LLM_TOKENS.labels(backend, model, "prompt").inc(row.prompt_tokens)
+        completion = row.completion_tokens
+        if completion is None and isinstance(row.params, dict):
+            completion = row.params.get("pieces")  # streams count pieces, not tokens
+        if completion:
+            LLM_TOKENS.labels(backend, model, "completion").inc(completion)
+        if row.latency_ms is not None:
+            LLM_LATENCY.labels(backend, row.kind).observe(float(row.latency_ms) / 1000)
+    except Exception:  # noqa: BLE001, S110 - metrics must never break a model call
+        pass
+
+
+def listen_llm_calls() -> None:
+    """Every backend writes one llm_calls row per prompt (service.llm.log); an ORM insert
+    listener turns those rows into counters without touching the LLM layer."""
+    global _listening
+    with _listen_lock:
+        if _listening:
+            return
+        from sqlalchemy import event
+
+        from service.llm.tables import LLMCallRow
+
+        event.listen(LLMCallRow, "after_insert", _on_llm_row)
+        _listening = True

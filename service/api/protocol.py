@@ -1,0 +1,294 @@
+"""Request and response models of the HTTP API (the OpenAPI document is built from these).
+
+Catalogue shapes (Product, Interaction) are reused from service.catalog.models; everything
+here adds API limits (list sizes, text lengths, k ≤ 100) and response envelopes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+from service.catalog.models import ID_PATTERN, Interaction, Product
+from service.retrieval.filters import Filters
+
+# -- limits -------------------------------------------------------------------------------
+MAX_K = 100
+MAX_QUERY_CHARS = 500
+MAX_HISTORY = 200
+MAX_UPSERT = 1000
+MAX_INTERACTIONS = 5000
+MAX_PAGE = 200
+MAX_EXCLUDE = 500
+
+ProductId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+ShortText = Annotated[str, StringConstraints(max_length=128)]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are an error, not silently ignored: a typo ("rerank_mode") is named.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# -- errors -------------------------------------------------------------------------------
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the field, e.g. products[3].price")
+    problem: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_request")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- products -----------------------------------------------------------------------------
+# Items are validated one by one in the route (bad ones are reported, good ones stored), so
+# the body accepts any objects while the schema still documents the product shape.
+ProductItem = Annotated[dict[str, Any], WithJsonSchema(Product.model_json_schema())]
+
+
+class ProductsUpsert(_Strict):
+    products: list[ProductItem] = Field(min_length=1, max_length=MAX_UPSERT)
+
+
+class ItemError(BaseModel):
+    index: int = Field(description="Position of the item in the request list")
+    id: str | None = None
+    fields: list[FieldError]
+
+
+class IndexReportOut(BaseModel):
+    total: int
+    encoded: int
+    removed: int
+    model_calls: int
+
+
+class UpsertResult(BaseModel):
+    received: int
+    inserted: int
+    updated: int
+    unchanged: int
+    errors: list[ItemError] = Field(
+        default_factory=list, description="Items that were not stored, and why"
+    )
+    index: IndexReportOut | None = None
+
+
+class ProductPage(BaseModel):
+    items: list[Product]
+    total: int | None = Field(description="All matches (None for a text search)")
+    limit: int
+    offset: int
+    next_offset: int | None = None
+
+
+class ScoredProduct(BaseModel):
+    product_id: str
+    title: str
+    category: str
+    brand: str = ""
+    price: float | None
+    currency: str
+    in_stock: bool = True
+    score: float
+    sources: dict[str, float] = Field(
+        default_factory=dict, description="Score per retrieval source that found it"
+    )
+
+
+class SimilarResponse(BaseModel):
+    product_id: str
+    items: list[ScoredProduct]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    query: str
+    items: list[ScoredProduct]
+
+
+# -- interactions -------------------------------------------------------------------------
+class InteractionsAppend(_Strict):
+    interactions: list[Interaction] = Field(min_length=1, max_length=MAX_INTERACTIONS)
+
+
+class AppendResult(BaseModel):
+    received: int
+    added: int = Field(description="New events (exact duplicates are skipped)")
+    errors: list[ItemError] = Field(default_factory=list)
+
+
+# -- recommendations ----------------------------------------------------------------------
+class FiltersIn(Filters):
+    """Business filters, with API bounds on every list and string."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    categories: list[ShortText] = Field(default_factory=list, max_length=50)
+    exclude_ids: list[ProductId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+
+
+RerankMode = Literal["none", "verbalizer", "reasoning"]
+
+
+class RecommendationRequest(_Strict):
+    user_id: Annotated[str, StringConstraints(pattern=ID_PATTERN)] | None = Field(
+        default=None, description="Known user: their stored interactions are the history"
+    )
+    history: list[ProductId] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description="Explicit recent product ids, oldest first (added to the stored ones)",
+    )
+    query: Annotated[str, StringConstraints(max_length=MAX_QUERY_CHARS)] | None = Field(
+        default=None, description="What the shopper is looking for, in words"
+    )
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+    rerank: RerankMode = Field(
+        default="none",
+        description="none: retrieval order; verbalizer: one LLM pass per pair; "
+        "reasoning: the LLM writes a ranking with reasons",
+    )
+    headline: bool = Field(default=False, description="Also write a headline for the list")
+    explain: bool = Field(default=False, description="Include a short 'why' per item")
+
+    @model_validator(mode="after")
+    def _something_to_go_on(self) -> RecommendationRequest:
+        if not (self.user_id or self.history or (self.query and self.query.strip())):
+            raise ValueError("give at least one of user_id, history or query")
+        return self
+
+
+class RecommendedItemOut(BaseModel):
+    product_id: str
+    title: str
+    category: str
+    price: float | None
+    currency: str
+    score: float = Field(description="Final score (the reranker's when one ran)")
+    retrieval_score: float
+    sources: dict[str, float]
+    why: str | None = Field(default=None, description="Present when explain=true")
+    fit: float | None = Field(default=None, description="Headline fit score, when headline=true")
+
+
+class HeadlineOut(BaseModel):
+    text: str
+    model_id: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+    flagged: bool = False
+    fit: dict[str, float] = Field(default_factory=dict)
+
+
+class RecommendationResponse(BaseModel):
+    request_id: str
+    items: list[RecommendedItemOut]
+    stages: list[str] = Field(
+        description="Stages that ran, in order, e.g. retrieve, rerank:verbalizer"
+    )
+    rerank: RerankMode
+    degraded: bool = Field(description="A model stage failed or timed out; retrieval order served")
+    degraded_reason: str | None = None
+    rationale: str | None = None
+    headline: HeadlineOut | None = None
+    model_id: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+    timings_ms: dict[str, float]
+
+
+# -- health -------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, dict[str, Any]]
+
+
+# -- assistant ----------------------------------------------------------------------------
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_MESSAGE_CHARS = 1000
+
+
+class ChatRequest(_Strict):
+    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    conversation_id: Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)] | None = (
+        Field(default=None, description="Continue this conversation (from a final event)")
+    )
+    user_id: Annotated[str, StringConstraints(pattern=ID_PATTERN)] | None = None
+    filters: FiltersIn | None = None
+    stream: bool = Field(default=True, description="false: one JSON answer instead of SSE")
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> ChatRequest:
+        if not self.message.strip():
+            raise ValueError("message must not be blank")
+        return self
+
+
+class ProductCard(BaseModel):
+    id: str
+    title: str
+    price: float | None = None
+    currency: str = "USD"
+    category: str = ""
+    in_stock: bool = True
+    label: int | None = Field(default=None, description="The [n] label the answer cites")
+
+
+class ChatFinal(BaseModel):
+    conversation_id: str
+    message_id: int | None = None
+    answer: str
+    products: list[ProductCard] = Field(default_factory=list)
+    cited: list[str] = Field(default_factory=list, description="Product ids cited in answer")
+    suggested: bool = Field(default=False, description="Cards are suggestions, not citations")
+    degraded: bool = False
+    degraded_reason: str | None = None
+    removed: list[str] = Field(default_factory=list)
+    flags: list[dict[str, Any]] = Field(default_factory=list)
+    query: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+
+
+class ChatMessage(BaseModel):
+    id: int
+    role: str
+    content: str
+    cited_ids: list[str] = Field(default_factory=list)
+    product_ids: list[str] = Field(default_factory=list)
+    model_id: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+    degraded: bool = False
+    meta: dict[str, Any] = Field(default_factory=dict)
+    created_at: str | None = None
+
+
+class Conversation(BaseModel):
+    id: str
+    user_id: str | None = None
+    title: str = ""
+    created_at: str
+    updated_at: str
+    messages: list[ChatMessage]

@@ -1,0 +1,143 @@
+"""/v1/assistant: the chat shopping assistant, streamed as server-sent events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api import metrics
+from service.api.deps import V1, Index
+from service.api.errors import ApiError, error_payload, error_responses
+from service.api.protocol import (
+    CONVERSATION_ID_PATTERN,
+    ChatFinal,
+    ChatRequest,
+    Conversation,
+)
+from service.recsmith import Recsmith
+
+logger = logging.getLogger("service.api")
+router = APIRouter(prefix=f"{V1}/assistant", tags=["assistant"])
+_lock = threading.Lock()
+
+SSE_DOC = (
+    "A `text/event-stream`. Events, in order: any number of `token` "
+    '(`data: {"text": "…"}`), then one `final` (`data`: the ChatFinal object: the answer, '
+    "the cited product ids and a card per product). If the turn breaks after the stream "
+    "started, an `error` event (`data`: the error object) ends it instead. With "
+    '`"stream": false` the final object is returned as JSON.'
+)
+
+
+def assistant_for(request: Request, rs: Recsmith) -> Any:
+    """One Assistant per app (imports LangChain, so built on first use)."""
+    a = getattr(request.app.state, "assistant", None)
+    if a is None:
+        with _lock:
+            a = getattr(request.app.state, "assistant", None)
+            if a is None:
+                from service.assistant.chat import Assistant
+
+                a = Assistant(rs)
+                request.app.state.assistant = a
+    return a
+
+
+def sse(event: str, data: Any) -> bytes:
+    # One JSON line per event: JSON never holds a raw newline, so no multi-line data.
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _events(events: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    yield b": stream open\n\n"  # flushes headers through proxies at once
+    try:
+        for ev in events:
+            kind = ev.get("type")
+            if kind == "token":
+                yield sse("token", {"text": ev.get("text", "")})
+            elif kind == "final":
+                final = {k: v for k, v in ev.items() if k != "type"}
+                if final.get("degraded"):
+                    metrics.DEGRADED.labels("assistant.chat", "llm").inc()
+                yield sse("final", final)
+            else:
+                yield sse(str(kind or "message"), ev)
+    except Exception as e:  # noqa: BLE001 - the status line is sent: say it in the stream
+        logger.exception("assistant stream failed")
+        yield sse("error", error_payload("stream_failed", f"{type(e).__name__}: {e}"[:300]))
+    finally:
+        close = getattr(events, "close", None)
+        if close:
+            close()  # stops the model when the client went away
+
+
+@router.post(
+    "/chat",
+    summary="Chat with the shopping assistant (server-sent events)",
+    description=SSE_DOC,
+    response_model=ChatFinal,
+    responses={
+        200: {
+            "description": "The token stream (or, with stream=false, the final object)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **error_responses(400, 401, 404, 413, 422),
+    },
+)
+async def chat(body: ChatRequest, index: Index, request: Request) -> Any:
+    def start() -> Iterator[dict[str, Any]]:
+        # Retrieval and the conversation lookup run before the first byte, so their errors
+        # (unknown conversation or user) are ordinary 4xx responses.
+        with index.reading() as rs:
+            a = assistant_for(request, rs)
+            try:
+                return a.stream(
+                    body.message,
+                    body.conversation_id,
+                    filters=body.filters,
+                    user_id=body.user_id,
+                )
+            except ValueError as e:
+                raise ApiError(422, str(e), fields=[("message", str(e))]) from None
+
+    events = await run_in_threadpool(start)
+    if not body.stream:
+
+        def drain() -> dict[str, Any]:
+            final: dict[str, Any] = {}
+            for ev in events:
+                if ev.get("type") == "final":
+                    final = {k: v for k, v in ev.items() if k != "type"}
+            return final
+
+        final = await run_in_threadpool(drain)
+        if final.get("degraded"):
+            metrics.DEGRADED.labels("assistant.chat", "llm").inc()
+        return JSONResponse(ChatFinal.model_validate(final).model_dump(mode="json"))
+    return StreamingResponse(
+        _events(events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/conversations/{conversation_id}",
+    response_model=Conversation,
+    summary="A conversation with all its messages",
+    responses=error_responses(401, 404, 422),
+)
+def conversation(
+    conversation_id: Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN)],
+    index: Index,
+    request: Request,
+) -> Conversation:
+    a = assistant_for(request, index.rs)
+    return Conversation.model_validate(a.conversation(conversation_id))

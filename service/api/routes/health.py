@@ -1,0 +1,84 @@
+"""Liveness, readiness and Prometheus metrics (unversioned, no API key: probes and
+scrapers live inside the deployment)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.metrics import REGISTRY
+from service.api.protocol import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health()
+
+
+def _check(fn: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+        ok = bool(out.pop("ok", True))
+    except Exception as e:  # noqa: BLE001 - a failed check is reported, not raised
+        out, ok = {"error": f"{type(e).__name__}: {e}"[:300]}, False
+    out["ok"] = ok
+    out["ms"] = round((time.perf_counter() - t0) * 1000, 2)
+    return out
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: models loaded, store reachable, LLM backend state",
+    description="503 until the store answers and the encoder and indexes are loaded. The "
+    "LLM is reported (loading, ready, failed; for a vLLM server its circuit breaker) but "
+    "does not decide readiness: without it recommendations are served degraded.",
+    responses={503: {"model": Readiness, "description": "Not ready"}},
+)
+def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    rs = getattr(state, "recsmith", None)
+    checks: dict[str, dict[str, Any]] = {}
+    if rs is None:
+        checks["startup"] = {"ok": False, "error": getattr(state, "startup_error", "starting")}
+        return JSONResponse(Readiness(ready=False, checks=checks).model_dump(), status_code=503)
+    checks["store"] = _check(lambda: {"products": rs.store.count_products()})
+    # cached_property: present in __dict__ only once loaded (reading .encoder would load it).
+    enc = rs.__dict__.get("encoder")
+    checks["encoder"] = _check(
+        lambda: {"ok": enc is not None, "model_id": getattr(enc, "model_id", None)}
+    )
+    checks["index"] = _check(
+        lambda: {"ok": bool(getattr(state, "index_ready", False)), "products": len(rs.dense)}
+    )
+    checks["llm"] = _llm_check(state)
+    ready = all(checks[k]["ok"] for k in ("store", "encoder", "index"))
+    body = Readiness(ready=ready, checks=checks).model_dump()
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _llm_check(state: Any) -> dict[str, Any]:
+    warm = getattr(state, "llm_warm", None)
+    status = warm.status if warm else "not started"
+    if status != "ready":
+        return {"ok": False, "state": status, "error": warm.error if warm else None}
+    out = _check(lambda: dict(warm.llm.health()))
+    out["state"] = "ready" if out["ok"] else "unavailable"
+    return out
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+def prometheus_metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
