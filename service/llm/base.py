@@ -50,8 +50,17 @@ class LLM(ABC):
     backend: str  # "transformers" | "openai"
     model_id: str  # provenance stored with every generated text
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every backend logs every call to llm_calls: wired here so it cannot be forgotten.
+        super().__init_subclass__(**kwargs)
+        from service.llm.log import instrument_class
+
+        instrument_class(cls)
+
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], params: GenParams | None = None) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenParams | None = None
+    ) -> list[Generation]:
         """Batched generation; one Generation per prompt, in order."""
 
     @abstractmethod
@@ -70,3 +79,6 @@ class LLM(ABC):
 
     def health(self) -> dict[str, Any]:
         return {"backend": self.backend, "model_id": self.model_id, "ok": True}
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections (the in-process model stays cached for the process)."""

