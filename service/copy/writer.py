@@ -1,0 +1,513 @@
+"""Render prompt → generate → check → retry → store, for one request or a batch of them.
+
+Every text the model writes is checked (`checks.run_checks`). A text that fails is
+written again with a stricter prompt (`copy_retry.<lang>`, which names what failed) up to
+`settings.copy_max_retries` times; if it still fails it is stored and returned flagged
+with its failed checks, or refused (`copy_on_fail=refuse`: stored as rejected, returned
+with text None). Nothing fails silently.
+
+All prompts of one pass go to the model in ONE `generate` call (variants and batch
+products alike); the retries of a pass share one call too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from service.catalog.models import Product
+from service.catalog.store import CatalogStore, NotFound
+from service.config import Settings, get_settings
+from service.copy.checks import CheckResult, Facts, Limits, clean_output, run_checks
+from service.copy.store import CopyStore, canonical_json, request_key, to_result
+from service.copy.tables import CopyRow
+from service.copy.tasks import (
+    BLURB_WORDS,
+    LANGUAGES,
+    SPECS,
+    CopyOptions,
+    CopyRequest,
+    CopyResult,
+    HeadlineRequest,
+    HeadlineResult,
+    ItemFit,
+    normalise_language,
+)
+from service.llm.base import LLM, GenParams, Message
+from service.prompts import PromptLibrary, library
+
+# Sampling defaults when several variants are asked for and no temperature is given.
+VARIANT_TEMPERATURE = 0.8
+VARIANT_TOP_P = 0.95
+# Description characters shown to the model: enough for the facts, short for a small model.
+DESCRIPTION_CHARS = 700
+# Recent products of a user's history that personalise a headline.
+INTEREST_ITEMS = 3
+
+
+@dataclass
+class Draft:
+    """One text in the making: what to ask, how to judge it, and what came back."""
+
+    task: str
+    products: list[Product]
+    language: str
+    params: dict[str, Any]
+    variant: int
+    key: str
+    facts: Facts
+    limits: Limits
+    keywords: list[str]
+    variables: dict[str, Any]
+    gen: GenParams
+    template: str
+    template_version: str
+    templates: dict[str, str]
+    topic_check: bool
+    text: str = ""
+    raw: str = ""
+    prompt: list[Message] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+    attempts: int = 0
+    model_id: str = ""
+    backend: str = ""
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.ok]
+
+
+class CopyWriter:
+    """The copy service. Heavy parts (the LLM, the encoder) load on first use."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        llm: LLM | None = None,
+        catalog: CatalogStore | None = None,
+        store: CopyStore | None = None,
+        encoder: Any | None = None,
+        prompts: PromptLibrary | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self._llm = llm
+        self.catalog = catalog or CatalogStore(self.settings.db_url)
+        self.store = store or CopyStore(self.catalog.engine)
+        self._encoder = encoder
+        self.prompts = prompts or library()
+
+    # -- parts ------------------------------------------------------------------------
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            from service.llm.factory import get_llm
+
+            self._llm = get_llm(self.settings)
+        return self._llm
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from service.retrieval.encoder import get_encoder
+
+            s = self.settings
+            self._encoder = get_encoder(
+                s.encoder_model,
+                s.encoder_batch_size,
+                s.encoder_max_length,
+                str(s.data_dir / "cache" / "embeddings.sqlite"),
+            )
+        return self._encoder
+
+    # -- public API -------------------------------------------------------------------
+    def generate(self, req: CopyRequest) -> list[CopyResult]:
+        """One product, one task; a result per variant. Raises NotFound for an unknown id."""
+        product = self.catalog.get_product(req.product_id)
+        options = CopyOptions(**req.model_dump(exclude={"task", "product_id", "regenerate"}))
+        return self.generate_for_products(req.task, [product], options, regenerate=req.regenerate)[
+            0
+        ]
+
+    def generate_for_products(
+        self,
+        task: str,
+        products: Sequence[Product],
+        options: CopyOptions,
+        *,
+        regenerate: bool = False,
+        job_id: int | None = None,
+        session: Session | None = None,
+    ) -> list[list[CopyResult]]:
+        """The same task for many products: stored texts are reused, the rest are written
+        in one `generate` call (plus one per retry round). Results per product, per variant.
+        With `session`, new rows join the caller's transaction (batch jobs commit them
+        together with their progress)."""
+        if task not in ("summary", "title", "blurb"):
+            raise ValueError(f"unknown product task {task!r}: use summary, title or blurb")
+        drafts = [self._plan_product(task, p, options) for p in products]
+        flat = [d for per in drafts for d in per]
+        results = self._run(flat, regenerate=regenerate, job_id=job_id, session=session)
+        out: list[list[CopyResult]] = []
+        i = 0
+        for per in drafts:
+            out.append(results[i : i + len(per)])
+            i += len(per)
+        return out
+
+    def headline(self, req: HeadlineRequest) -> HeadlineResult:
+        """A theme headline for recommended items, with each item's fit to it."""
+        found = self.catalog.get_products(req.product_ids)
+        missing = [pid for pid in req.product_ids if pid not in found]
+        if missing:
+            raise NotFound(f"unknown product id(s): {', '.join(missing[:5])}")
+        products = [found[pid] for pid in req.product_ids]
+        interests = list(req.interests)
+        if not interests and req.user_id:
+            interests = self.user_interests(req.user_id)
+        drafts = self._plan_headline(products, interests, req)
+        results = self._run(drafts, regenerate=req.regenerate)
+        chosen = next((r for r in results if r.passed), results[0])
+        text = chosen.text or ""
+        scores = self.fit_scores(text, products) if text else [0.0] * len(products)
+        items = [
+            ItemFit(product_id=p.id, score=round(s, 4), keep=bool(text) and s >= req.threshold)
+            for p, s in zip(products, scores, strict=True)
+        ]
+        return HeadlineResult(
+            headline=chosen,
+            variants=results,
+            items=items,
+            kept=[i.product_id for i in items if i.keep],
+            interests=interests,
+            threshold=req.threshold,
+        )
+
+    def user_interests(self, user_id: str) -> list[str]:
+        """Titles of the user's most recent distinct products, newest first."""
+        history = self.catalog.user_history(user_id, limit=50)
+        if not history:
+            raise NotFound(f"unknown user id {user_id!r} (no interactions stored)")
+        recent = list(dict.fromkeys(pid for pid, _e, _t in reversed(history)))[:INTEREST_ITEMS]
+        products = self.catalog.get_products(recent)
+        return [products[pid].title for pid in recent if pid in products]
+
+    def fit_scores(self, headline: str, products: Sequence[Product]) -> list[float]:
+        """Cosine between the headline and each item's text (the encoder normalises)."""
+        vecs = np.asarray(self.encoder.encode([headline] + [p.embedding_text() for p in products]))
+        return [float(v) for v in vecs[1:] @ vecs[0]]
+
+    def edit(self, copy_id: int, text: str) -> CopyResult:
+        """A person's edit, re-checked against the same product data (stored in meta)."""
+        row = self.store.get(copy_id)
+        products = list(self.catalog.get_products(row.product_ids).values())
+        extra = list(row.params.get("interests", [])) + list(row.params.get("keywords", []))
+        facts = Facts.from_products(products, extra=extra) if products else Facts.from_fields([])
+        spec = SPECS[row.task]
+        checks = run_checks(
+            text.strip(),
+            facts,
+            language=row.language,
+            limits=self._limits(row.task, row.language, row.params),
+            banned=self.settings.banned_claims,
+            topic=spec.topic_check and bool(products),
+            keywords=row.params.get("keywords", []),
+        )
+        return self.store.edit(copy_id, text, {c.name: c.as_dict() for c in checks})
+
+    # -- planning ---------------------------------------------------------------------
+    def _language(self, requested: str | None, products: Sequence[Product]) -> str:
+        if requested:
+            return requested
+        for p in products:
+            try:
+                lang = normalise_language(p.language)
+            except ValueError:
+                continue  # a language we have no prompts for: fall back to English
+            if lang:
+                return lang
+        return "en"
+
+    def _limits(self, task: str, language: str, params: dict[str, Any]) -> Limits:
+        spec = SPECS[task]
+        return Limits(
+            max_words=params.get("max_words") if language != "zh" else None,
+            max_chars=params.get("max_chars") if language == "zh" else None,
+            single_line=spec.single_line,
+        )
+
+    def _template_family(self, task: str, language: str) -> tuple[str, str, dict[str, str]]:
+        """(task template, combined version, {name: version}): the version covers every
+        file the prompt is built from, so editing any of them invalidates stored texts."""
+        names = [
+            f"copy_system.{language}",
+            f"copy_items.{language}" if task == "headline" else f"copy_product.{language}",
+            f"copy_{task}.{language}",
+            f"copy_retry.{language}",
+        ]
+        versions = {n: self.prompts.version(n) for n in names}
+        combined = hashlib.sha256(canonical_json(versions).encode()).hexdigest()[:12]
+        return f"copy_{task}.{language}", combined, versions
+
+    def _policy(self) -> str:
+        """The checking policy; a change of it invalidates stored texts."""
+        s = self.settings
+        policy = {
+            "banned": sorted(s.banned_claims),
+            "retries": s.copy_max_retries,
+            "on_fail": s.copy_on_fail,
+        }
+        return hashlib.sha256(canonical_json(policy).encode()).hexdigest()[:12]
+
+    def _sampling(
+        self, variants: int, seed: int, temperature: float | None, max_tokens: int
+    ) -> tuple[GenParams, dict[str, Any]]:
+        temp = (
+            temperature
+            if temperature is not None
+            else (VARIANT_TEMPERATURE if variants > 1 else 0.0)
+        )
+        if temp > 0:
+            gen = GenParams(max_tokens=max_tokens, temperature=temp, top_p=VARIANT_TOP_P, seed=seed)
+            return gen, {"temperature": temp, "top_p": VARIANT_TOP_P, "seed": seed}
+        return GenParams(max_tokens=max_tokens), {"temperature": 0.0}
+
+    def _plan_product(self, task: str, product: Product, options: CopyOptions) -> list[Draft]:
+        spec = SPECS[task]
+        language = self._language(options.language, [product])
+        params: dict[str, Any] = {"language": language, "variants": options.variants}
+        if task == "blurb":
+            words = options.max_words or BLURB_WORDS[options.length]
+            params |= {"tone": options.tone, "length": options.length, "keywords": options.keywords}
+        else:
+            words = options.max_words or spec.max_words
+        if language == "zh":
+            params["max_chars"] = options.max_chars or (
+                2 * words if task == "blurb" else spec.max_chars
+            )
+            budget = params["max_chars"] * 2 + 16  # SmolLM-style tokenisers: ~1-2 tokens/char
+        else:
+            params["max_words"] = words
+            budget = int(words * 1.6) + 16
+        max_tokens = options.max_tokens or min(max(budget, spec.max_tokens // 2), 512)
+        gen, sampling = self._sampling(
+            options.variants, options.seed, options.temperature, max_tokens
+        )
+        params |= sampling | {"max_tokens": max_tokens, "policy": self._policy()}
+        template, version, versions = self._template_family(task, language)
+        facts = Facts.from_products([product], extra=options.keywords)
+        variables = {
+            "task": task,
+            "product": product,
+            "description_chars": DESCRIPTION_CHARS,
+            "max_words": params.get("max_words"),
+            "max_chars": params.get("max_chars"),
+            "tone": options.tone,
+            "length": options.length,
+            "keywords": options.keywords,
+        }
+        return [
+            Draft(
+                task=task,
+                products=[product],
+                language=language,
+                params=params,
+                variant=v,
+                key=request_key(task, [product.id], params, self.llm.model_id, version, v),
+                facts=facts,
+                limits=self._limits(task, language, params),
+                keywords=list(options.keywords),
+                variables=variables,
+                gen=gen,
+                template=template,
+                template_version=version,
+                templates=versions,
+                topic_check=spec.topic_check,
+            )
+            for v in range(options.variants)
+        ]
+
+    def _plan_headline(
+        self, products: list[Product], interests: list[str], req: HeadlineRequest
+    ) -> list[Draft]:
+        task = "headline"
+        spec = SPECS[task]
+        language = self._language(req.language, products)
+        params: dict[str, Any] = {
+            "language": language,
+            "variants": req.variants,
+            "interests": interests,
+        }
+        if language == "zh":
+            params["max_chars"] = req.max_chars or spec.max_chars
+        else:
+            params["max_words"] = req.max_words or spec.max_words
+        gen, sampling = self._sampling(req.variants, req.seed, req.temperature, spec.max_tokens)
+        params |= sampling | {"max_tokens": spec.max_tokens, "policy": self._policy()}
+        template, version, versions = self._template_family(task, language)
+        facts = Facts.from_products(products, extra=interests)
+        variables = {
+            "task": task,
+            "products": products,
+            "interests": interests,
+            "max_words": params.get("max_words"),
+            "max_chars": params.get("max_chars"),
+        }
+        ids = [p.id for p in products]
+        return [
+            Draft(
+                task=task,
+                products=products,
+                language=language,
+                params=params,
+                variant=v,
+                key=request_key(task, ids, params, self.llm.model_id, version, v),
+                facts=facts,
+                limits=self._limits(task, language, params),
+                keywords=[],
+                variables=variables,
+                gen=gen,
+                template=template,
+                template_version=version,
+                templates=versions,
+                topic_check=False,
+            )
+            for v in range(req.variants)
+        ]
+
+    # -- running ----------------------------------------------------------------------
+    def _messages(self, d: Draft) -> list[Message]:
+        lang = d.language
+        system = self.prompts.render(f"copy_system.{lang}", **d.variables).text
+        if d.attempts == 0:
+            user = self.prompts.render(d.template, **d.variables).text
+        else:
+            failures = {c.name: list(c.found) for c in d.failed}
+            user = self.prompts.render(f"copy_retry.{lang}", **d.variables, failures=failures).text
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def _produce(self, drafts: list[Draft]) -> None:
+        """Generate, check, and retry the failures; one generate call per round and
+        sampling setting."""
+        from service.llm.log import log_context
+
+        pending = list(drafts)
+        rounds = 1 + max(self.settings.copy_max_retries, 0)
+        for attempt in range(rounds):
+            if not pending:
+                return
+            groups: dict[GenParams, list[Draft]] = {}
+            for d in pending:
+                d.prompt = self._messages(d)
+                gen = d.gen
+                if attempt and gen.seed is not None:  # a fresh sample on each retry
+                    gen = GenParams(**{**gen.__dict__, "seed": gen.seed + 1000 * attempt})
+                groups.setdefault(gen, []).append(d)
+            for gen, group in groups.items():
+                first = group[0]
+                tags = {
+                    "task": first.task,
+                    "template": first.template,
+                    "template_version": first.template_version,
+                    "attempt": attempt + 1,
+                }
+                t0 = time.perf_counter()
+                with log_context(**tags):
+                    outs = self.llm.generate([d.prompt for d in group], gen)
+                dt = time.perf_counter() - t0
+                for d, g in zip(group, outs, strict=True):
+                    d.attempts = attempt + 1
+                    d.raw = g.text
+                    d.text = clean_output(g.text, single_line=d.limits.single_line)
+                    d.model_id, d.backend = g.model_id, g.backend
+                    d.latency_s += dt
+                    d.prompt_tokens += g.prompt_tokens
+                    d.completion_tokens += g.completion_tokens
+                    d.checks = run_checks(
+                        d.text,
+                        d.facts,
+                        language=d.language,
+                        limits=d.limits,
+                        banned=self.settings.banned_claims,
+                        topic=d.topic_check,
+                        keywords=d.keywords,
+                    )
+                    if d.failed:
+                        d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})
+            pending = [d for d in pending if d.failed]
+
+    def _row(self, d: Draft, job_id: int | None) -> CopyRow:
+        failed = [c for c in d.failed]
+        refused = bool(failed) and self.settings.copy_on_fail == "refuse"
+        note = ""
+        if failed:
+            verb = "refused" if refused else "flagged"
+            note = f"{verb}: " + "; ".join(c.detail for c in failed)
+        meta: dict[str, Any] = {
+            "refused": refused,
+            "templates": d.templates,
+            "latency_s": round(d.latency_s, 3),
+            "prompt_tokens": d.prompt_tokens,
+            "completion_tokens": d.completion_tokens,
+        }
+        if d.raw.strip() != d.text:
+            meta["raw"] = d.raw
+        if len(d.history) > (1 if failed else 0):
+            meta["failed_attempts"] = d.history[:-1] if failed else d.history
+        return CopyRow(
+            request_key=d.key,
+            task=d.task,
+            product_id=d.products[0].id if d.task != "headline" else None,
+            product_ids=[p.id for p in d.products],
+            params=d.params,
+            language=d.language,
+            variant=d.variant,
+            text=d.text,
+            model_id=d.model_id or self.llm.model_id,
+            backend=d.backend or self.llm.backend,
+            template=d.template,
+            template_version=d.template_version,
+            prompt=canonical_json(d.prompt),
+            checks={c.name: c.as_dict() for c in d.checks},
+            failed_checks=[c.name for c in failed],
+            passed=not failed,
+            attempts=d.attempts,
+            status="rejected" if refused else "draft",
+            note=note,
+            meta=meta,
+            job_id=job_id,
+        )
+
+    def _run(
+        self,
+        drafts: list[Draft],
+        *,
+        regenerate: bool = False,
+        job_id: int | None = None,
+        session: Session | None = None,
+    ) -> list[CopyResult]:
+        """Results in the order of drafts: stored ones reused, the rest produced and stored."""
+        cached = {} if regenerate else self.store.find_many([d.key for d in drafts])
+        fresh = [d for d in drafts if d.key not in cached]
+        if fresh:
+            self._produce(fresh)
+            rows = self.store.add([self._row(d, job_id) for d in fresh], session=session)
+            made = {d.key: to_result(r) for d, r in zip(fresh, rows, strict=True)}
+        else:
+            made = {}
+        return [
+            made[d.key] if d.key in made else to_result(cached[d.key], cached=True) for d in drafts
+        ]
+
+
+__all__ = ["LANGUAGES", "CopyWriter", "Draft"]
