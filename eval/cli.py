@@ -22,6 +22,12 @@ eval_app = typer.Typer(help="Offline evaluation on real data.", no_args_is_help=
 console = Console(stderr=True)
 
 
+@eval_app.callback()
+def _group() -> None:
+    """Offline evaluation on real data (a group even with one command, so `ranking` is a
+    subcommand both here and under `recsmith eval`)."""
+
+
 class RichReporter:
     """eval.ranking.Reporter drawn as one rich progress bar per stage."""
 

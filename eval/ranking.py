@@ -133,18 +133,25 @@ def rank_targets(
     ), elapsed
 
 
-def evaluate_baseline(method: Method, split: Split, rows: np.ndarray) -> MethodResult:
+def evaluate_baseline(
+    method: Method, split: Split, rows: np.ndarray, lambdas: Sequence[float] = EASE_LAMBDAS
+) -> MethodResult:
     params: dict[str, Any] = {}
-    tuning: dict[str, float] = {}
     if isinstance(method, EASE):
         # λ by validation NDCG@10 on the evaluated users, then refit on the test histories.
-        for lam in EASE_LAMBDAS:
-            method.lam = lam
-            ranks, _ = rank_targets(method, split, "val", rows)
-            tuning[f"{lam:g}"] = summarize(ranks.stable)["ndcg@10"]
-        method.lam = float(max(tuning, key=lambda k: tuning[k]))
-        params = {"lambda": method.lam, "val_ndcg@10_by_lambda": tuning}
-    val, _ = rank_targets(method, split, "val", rows)
+        tuned: dict[float, TargetRanks] = {}
+        for lam in lambdas:
+            method.lam = float(lam)
+            tuned[method.lam], _ = rank_targets(method, split, "val", rows)
+        by_lam = {lam: summarize(r.stable)["ndcg@10"] for lam, r in tuned.items()}
+        method.lam = max(by_lam, key=lambda k: by_lam[k])
+        val = tuned[method.lam]
+        params = {
+            "lambda": method.lam,
+            "val_ndcg@10_by_lambda": {f"{k:g}": v for k, v in by_lam.items()},
+        }
+    else:
+        val, _ = rank_targets(method, split, "val", rows)
     t0 = time.perf_counter()
     test, score_s = rank_targets(method, split, "test", rows)
     fit_s = time.perf_counter() - t0 - score_s
@@ -514,6 +521,7 @@ def run_ranking(
     rerank_users: int = 100,
     reporter: Reporter | None = None,
     sensitivity: bool = True,
+    ease_lambdas: Sequence[float] = EASE_LAMBDAS,
 ) -> RankingRun:
     """rerankers: names for load_rerankers, or Reranker objects."""
     reporter = reporter or Reporter()
@@ -554,7 +562,7 @@ def run_ranking(
     reporter.stage("baselines", len(methods))
     t0 = time.perf_counter()
     for m in methods:
-        run.results.append(evaluate_baseline(m, split, rows))
+        run.results.append(evaluate_baseline(m, split, rows, ease_lambdas))
         reporter.advance()
     timings["baselines"] = time.perf_counter() - t0
 
@@ -563,7 +571,7 @@ def run_ranking(
         alt = leave_last_two_out(ds, other)
         alt_rows = sample_rows(len(alt.users), users, seed)
         for m in default_methods(alt.n_items, embeddings, label):
-            res = evaluate_baseline(m, alt, alt_rows)
+            res = evaluate_baseline(m, alt, alt_rows, ease_lambdas)
             res.note = f"time ties ordered by {other}"
             run.sensitivity.append(res)
 
