@@ -1,5 +1,345 @@
-"""`recsmith train …`."""
+"""`recsmith train …`: the sequential retriever (SASRec) and the LoRA-tuned reranker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
 
-train_app = typer.Typer(help="Train the sequential retriever and the LoRA reranker.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train the sequential retriever and the LoRA reranker.", no_args_is_help=True
+)
+console = Console(stderr=True)
+out = Console()
+
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="train on a data set (ml-100k | book-crossing) instead of the store's log"),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="data directory to write the model into (default: settings)")
+]
+TieOpt = Annotated[
+    str, typer.Option(help="--dataset only: order of equal timestamps, item_id | original")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the metrics as JSON")]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _settings(data_dir: Path | None) -> Any:
+    from service.config import Settings, get_settings
+
+    s = get_settings() if data_dir is None else Settings(data_dir=data_dir)
+    s.ensure_dirs()
+    return s
+
+
+def _fail(msg: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {msg}")
+    return typer.Exit(2)
+
+
+def _load_dataset(name: str, tie_break: str) -> tuple[Any, Any]:
+    from eval.datasets import DatasetError, load
+    from eval.split import leave_last_two_out
+
+    if tie_break not in ("item_id", "original"):
+        raise typer.BadParameter("use item_id or original", param_hint="--tie-break")
+    try:
+        ds = load(name)
+    except DatasetError as e:
+        raise _fail(str(e)) from None
+    return ds, leave_last_two_out(ds, tie_break)  # type: ignore[arg-type]
+
+
+def _rows(ds: Any) -> list[tuple[str, str, str, Any]]:
+    return [(i.user_id, i.product_id, i.event.value, i.ts) for i in ds.interactions]
+
+
+def _metric_table(title: str, parts: dict[str, dict[str, float]]) -> Table:
+    t = Table(title=title)
+    keys = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr"]
+    t.add_column("target")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for name, m in parts.items():
+        if m:
+            t.add_row(name, *(f"{m.get(k, float('nan')):.4f}" for k in keys))
+    return t
+
+
+@train_app.command("retriever")
+def retriever(
+    epochs: Annotated[
+        int, typer.Option(help="maximum epochs (early stopping may end sooner)")
+    ] = 200,
+    max_minutes: Annotated[float, typer.Option(help="time budget for training")] = 3.0,
+    dataset: DatasetOpt = None,
+    tie_break: TieOpt = "item_id",
+    loss: Annotated[
+        str, typer.Option(help="ce (full softmax) | bce (one sampled negative)")
+    ] = "ce",
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 3e-3,
+    patience: Annotated[int, typer.Option(help="epochs without a better val NDCG@10")] = 5,
+    seed: int = 0,
+    threads: Annotated[int, typer.Option(help="torch threads; 0 = auto (idle cores)")] = 0,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the SASRec retriever on the interaction log; saves DATA_DIR/models/sequential."""
+    from service.training.sequential import (
+        EpochReport,
+        SASRecConfig,
+        SequentialModelError,
+        data_version,
+        train_on_sequences,
+        train_sequential,
+    )
+
+    if loss not in ("ce", "bce"):
+        raise typer.BadParameter("use ce or bce", param_hint="--loss")
+    settings = _settings(data_dir)
+    cfg = SASRecConfig(
+        loss=loss,
+        lr=lr,
+        max_epochs=epochs,
+        max_minutes=max_minutes,  # type: ignore[arg-type]
+        patience=patience,
+        seed=seed,
+        threads=threads,
+    )
+    with _progress() as bar:
+        task = bar.add_task("loading the interaction log", total=epochs)
+
+        def report(r: EpochReport) -> None:
+            bar.update(
+                task,
+                completed=r.epoch,
+                description=f"epoch {r.epoch}  loss {r.loss:.4f}  "
+                f"val NDCG@10 {r.val.get('ndcg@10', 0):.4f}  (best: epoch {r.best_epoch})",
+            )
+
+        try:
+            if dataset:
+                ds, split = _load_dataset(dataset, tie_break)
+                rows = _rows(ds)
+                bar.update(task, description=f"training on {dataset} ({len(split.users)} users)")
+                metrics = train_on_sequences(
+                    split.item_ids,
+                    split.sequences,
+                    settings,
+                    data_version(rows),
+                    len(rows),
+                    report,
+                    cfg,
+                    extra={"source": "dataset", "dataset": dataset, "tie_break": tie_break},
+                )
+            else:
+                from service.catalog.store import CatalogStore
+
+                rows = CatalogStore(settings.db_url).all_interactions()
+                if not rows:
+                    raise _fail("the store has no interactions: `recsmith ingest interactions …`")
+                bar.update(task, description=f"training on the store's log ({len(rows)} rows)")
+                metrics = train_sequential(rows, settings, report, cfg)
+        except SequentialModelError as e:
+            raise _fail(str(e)) from None
+        bar.update(task, completed=metrics["epochs_run"], total=metrics["epochs_run"])
+    if as_json:
+        out.print_json(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+        return
+    out.print(
+        _metric_table(
+            "SASRec (leave-one-out)", {"validation": metrics["val"], "test": metrics["test"]}
+        )
+    )
+    out.print(
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']} ({metrics['stopped']}), "
+        f"{metrics['train_s']} s; {metrics['users_evaluated']} users evaluated; "
+        f"saved to {metrics['path']}"
+    )
+
+
+@train_app.command("reranker")
+def reranker(
+    examples: Annotated[int, typer.Option(help="training prompts (one per sampled user)")] = 300,
+    val_examples: Annotated[int, typer.Option(help="validation prompts")] = 50,
+    epochs: int = 1,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="stop (resumable) after M minutes")
+    ] = None,
+    lr: float = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="prompts per optimizer step")] = 8,
+    micro_batch: Annotated[int, typer.Option(help="prompts per forward pass")] = 1,
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank r")] = 8,
+    layers: Annotated[
+        int | None, typer.Option(help="adapters only in the top N blocks (faster on CPU)")
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="optimizer steps per checkpoint")] = 5,
+    fresh: Annotated[bool, typer.Option(help="ignore an existing checkpoint")] = False,
+    dataset: DatasetOpt = None,
+    tie_break: TieOpt = "item_id",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU torch threads; 0 = auto")] = 0,
+    seed: int = 0,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """LlamaRec-tune the verbalizer's LLM with LoRA; saves DATA_DIR/models/reranker-lora.
+
+    Candidates come from the trained SASRec with --dataset (train it first with
+    `recsmith train retriever --dataset …`), else from the service's retriever. A re-run
+    with the same options continues from the last checkpoint."""
+    from service.training.lora import (
+        AdapterError,
+        LoraTrainConfig,
+        StepReport,
+        VLLMLora,
+        build_examples,
+        train_reranker,
+    )
+
+    settings = _settings(data_dir)
+    cfg = LoraTrainConfig(
+        examples=examples,
+        val_examples=val_examples,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        lr=lr,
+        batch_size=batch_size,
+        micro_batch=micro_batch,
+        r=rank,
+        alpha=2 * rank,
+        layers=layers,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        device=device,
+        threads=threads,
+    )
+    with _progress() as bar:
+        task = bar.add_task("building prompts", total=None)
+        try:
+            if dataset:
+                sequences, retrieve, products, source = _dataset_source(
+                    dataset, tie_break, settings
+                )
+            else:
+                sequences, retrieve, products, source = _store_source(settings)
+            train, val = build_examples(
+                sequences, retrieve, cfg.examples, cfg.val_examples, cfg.candidates, cfg.seed
+            )
+            bar.update(task, description=f"tuning on {len(train)} prompts (loading the model)")
+
+            def report(r: StepReport) -> None:
+                bar.update(
+                    task,
+                    total=r.total_steps,
+                    completed=r.step,
+                    description=f"step {r.step}  loss {r.loss:.4f}",
+                )
+
+            metrics = train_reranker(
+                train,
+                val,
+                products,
+                settings,
+                report,
+                cfg,
+                fresh=fresh,
+                extra={"candidates_from": source},
+            )
+        except AdapterError as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        out.print_json(json.dumps({k: v for k, v in metrics.items() if k != "losses"}))
+        return
+    t = Table(title="verbalizer on validation prompts (ground truth among the 20)")
+    for col in ("", "accuracy", "ndcg@10", "mrr", "answer logprob"):
+        t.add_column(col, justify="right")
+    for name in ("val_before", "val_after"):
+        m = metrics.get(name) or {}
+        if m:
+            t.add_row(
+                name.replace("val_", ""),
+                f"{m['accuracy']:.3f}",
+                f"{m['ndcg@10']:.4f}",
+                f"{m['mrr']:.4f}",
+                f"{m['answer_logprob']:.3f}",
+            )
+    out.print(t)
+    state = "complete" if metrics["complete"] else "stopped early: re-run to continue"
+    out.print(
+        f"{metrics['steps']}/{metrics['total_steps']} steps ({state}), "
+        f"{metrics['train_s']} s on {metrics['device']}; adapter in {metrics['path']}"
+    )
+    out.print(
+        "vLLM: "
+        + " ".join(VLLMLora(Path(metrics["path"]), cfg.r).args())
+        + " (then RECSMITH_LLM_SERVED_NAME stays; the verbalizer asks for model "
+        "'reranker')"
+    )
+
+
+def _dataset_source(name: str, tie_break: str, settings: Any) -> tuple[Any, Any, Any, str]:
+    """ML-100k & co: sequences from the eval split, candidates from the saved SASRec."""
+    from service.training.lora import AdapterError
+    from service.training.sequential import SequentialModelError, model_dir, read_model
+
+    ds, split = _load_dataset(name, tie_break)
+    try:
+        scorer = read_model(model_dir(settings))
+    except SequentialModelError as e:
+        raise AdapterError(f"{e} (with --dataset {name})") from None
+    if not set(scorer.item_ids) >= {p.id for p in ds.products[:50]}:
+        raise AdapterError(
+            f"the saved SASRec was not trained on {name}: "
+            f"`recsmith train retriever --dataset {name}` first"
+        )
+    seqs = [[split.item_ids[i] for i in s] for s in split.sequences]
+
+    def retrieve(history: list[str], k: int) -> list[str]:
+        return [p for p, _ in scorer.top_k(history, k, lambda _p: True)]
+
+    return seqs, retrieve, {p.id: p for p in ds.products}, f"SASRec trained on {name}"
+
+
+def _store_source(settings: Any) -> tuple[Any, Any, Any, str]:
+    """The service's own log; candidates from its retriever, as the verbalizer sees them."""
+    from service.recsmith import Recsmith
+    from service.retrieval.retriever import RetrievalRequest
+    from service.training.sequential import sequences_from_log
+
+    rs = Recsmith(settings)
+    rs.ensure_ready()
+    item_ids, _users, idx_seqs = sequences_from_log(rs.store.all_interactions())
+    seqs = [[item_ids[i] for i in s] for s in idx_seqs]
+
+    def retrieve(history: list[str], k: int) -> list[str]:
+        req = RetrievalRequest(history=history[-500:], k=k)
+        hist = [(p, "view") for p in history]
+        return [c.product_id for c in rs.retriever.candidates(req, history=hist)]
+
+    return seqs, retrieve, rs.store.get_products(item_ids), "recsmith retriever"

@@ -1,0 +1,623 @@
+"""LlamaRec tuning of the verbalizer's LLM with LoRA, and loading the adapter for serving.
+
+Examples: for a user whose distinct items are s (time order), the training part is
+T = s[:-2] (validation and test targets are never trained on). The prompt history is
+T[:-1], the answer is T[-1], and the candidates are the retriever's top-k for that history
+with the answer put in (replacing the last candidate) when missing, then shuffled with a
+seeded RNG, so the answer's label is uniform over A..T. The prompt is exactly what the
+verbalizer sends (`service.ranking.verbalizer.build_prompt` over prompts/rank_verbalizer.j2,
+through the model's chat template, as TransformersLLM.encode tokenises it).
+
+Loss: cross-entropy of the answer's label token at the position right after the prompt,
+and nothing else: the position the verbalizer reads at serving time. Only LoRA weights
+train (peft); optionally only in the top `layers` blocks, which also cuts the backward
+pass to those blocks (a CPU run's main cost).
+
+Artefacts in DATA_DIR/models/reranker-lora/: the peft adapter (adapter_config.json,
+adapter_model.safetensors — the folder vLLM's `--lora-modules reranker=PATH` takes),
+metrics.json, manifest.json (base model id and fingerprint, template version), and
+checkpoints/latest.pt (LoRA weights + optimizer + step) from which a re-run continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from service.catalog.models import Product
+    from service.config import Settings
+    from service.llm.base import LLM
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_DIR = "reranker-lora"
+FORMAT_VERSION = 1
+SERVED_NAME = "reranker"  # the adapter's model name on vLLM (--lora-modules reranker=PATH)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterError(RuntimeError):
+    """No usable adapter (missing, corrupted, or made for another base model)."""
+
+
+@dataclass
+class LoraTrainConfig:
+    examples: int = 300  # training prompts (a seeded sample of users, one prompt each)
+    val_examples: int = 50
+    candidates: int = 20  # LlamaRec's shortlist: labels A..T, one verbalizer window
+    max_history: int = 8  # the verbalizer's default
+    epochs: int = 1
+    lr: float = 5e-4
+    batch_size: int = 8  # prompts per optimizer step (gradient accumulation)
+    micro_batch: int = 1  # prompts per forward pass (raise on a GPU)
+    warmup: float = 0.05
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    layers: int | None = None  # adapters only in the top N blocks (None = all)
+    checkpoint_every: int = 5  # optimizer steps
+    max_minutes: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU torch threads; 0 = auto (service.training.sequential.train_threads)
+
+
+@dataclass
+class RankExample:
+    history: list[str]  # product ids, oldest first
+    candidates: list[str]  # in prompt order
+    target: str
+
+    @property
+    def label_index(self) -> int:
+        return self.candidates.index(self.target)
+
+
+@dataclass
+class StepReport:
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_s: float
+    note: str = ""
+
+
+# -- examples --------------------------------------------------------------------------------
+Retrieve = Callable[[list[str], int], list[str]]
+
+
+def make_example(
+    history: list[str], target: str, retrieve: Retrieve, k: int, rng: random.Random
+) -> RankExample:
+    cands = [p for p in dict.fromkeys(retrieve(history, k)) if p not in set(history)][:k]
+    if target not in cands:
+        cands = cands[: k - 1] + [target]  # LlamaRec: the ground truth is always among them
+    rng.shuffle(cands)  # else the answer would sit where the retriever put it
+    return RankExample(list(history), cands, target)
+
+
+def build_examples(
+    sequences: Sequence[list[str]],
+    retrieve: Retrieve,
+    n_train: int,
+    n_val: int,
+    k: int = 20,
+    seed: int = 0,
+    max_context: int = 50,
+) -> tuple[list[RankExample], list[RankExample]]:
+    """Training examples (history T[:-1] -> T[-1]) and validation examples (history T ->
+    the validation item s[-2]) from disjoint seeded user samples; T = s[:-2]. Users need 4
+    distinct items. `max_context`: the most recent items handed to the retriever."""
+    eligible = [s for s in sequences if len(s) >= 4]
+    rng = random.Random(seed)
+    order = list(range(len(eligible)))
+    rng.shuffle(order)
+    train_rows, val_rows = order[:n_train], order[n_train : n_train + n_val]
+    if len(train_rows) < n_train:  # small logs: validate on the training users' next item
+        val_rows = order[:n_val]
+    train, val = [], []
+    for r in train_rows:
+        t = eligible[r][:-2]
+        train.append(make_example(t[:-1][-max_context:], t[-1], retrieve, k, rng))
+    for r in val_rows:
+        t = eligible[r][:-2]
+        val.append(make_example(t[-max_context:], eligible[r][-2], retrieve, k, rng))
+    return train, val
+
+
+def prompt_messages(
+    ex: RankExample, products: dict[str, Product], max_history: int
+) -> list[dict[str, str]]:
+    """The verbalizer's own prompt for this example (one window, labels A..)."""
+    from service.ranking.base import UserContext
+    from service.ranking.common import ALL_LABELS, Item, product_text
+    from service.ranking.verbalizer import build_prompt
+
+    hist = [products[p] for p in ex.history if p in products]
+    items = [
+        Item(ALL_LABELS[i], product_text(products.get(p), p)) for i, p in enumerate(ex.candidates)
+    ]
+    return build_prompt(UserContext(history=hist), items, max_history)[0]
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids exactly as TransformersLLM.encode makes them (and vLLM's chat endpoint)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(messages[0]["content"])["input_ids"])
+
+
+def label_token_ids(tokenizer: Any, n: int) -> list[int]:
+    from service.ranking.common import ALL_LABELS
+
+    ids = []
+    for lab in ALL_LABELS[:n]:
+        t = tokenizer(lab, add_special_tokens=False)["input_ids"]
+        if len(t) != 1:
+            raise AdapterError(f"label {lab!r} is {len(t)} tokens for this tokenizer, not 1")
+        ids.append(t[0])
+    return ids
+
+
+# -- model helpers -------------------------------------------------------------------------
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, Any, Any]:
+    """Left padding with positions counting real tokens only (as TransformersLLM does)."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def answer_logits(model: Any, seqs: Sequence[Sequence[int]], pad: int, device: str) -> Any:
+    """[b, vocab] logits at the position right after each prompt: where the label goes."""
+    ids, mask, pos = _left_pad(seqs, pad, device)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1
+    )
+    return out.logits[:, -1, :].float()
+
+
+def base_fingerprint(model_path: str) -> str:
+    """What identifies the base weights: the prepared folder's source GGUF sha256 when
+    recsmith prepared it, else config.json's sha256 and the weight files' sizes."""
+    p = Path(model_path)
+    man = p / "manifest.json"
+    if man.exists():
+        with contextlib.suppress(OSError, ValueError):
+            sha = json.loads(man.read_text()).get("gguf_sha256")
+            if sha:
+                return f"gguf:{sha}"
+    h = hashlib.sha256()
+    if (p / "config.json").exists():
+        h.update((p / "config.json").read_bytes())
+        for w in sorted(p.glob("*.safetensors")):
+            h.update(f"{w.name}:{w.stat().st_size}".encode())
+        return f"config:{h.hexdigest()}"
+    return f"id:{model_path}"
+
+
+def adapter_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "models" / ADAPTER_DIR
+
+
+def _evaluate(
+    model: Any,
+    encoded: Sequence[tuple[list[int], int]],
+    label_ids: list[int],
+    pad: int,
+    device: str,
+    micro_batch: int,
+) -> dict[str, float]:
+    """Over the labels shown (as the verbalizer renormalises): accuracy, NDCG@10, MRR and
+    the mean answer log-probability, ground truth always among the candidates."""
+    import torch
+
+    if not encoded:
+        return {}
+    ranks, lps = [], []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(encoded), micro_batch):
+            chunk = encoded[start : start + micro_batch]
+            logits = answer_logits(model, [c[0] for c in chunk], pad, device)
+            lab = torch.log_softmax(logits[:, label_ids], dim=-1)
+            for row, (_ids, ans) in enumerate(chunk):
+                s = lab[row]
+                ranks.append(1 + int((s > s[ans]).sum()))
+                lps.append(float(s[ans]))
+    r = np.array(ranks, dtype=np.float64)
+    return {
+        "accuracy": float(np.mean(r == 1)),
+        "ndcg@10": float(np.mean(np.where(r <= 10, 1 / np.log2(r + 1), 0.0))),
+        "mrr": float(np.mean(1 / r)),
+        "answer_logprob": float(np.mean(lps)),
+        "examples": len(r),
+    }
+
+
+# -- training ------------------------------------------------------------------------------
+def _fingerprint(cfg: LoraTrainConfig, examples: Sequence[RankExample], base: str) -> str:
+    h = hashlib.sha256()
+    keep = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("max_minutes", "checkpoint_every", "device", "threads")
+    }
+    h.update(json.dumps(keep, sort_keys=True, default=list).encode())
+    h.update(base.encode())
+    for ex in examples:
+        h.update(json.dumps([ex.history, ex.candidates, ex.target]).encode())
+    return h.hexdigest()
+
+
+def train_reranker(
+    train: Sequence[RankExample],
+    val: Sequence[RankExample],
+    products: dict[str, Product],
+    settings: Settings,
+    progress: Callable[[StepReport], None] | None = None,
+    config: LoraTrainConfig | None = None,
+    model_path: str | None = None,
+    out_dir: Path | None = None,
+    fresh: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """LoRA-tune the verbalizer's LLM; resumes from out_dir/checkpoints/latest.pt when it
+    was made for the same configuration and examples (fresh=True ignores it)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import set_peft_model_state_dict as set_lora
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.llm.prepare import resolve_model_path
+    from service.prompts import library
+    from service.training.sequential import train_threads
+
+    cfg = config or LoraTrainConfig()
+    if not train:
+        raise AdapterError("no training examples (users need 4 or more distinct items)")
+    t0 = time.perf_counter()
+    out = out_dir or adapter_dir(settings)
+    ckpt_dir = out / "checkpoints"
+    path = model_path or resolve_model_path(settings)
+    device = pick_device(cfg.device)
+    prev_threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(train_threads(cfg.threads))
+    torch.manual_seed(cfg.seed)
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    n_layers = int(base.config.num_hidden_layers)
+    layers = None
+    if cfg.layers is not None and cfg.layers < n_layers:
+        layers = list(range(n_layers - cfg.layers, n_layers))
+    lcfg = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, lcfg).to(device)
+    label_ids = label_token_ids(tok, cfg.candidates)
+    pad = tok.pad_token_id
+
+    def encode(exs: Sequence[RankExample]) -> list[tuple[list[int], int]]:
+        return [
+            (encode_prompt(tok, prompt_messages(e, products, cfg.max_history)), e.label_index)
+            for e in exs
+        ]
+
+    enc_train, enc_val = encode(train), encode(val)
+    fp = _fingerprint(cfg, train, base_fingerprint(path))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup * total_steps))
+
+    def lr_at(step: int) -> float:  # linear warm-up, then linear decay to 10 %
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.1, 1 - 0.9 * (step - warm) / max(1, total_steps - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    step, losses, resumed_from = 0, [], None
+    val_before: dict[str, float] | None = None
+    state_path = ckpt_dir / "latest.pt"
+    if state_path.exists() and not fresh:
+        try:
+            st = torch.load(state_path, map_location=device, weights_only=False)
+            if st.get("fingerprint") == fp:
+                set_lora(model, st["lora"])
+                opt.load_state_dict(st["optimizer"])
+                sched.load_state_dict(st["scheduler"])
+                step, losses, resumed_from = st["step"], st["losses"], st["step"]
+                val_before = st.get("val_before")
+            else:
+                logger.warning(
+                    "checkpoint %s is for other examples/settings: starting over", state_path
+                )
+        except Exception as e:  # noqa: BLE001 - a broken checkpoint only costs the restart
+            logger.warning("checkpoint %s unreadable (%s): starting over", state_path, e)
+
+    def save_checkpoint() -> None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_dir / f".latest.pt.tmp-{os.getpid()}"
+        torch.save(
+            {
+                "fingerprint": fp,
+                "lora": get_peft_model_state_dict(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "losses": losses,
+                "val_before": val_before,
+            },
+            tmp,
+        )
+        tmp.replace(state_path)
+
+    use_amp = device == "cuda"
+    if resumed_from is None:
+        val_before = _evaluate(model, enc_val, label_ids, pad, device, cfg.micro_batch)
+    stopped = "done"
+    try:
+        while step < total_steps:
+            epoch, k = divmod(step, steps_per_epoch)
+            order = np.random.default_rng(cfg.seed + epoch).permutation(len(enc_train))
+            batch = [enc_train[i] for i in order[k * cfg.batch_size : (k + 1) * cfg.batch_size]]
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for s in range(0, len(batch), cfg.micro_batch):
+                mb = batch[s : s + cfg.micro_batch]
+                target = torch.tensor([label_ids[a] for _, a in mb], device=device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    logits = answer_logits(model, [ids for ids, _ in mb], pad, device)
+                # Full-vocabulary CE on the answer token only: nothing else is supervised.
+                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+                (loss / len(batch)).backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(total / len(batch))
+            elapsed = time.perf_counter() - t0
+            if progress:
+                progress(StepReport(step, total_steps, losses[-1], elapsed))
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                save_checkpoint()
+            if (
+                cfg.max_minutes is not None
+                and elapsed >= cfg.max_minutes * 60
+                and step < total_steps
+            ):
+                save_checkpoint()
+                stopped = "time"
+                break
+    finally:
+        if device == "cpu":
+            torch.set_num_threads(prev_threads)
+    train_s = time.perf_counter() - t0
+    val_after = _evaluate(model, enc_val, label_ids, pad, device, cfg.micro_batch)
+    metrics: dict[str, Any] = {
+        "val_before": val_before,
+        "val_after": val_after,
+        "steps": step,
+        "total_steps": total_steps,
+        "complete": step >= total_steps,
+        "stopped": stopped,
+        "resumed_from_step": resumed_from,
+        "train_s": round(train_s, 1),
+        "examples": len(enc_train),
+        "val_examples": len(enc_val),
+        "prompt_tokens_mean": round(float(np.mean([len(i) for i, _ in enc_train])), 1),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": float(np.mean(losses[-5:])) if losses else None,
+        "losses": [round(x, 4) for x in losses],
+        "device": device,
+        "config": asdict(cfg),
+        "val_note": "ground truth inserted among the candidates; ranks over the labels shown",
+        **(extra or {}),
+    }
+    tpl = library()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "base_model": Path(path).name if Path(path).exists() else path,
+        "base_model_path": path,
+        "base_fingerprint": base_fingerprint(path),
+        "template": "rank_verbalizer",
+        "template_version": tpl.version("rank_verbalizer"),
+        "labels": cfg.candidates,
+        "fingerprint": fp,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    save_adapter(model, out, metrics, manifest)
+    metrics["path"] = str(out)
+    return metrics
+
+
+def save_adapter(model: Any, out: Path, metrics: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Adapter files first, the manifest (with their checksums) last: a manifest always
+    describes complete files."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".adapter.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp))
+        (out / "manifest.json").unlink(missing_ok=True)
+        for name in ADAPTER_FILES:
+            (tmp / name).replace(out / name)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        manifest = {
+            **manifest,
+            "sha256": {
+                n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in ADAPTER_FILES
+            },
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- serving ---------------------------------------------------------------------------------
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The adapter's manifest after checking its files; AdapterError says what is wrong."""
+    if not (path / "manifest.json").exists():
+        raise AdapterError(f"no reranker adapter in {path}: run `recsmith train reranker`")
+    try:
+        man = json.loads((path / "manifest.json").read_text())
+        if man.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format version {man.get('format_version')!r}")
+        for name, digest in man["sha256"].items():
+            if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:
+                raise ValueError(f"{name} does not match its checksum")
+    except Exception as e:  # noqa: BLE001
+        raise AdapterError(
+            f"the reranker adapter in {path} is unusable ({type(e).__name__}: {e}); "
+            "retrain with `recsmith train reranker` or delete the folder"
+        ) from e
+    return man
+
+
+_merged: dict[tuple[str, str, str], Any] = {}
+_merged_lock = threading.Lock()
+
+
+def load_adapter_into(llm: LLM, path: str | Path) -> LLM:
+    """A backend that answers with the tuned adapter; `llm` itself is left as it is (it is
+    shared through service.llm.factory's cache by copy writing and the assistant).
+
+    transformers: the LoRA weights merged into a private copy of the base model (cached
+    per adapter, so repeated calls cost nothing; merged = no adapter overhead per call).
+    openai (vLLM): the same client with model name "reranker", which vLLM serves when
+    started with `--enable-lora --lora-modules reranker=PATH`.
+    Raises AdapterError when the adapter is missing, corrupted, or for another base model.
+    """
+    path = Path(path)
+    man = read_manifest(path)
+    if llm.backend == "openai":
+        from service.llm.openai_backend import OpenAILLM
+
+        return OpenAILLM(llm.settings, base_url=llm.base_url, model=SERVED_NAME)  # type: ignore[attr-defined]
+    if llm.backend != "transformers":
+        raise AdapterError(f"cannot load a LoRA adapter into a {llm.backend!r} backend")
+    from service.llm.transformers_backend import LoadedModel
+
+    base_path = llm.model_path  # type: ignore[attr-defined]
+    if base_fingerprint(base_path) != man.get("base_fingerprint"):
+        raise AdapterError(
+            f"the adapter in {path} was trained on {man.get('base_model')!r}, not on the "
+            f"configured model {llm.model_id!r}: retrain with `recsmith train reranker`"
+        )
+    key = (base_path, str(path.resolve()), man["sha256"]["adapter_model.safetensors"])
+    with _merged_lock:
+        loaded = _merged.get(key)
+        if loaded is None:
+            from peft import PeftModel
+
+            m = llm.m  # type: ignore[attr-defined]
+            try:
+                with m.lock:
+                    private = copy.deepcopy(m.model)
+                tuned = PeftModel.from_pretrained(private, str(path)).merge_and_unload()
+            except Exception as e:  # noqa: BLE001
+                raise AdapterError(f"could not apply the adapter in {path}: {e}") from e
+            tuned.eval()
+            loaded = LoadedModel(
+                tuned, m.tokenizer, m.path, m.dtype, threading.Lock(), m.supports_logits_to_keep
+            )
+            _merged[key] = loaded
+    new = copy.copy(llm)
+    new.m = loaded  # type: ignore[attr-defined]
+    new.model_id = f"{llm.model_id}+{ADAPTER_DIR}@{key[2][:8]}"
+    return new
+
+
+def reranker_llm(settings: Settings | None = None) -> LLM:
+    """The verbalizer's backend: the configured LLM with the tuned adapter when one is
+    saved in DATA_DIR/models/reranker-lora and fits it; otherwise the base LLM (a broken
+    or mismatched adapter is logged, never fatal)."""
+    from service.config import get_settings
+    from service.llm.factory import get_llm
+
+    s = settings or get_settings()
+    base = get_llm(s)
+    path = adapter_dir(s)
+    if not (path / "manifest.json").exists():
+        return base
+    try:
+        return load_adapter_into(base, path)
+    except AdapterError as e:
+        logger.warning("verbalizer uses the base model: %s", e)
+        return base
+
+
+def tuned_verbalizer(settings: Settings | None = None, **opts: Any) -> Any:
+    """A VerbalizerReranker over `reranker_llm` (loaded on its first rank call)."""
+    from service.ranking.verbalizer import VerbalizerReranker
+
+    r = VerbalizerReranker(lambda: reranker_llm(settings), **opts)
+    r.name = "verbalizer+lora"
+    return r
+
+
+@dataclass
+class VLLMLora:
+    """How to serve the adapter on vLLM (documented here, used by the CLI's hint)."""
+
+    path: Path
+    rank: int = 8
+    extra_args: list[str] = field(default_factory=list)
+
+    def args(self) -> list[str]:
+        rank = 8
+        while rank < self.rank:  # vLLM takes powers of two (8, 16, 32, …)
+            rank *= 2
+        return [
+            "--enable-lora",
+            "--lora-modules",
+            f"{SERVED_NAME}={self.path}",
+            "--max-lora-rank",
+            str(rank),
+            *self.extra_args,
+        ]
