@@ -36,9 +36,10 @@ class RichReporter:
         self.task: int | None = None
 
     def stage(self, label: str, total: int | None = None) -> None:
-        if self.task is not None:
-            t = self.progress.tasks[self.task]
-            self.progress.update(self.task, completed=t.total or t.completed, total=t.total or 1)
+        if self.task is not None:  # the previous stage is over: show it complete
+            total = self.progress.tasks[self.task].total or 1
+            self.progress.update(self.task, total=total, completed=total)
+            self.progress.stop_task(self.task)
         self.task = self.progress.add_task(label, total=total)
 
     def advance(self, n: int = 1) -> None:
@@ -76,6 +77,7 @@ def ranking(
         bool, typer.Option(help="baselines again under the other time tie-break")
     ] = True,
     out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
+    tag: Annotated[str, typer.Option(help="suffix for the result file names")] = "",
 ) -> None:
     """Ranking quality (Recall/NDCG@5/10/20, MRR) of every method side by side."""
     from eval.datasets import DatasetError, load, load_files
@@ -84,6 +86,8 @@ def ranking(
 
     if tie_break not in ("item_id", "original"):
         raise typer.BadParameter("use item_id or original", param_hint="--tie-break")
+    if tag and not tag.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise typer.BadParameter("letters, digits, - _ . only", param_hint="--tag")
     if (items is None) != (interactions is None):
         raise typer.BadParameter("give both --items and --interactions", param_hint="--items")
     names = [n.strip() for n in rerankers.split(",") if n.strip()]
@@ -121,8 +125,24 @@ def ranking(
         )
         reporter.close()
     command = "recsmith eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    paths = write_report(run, out, command)
-    print_table(run, Console())
+    paths = write_report(run, out, command, tag=tag)
+    print_table(run)
+    for kind, p in paths.items():
+        console.print(f"{kind}: {p}")
+
+
+@eval_app.command("ranking-report")
+def ranking_report(
+    result: Annotated[Path, typer.Argument(help="a ranking JSON written by `eval ranking`")],
+) -> None:
+    """Rewrite the Markdown and the plot of a ranking run from its JSON, and print it."""
+    from eval.report import load_run, print_table, rewrite
+
+    if not result.is_file():
+        console.print(f"[red]error:[/red] no such file: {result}")
+        raise typer.Exit(2)
+    paths = rewrite(result)
+    print_table(load_run(result))
     for kind, p in paths.items():
         console.print(f"{kind}: {p}")
 

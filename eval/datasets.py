@@ -384,7 +384,7 @@ def load_files(items: Path, interactions: Path, name: str | None = None) -> Data
     ]
     ordered = [products[k] for k in sorted(products)]
     return Dataset(
-        name or items.stem,
+        name or items.name.split(".")[0],
         ordered,
         log,
         notes,

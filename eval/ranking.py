@@ -15,6 +15,7 @@ reorders the hybrid top-20 of a fixed, seeded sample of users, timed per user.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +93,7 @@ class RankingRun:
     timings_s: dict[str, float] = field(default_factory=dict)
     started: str = ""
     sensitivity: list[MethodResult] = field(default_factory=list)  # other time tie-break
+    machine: dict[str, Any] = field(default_factory=dict)  # latencies depend on it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -431,6 +433,7 @@ def evaluate_reranker(
     cases: Sequence[RerankCase],
     name: str | None = None,
     reporter: Reporter | None = None,
+    warmup: bool = True,
 ) -> MethodResult:
     """'retrieval top-20 → rerank' for each case: any object with
     `rank(UserContext, candidates, products) -> RankResult`. A target outside the shortlist
@@ -439,6 +442,12 @@ def evaluate_reranker(
 
     reporter = reporter or Reporter()
     label = name or getattr(reranker, "name", type(reranker).__name__)
+    if warmup and cases:
+        # One untimed call first: model loading is a one-off cost, not a per-user latency.
+        reporter.stage(f"rerank: {label} (warm-up)")
+        reranker.rank(
+            UserContext(history=cases[0].history), list(cases[0].candidates), cases[0].products
+        )
     reporter.stage(f"rerank: {label}", len(cases))
     ranks, rerank_s, total_s = [], [], []
     degraded: list[str] = []
@@ -501,6 +510,11 @@ def load_rerankers(
 
 
 # -- the whole run ------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpus": os.cpu_count(), "loadavg_1m_at_start": round(load[0], 2)}
+
+
 def sample_rows(n_users: int, k: int | None, seed: int) -> np.ndarray:
     """A fixed, seeded sample of user rows (all when k is None or too big), sorted."""
     if k is None or k >= n_users:
@@ -539,6 +553,7 @@ def run_ranking(
         seed=seed,
         notes=list(ds.notes),
         started=started.isoformat(timespec="seconds"),
+        machine=machine_info(),
     )
     if split.dropped_users:
         run.notes.append(f"{split.dropped_users} users with < 3 distinct items dropped.")
