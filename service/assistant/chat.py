@@ -65,6 +65,8 @@ from service.retrieval.filters import Filters
 
 FALLBACK_TEMPLATE = "assistant_fallback"
 MAX_MESSAGE_CHARS = 1000  # the retrieval query limit
+# Small models go on to invent the next turn of the prompt; stop them there.
+STOP = ("\nQuestion:", "\nProducts:", "\nEarlier the shopper")
 
 __all__ = ["Assistant", "ConversationNotFound"]
 
@@ -158,6 +160,8 @@ class Assistant:
             raise ValueError("message must not be empty")
         if len(message) > MAX_MESSAGE_CHARS:
             raise ValueError(f"message longer than {MAX_MESSAGE_CHARS} characters")
+        if filters is not None and type(filters) is not Filters:
+            filters = Filters.model_validate(filters.model_dump())  # e.g. the API's subclass
         history: list[StoredMessage] = []
         if conversation_id:
             history = self.conversations.messages(

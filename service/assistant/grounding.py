@@ -4,8 +4,9 @@ The model sees products labelled [1]..[n]. Its text is cleaned twice:
 
 1. While streaming (`StreamSanitizer`): a label that is not one of [1]..[n] is deleted, a
    product id of a given product becomes its label, and any other id-shaped token
-   ("FAKE-9999", "kit-0042" when kit-0042 was not given) is deleted. Text is released only
-   at whitespace (or between two non-ASCII characters, for Chinese/Japanese text) outside
+   ("FAKE-9999", "kit-0042" when kit-0042 was not given) is deleted, and so are the prompt's
+   <<< >>> fence markers. Text is released only
+   at whitespace (or between two non-ASCII letters, for Chinese/Japanese text) outside
    brackets, so a label or id split across pieces is judged whole and nothing fake is ever
    sent, even mid-stream.
 2. At the end (`check_prices`): a sentence naming a price that none of its products has is
@@ -25,10 +26,15 @@ from typing import Any
 
 from service.catalog.models import Product
 
-LABEL = re.compile(r"\s*\[\s*(\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]")
-ID_LIKE = re.compile(
-    r"(?<![A-Za-z0-9_\-:])([A-Za-z][A-Za-z0-9]*(?:[-_:][A-Za-z0-9]+)+)(?![A-Za-z0-9_\-:])"
+_LABEL = r"\s*\[\s*(?P<nums>\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]"
+_ID = (
+    r"(?P<lead>\s*)(?<![A-Za-z0-9_\-:])"
+    r"(?P<id>[A-Za-z][A-Za-z0-9]*(?:[-_:][A-Za-z0-9]+)+)(?![A-Za-z0-9_\-:])"
 )
+LABEL = re.compile(_LABEL)
+# One pass for both, so a removal never glues two neighbours into a new token.
+# Fence markers from the prompt are artefacts, never shown.
+LABEL_OR_ID = re.compile(f"(?P<label>{_LABEL})|(?P<fence><<<|>>>|‹‹‹|›››)|{_ID}")
 _SENTENCE_END = re.compile(r"(?<=[。！？])|(?<=[.!?])(?=\s|$)")
 PRICE = re.compile(
     r"(?:[$€£¥]\s?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?))"
@@ -53,27 +59,28 @@ class Labels:
     def sanitize(self, text: str) -> str:
         """Drop labels outside [1]..[n] and foreign ids; given ids become labels."""
 
-        def label(m: re.Match[str]) -> str:
-            nums = [int(x) for x in re.findall(r"\d+", m.group(1))]
-            keep = list(dict.fromkeys(n for n in nums if n in self.by_label))
-            if not keep:
+        def repl(m: re.Match[str]) -> str:
+            if m.group("fence") is not None:
                 return ""
-            lead = m.group(0)[: len(m.group(0)) - len(m.group(0).lstrip())]
-            return lead + "".join(f"[{n}]" for n in keep)
-
-        def ident(m: re.Match[str]) -> str:
-            tok = m.group(1)
+            if m.group("label") is not None:
+                nums = [int(x) for x in re.findall(r"\d+", m.group("nums"))]
+                keep = list(dict.fromkeys(n for n in nums if n in self.by_label))
+                if not keep:
+                    return ""
+                whole = m.group(0)
+                return whole[: len(whole) - len(whole.lstrip())] + "".join(f"[{n}]" for n in keep)
+            tok = m.group("id")
             if tok in self.label_of:
-                return f"[{self.label_of[tok]}]"
-            return "" if _has_digit(tok) else tok
+                return f"{m.group('lead')}[{self.label_of[tok]}]"
+            return "" if _has_digit(tok) else m.group(0)
 
-        return ID_LIKE.sub(ident, LABEL.sub(label, text))
+        return LABEL_OR_ID.sub(repl, text)
 
     def cited(self, text: str) -> list[str]:
         """Product ids cited in text, in order of first citation."""
         out: list[str] = []
         for m in LABEL.finditer(text):
-            for x in re.findall(r"\d+", m.group(1)):
+            for x in re.findall(r"\d+", m.group("nums")):
                 p = self.by_label.get(int(x))
                 if p is not None and p.id not in out:
                     out.append(p.id)
@@ -95,15 +102,19 @@ class StreamSanitizer:
         self.out: list[str] = []
 
     def _cut(self) -> int:
-        depth, cut, prev = 0, 0, ""
+        """Where the buffer may be cut: the start of the last whitespace run (or a point
+        between two non-ASCII characters) that is not inside something that could still
+        become a label. Cutting less than possible is always safe."""
+        cut, prev, in_label = 0, "", False
         for i, ch in enumerate(self.buf):
             if ch == "[":
-                depth += 1
-            elif ch == "]":
-                depth = max(0, depth - 1)
-            elif depth == 0 and i > 0:
+                in_label = True
+            elif in_label:
+                # Still a possible label while digits, commas and spaces follow the "[".
+                in_label = ch != "]" and (ch.isdigit() or ch == "," or ch.isspace())
+            elif i > 0:
                 ws_start = ch.isspace() and not prev.isspace()
-                cjk = not ch.isascii() and not prev.isascii() and not ch.isspace()
+                cjk = not ch.isascii() and not prev.isascii() and ch.isalpha() and prev.isalpha()
                 if ws_start or cjk:
                     cut = i
             prev = ch
@@ -172,7 +183,8 @@ def sentences(text: str) -> list[str]:
 
 
 def check_prices(text: str, labels: Labels) -> Checked:
-    """Remove sentences with a price none of their products has; flag other stray numbers."""
+    """Remove sentences with a price none of their products has; flag other stray numbers;
+    drop a last sentence cut off by the token limit when a complete one precedes it."""
     cited_all = [labels.by_label[labels.label_of[i]] for i in labels.cited(text)]
     kept: list[str] = []
     removed: list[str] = []
@@ -191,6 +203,9 @@ def check_prices(text: str, labels: Labels) -> Checked:
             flags.append({"kind": "ungrounded_price", "text": ", ".join(bad)})
             continue
         kept.append(sent)
+    if len(kept) > 1 and not re.search(r"[.!?。！？\]\)]\s*$", kept[-1]):
+        removed.append(kept[-1].strip())
+        flags.append({"kind": "cut_off", "text": kept.pop().strip()})
     answer = "".join(kept).strip()
     known: set[float] = set().union(*(_numbers_in(p) for p in labels.products))
     body = PRICE.sub(" ", LABEL.sub(" ", answer))
