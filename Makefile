@@ -4,6 +4,8 @@ VENV      := .venv
 VLLM_VENV := .venv-vllm
 BIN       := $(VENV)/bin
 export RECSMITH_DATA_DIR ?= $(CURDIR)/var
+# Prepared models are shared by every data dir (tests use temporary ones).
+export RECSMITH_MODELS_DIR ?= $(RECSMITH_DATA_DIR)/models
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
 
     # Where the database, indexes, prepared models and caches live.
     data_dir: Path = Path("./var")
+    # Prepared models; empty means data_dir/models. Tests share one across temporary data dirs.
+    models_dir: Path | None = None
     # SQLAlchemy URL; empty means SQLite inside data_dir.
     database_url: str = ""
 

@@ -93,7 +93,7 @@ def sha256_file(path: Path, bufsize: int = 1 << 22) -> str:
 
 
 def models_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "models"
+    return Path(settings.models_dir) if settings.models_dir else Path(settings.data_dir) / "models"
 
 
 def _dist_version(name: str) -> str:
