@@ -270,17 +270,26 @@ class CopyWriter:
         return hashlib.sha256(canonical_json(policy).encode()).hexdigest()[:12]
 
     def _sampling(
-        self, variants: int, seed: int, temperature: float | None, max_tokens: int
+        self,
+        variants: int,
+        seed: int,
+        temperature: float | None,
+        max_tokens: int,
+        single_line: bool,
     ) -> tuple[GenParams, dict[str, Any]]:
         temp = (
             temperature
             if temperature is not None
             else (VARIANT_TEMPERATURE if variants > 1 else 0.0)
         )
+        # A one-line task ends at the first newline: a small model otherwise repeats itself.
+        stop = ("\n",) if single_line else ()
         if temp > 0:
-            gen = GenParams(max_tokens=max_tokens, temperature=temp, top_p=VARIANT_TOP_P, seed=seed)
+            gen = GenParams(
+                max_tokens=max_tokens, temperature=temp, top_p=VARIANT_TOP_P, seed=seed, stop=stop
+            )
             return gen, {"temperature": temp, "top_p": VARIANT_TOP_P, "seed": seed}
-        return GenParams(max_tokens=max_tokens), {"temperature": 0.0}
+        return GenParams(max_tokens=max_tokens, stop=stop), {"temperature": 0.0}
 
     def _plan_product(self, task: str, product: Product, options: CopyOptions) -> list[Draft]:
         spec = SPECS[task]
@@ -301,7 +310,7 @@ class CopyWriter:
             budget = int(words * 1.6) + 16
         max_tokens = options.max_tokens or min(max(budget, spec.max_tokens // 2), 512)
         gen, sampling = self._sampling(
-            options.variants, options.seed, options.temperature, max_tokens
+            options.variants, options.seed, options.temperature, max_tokens, spec.single_line
         )
         params |= sampling | {"max_tokens": max_tokens, "policy": self._policy()}
         template, version, versions = self._template_family(task, language)
@@ -352,7 +361,9 @@ class CopyWriter:
             params["max_chars"] = req.max_chars or spec.max_chars
         else:
             params["max_words"] = req.max_words or spec.max_words
-        gen, sampling = self._sampling(req.variants, req.seed, req.temperature, spec.max_tokens)
+        gen, sampling = self._sampling(
+            req.variants, req.seed, req.temperature, spec.max_tokens, spec.single_line
+        )
         params |= sampling | {"max_tokens": spec.max_tokens, "policy": self._policy()}
         template, version, versions = self._template_family(task, language)
         facts = Facts.from_products(products, extra=interests)
