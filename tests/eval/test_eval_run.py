@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from eval.cli import eval_app
 from eval.datasets import load_movielens_100k, slice_users, write_ingest_files
 from eval.ranking import _ingest_histories, evaluate_reranker, run_ranking
-from eval.report import write_report
+from eval.report import load_run, rewrite, write_report
 from eval.split import leave_last_two_out
 from service.config import Settings
 from service.ranking.base import RankResult, Reranker
@@ -39,12 +39,14 @@ class Reverse(Reranker):
 
 
 def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None:  # noqa: ANN001
-    t0 = time.perf_counter()
+    cpu0 = time.process_time()
     # Everything but the LLM; a short λ grid and no tie-break sensitivity keep it quick.
     run = run_ranking(small, encoder=HashEncoder(), rerankers=[NoRerank(), Reverse()],
                       rerank_users=10, sensitivity=False, ease_lambdas=(50.0, 200.0))  # fmt: skip
     paths = write_report(run, tmp_path, command="test")
-    assert time.perf_counter() - t0 < 60
+    # CPU time, not wall time: the wall clock on a shared 2-core machine measures the
+    # neighbours' load (about 10 s of CPU here; 25-55 s of wall time under a load of 14).
+    assert time.process_time() - cpu0 < 60
 
     names = [r.name for r in run.results]
     assert any(n.startswith("EASE") for n in names) and "popularity" in names
@@ -71,6 +73,11 @@ def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None: 
     assert "| method | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR |" in md
     assert "Verdict" in md and "Time order" in md and "rerank sample" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The report can be rewritten from the JSON alone, identically.
+    paths["md"].unlink()
+    rewrite(paths["json"])
+    assert paths["md"].read_text() == md
+    assert load_run(paths["json"]).results == run.results
 
 
 def test_the_store_never_holds_a_test_target(small, tmp_path: Path) -> None:  # noqa: ANN001
