@@ -23,6 +23,22 @@ def assert_permutation(res: RankResult, cands: list[Candidate]) -> None:
     assert all(math.isfinite(s) for _, s in res.order)
 
 
+def test_labels_are_single_tokens(test_settings: Settings) -> None:
+    """The verbalizer reads ONE next-token distribution: every label must be one token, in
+    the form that follows the chat template's "assistant\\n" (no leading space)."""
+    from transformers import AutoTokenizer
+
+    from service.ranking.common import ALL_LABELS
+
+    tok = AutoTokenizer.from_pretrained(test_settings.llm_model)
+    for label in ALL_LABELS:
+        assert len(tok(label, add_special_tokens=False)["input_ids"]) == 1, label
+        assert len(tok(" " + label, add_special_tokens=False)["input_ids"]) == 1, label
+    prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                     add_generation_prompt=True)  # fmt: skip
+    assert prompt.endswith("\n")  # so the answer letter comes without a space
+
+
 def test_verbalizer_20_candidates(
     real_llm: LLM, catalogue: dict[str, Product], user: UserContext
 ) -> None:

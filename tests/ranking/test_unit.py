@@ -17,6 +17,7 @@ from service.ranking.base import RankResult, UserContext
 from service.ranking.common import ALL_LABELS, Item, aggregate, pass_orders, product_text
 from service.ranking.factory import NoRerank, get_reranker
 from service.ranking.reasoning import ReasoningReranker, ranking_schema
+from service.ranking.reasoning import build_prompt as build_reasoning_prompt
 from service.ranking.verbalizer import VerbalizerReranker, build_prompt, plan_windows
 from service.retrieval.retriever import Candidate
 from tests.ranking.helpers import FakeLLM, shortlist
@@ -111,7 +112,8 @@ def test_passes_batch_in_one_call_and_cancel_position_bias(
 
 
 # ---- prompts ----------------------------------------------------------------------------
-def test_verbalizer_prompt_fences_all_product_text(catalogue: dict[str, Product]) -> None:
+@pytest.mark.parametrize("which", ["verbalizer", "reasoning"])
+def test_prompt_fences_all_product_text(which: str, catalogue: dict[str, Product]) -> None:
     hist = list(catalogue.values())[:3]
     evil = Product(
         id="evil-1",
@@ -121,9 +123,10 @@ def test_verbalizer_prompt_fences_all_product_text(catalogue: dict[str, Product]
     )
     products = [*list(catalogue.values())[10:14], evil]
     items = [Item(ALL_LABELS[k], product_text(p, p.id)) for k, p in enumerate(products)]
-    messages, rendered = build_prompt(UserContext(history=hist, query="a mug"), items)
+    build = build_prompt if which == "verbalizer" else build_reasoning_prompt
+    messages, rendered = build(UserContext(history=hist, query="a mug"), items)
     text = messages[0]["content"]
-    assert rendered.template == "rank_verbalizer" and len(rendered.version) == 12
+    assert rendered.template == f"rank_{which}" and len(rendered.version) == 12
     outside = FENCED.sub("", text)
     for p in [*hist, *products]:
         for field in (p.title, p.brand):
