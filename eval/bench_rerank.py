@@ -142,7 +142,8 @@ def vllm_llm(args: argparse.Namespace, settings: Settings) -> tuple[LLM | None, 
         from service.llm.vllm_server import VLLMServer, free_port
 
         server = VLLMServer(args.model_path, port=free_port(), served_name=name,
-                            log_path=Path(settings.data_dir) / "vllm-bench.log")  # fmt: skip
+                            log_path=Path(settings.data_dir) / "vllm-bench.log",
+                            startup_timeout_s=args.vllm_startup_s)  # fmt: skip
         try:
             server.start()
         except Exception as e:  # noqa: BLE001 - the in-process half is still worth writing
@@ -165,7 +166,8 @@ def vllm_llm(args: argparse.Namespace, settings: Settings) -> tuple[LLM | None, 
 
 def write(result: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{date.today().isoformat()}-rerank"
+    names = "-".join(b["backend"] for b in result["backends"]) or "none"
+    stem = out_dir / f"{date.today().isoformat()}-rerank-{names}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     lines = [
         f"# Reranker latency: verbalizer vs generated listwise ranking ({date.today()})",
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--vllm-url", default=Settings().llm_base_url)
     ap.add_argument("--start-vllm", action="store_true")
     ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--no-inprocess", action="store_true", help="only the vLLM backend")
+    ap.add_argument("--vllm-startup-s", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
@@ -222,9 +226,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = Settings(data_dir=data_dir, llm_model=args.model_path)
     inproc = get_llm(settings)
     backends = []
-    print(f"in-process: {inproc.model_id}, {args.candidates} candidates", flush=True)
-    backends.append(bench_backend(inproc, args.reps, args.max_tokens, args.candidates, False))
-    print(json.dumps({k: v for k, v in backends[-1].items() if not k.endswith("runs")}), flush=True)
+    if not args.no_inprocess:
+        print(f"in-process: {inproc.model_id}, {args.candidates} candidates", flush=True)
+        backends.append(bench_backend(inproc, args.reps, args.max_tokens, args.candidates, False))
+        print(json.dumps({k: v for k, v in backends[-1].items() if not k.endswith("runs")}))
 
     remote, server, note = vllm_llm(args, settings)
     print(note, flush=True)

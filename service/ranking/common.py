@@ -3,6 +3,7 @@ aggregation, a per-call time budget, and the never-raise wrapper around `rank`."
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import logging
@@ -129,6 +130,18 @@ def order_by_scores(
     return [(candidates[i].product_id, float(scores[i])) for i in idx]
 
 
+_abandoned: set[threading.Thread] = set()  # calls that ran past their budget
+
+
+@atexit.register
+def _join_abandoned(limit_s: float = 60.0) -> None:
+    """Let abandoned model calls finish before the interpreter tears down: killing a
+    thread inside a torch op aborts the process ("terminate called without…")."""
+    deadline = time.monotonic() + limit_s
+    for t in list(_abandoned):
+        t.join(max(0.0, deadline - time.monotonic()))
+
+
 def call_with_budget(fn: Callable[[], T], timeout_s: float | None) -> T:
     """Run fn, giving up after timeout_s. The call runs in a daemon thread that we cannot
     kill: an in-process model keeps computing until it finishes, but the request is free."""
@@ -149,6 +162,9 @@ def call_with_budget(fn: Callable[[], T], timeout_s: float | None) -> T:
     t.start()
     t.join(timeout_s)
     if t.is_alive():
+        _abandoned.add(t)
+        for old in [x for x in _abandoned if not x.is_alive()]:
+            _abandoned.discard(old)
         raise RerankTimeout(f"no answer within the {timeout_s:.2f} s budget")
     if "error" in box:
         raise box["error"]

@@ -21,7 +21,7 @@ from typing import Any
 from service.catalog.models import Product
 from service.llm.base import LLM, GenParams, Message
 from service.prompts import Rendered, render
-from service.ranking.base import RankResult, UserContext
+from service.ranking.base import RankResult, UserContext, retrieval_order
 from service.ranking.common import (
     ALL_LABELS,
     DEFAULT_WINDOW,
@@ -148,7 +148,14 @@ class ReasoningReranker(LLMReranker):
                 pr = parse_ranking(gen.text, labels, ids)
             except UnparseableOutput as e:
                 errors.append(str(e))
-                pass_meta.append({"parsed": False, "error": str(e)[:200]})
+                pass_meta.append(
+                    {
+                        "parsed": False,
+                        "error": str(e)[:200],
+                        "completion_tokens": gen.completion_tokens,
+                        "finish_reason": gen.finish_reason,
+                    }
+                )
                 continue
             shown = [order[labels.index(lab)] for lab in pr.labels]  # label -> candidate index
             omitted = sorted(set(range(n)) - set(shown))  # retrieval order
@@ -167,8 +174,13 @@ class ReasoningReranker(LLMReranker):
                     "_order": order,
                 }
             )
-        if not per_pass:
-            raise UnparseableOutput(errors[0] if len(errors) == 1 else "; ".join(errors)[:400])
+        if not per_pass:  # degraded, but keep what the model said for the record
+            msg = errors[0] if len(errors) == 1 else "; ".join(errors)
+            res = retrieval_order(candidates, self.name, reason=f"UnparseableOutput: {msg}"[:500])
+            for m in pass_meta:
+                m.pop("_order", None)
+            res.meta = {"passes": self.passes, "seed": self.seed, "pass_details": pass_meta}
+            return res
 
         scores = aggregate(per_pass, "borda")
         order = order_by_scores(head, scores)
