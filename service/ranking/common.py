@@ -225,8 +225,9 @@ class LLMReranker(Reranker):
                 result = self._rank(user, cands, products, deadline)
         except Exception as e:  # noqa: BLE001 - the contract: never raise for model trouble
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            logger.warning("%s reranker degraded: %s", self.name, reason)
             result = retrieval_order(cands, self.name, reason=reason[:500])
+        if result.degraded:
+            logger.warning("%s reranker degraded: %s", self.name, result.reason)
         result.model_id = self._llm.model_id if self._llm is not None else None
         result.template = self.template_name
         result.template_version = self.template_version()

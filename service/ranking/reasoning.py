@@ -132,9 +132,11 @@ class ReasoningReranker(LLMReranker):
             json_schema=ranking_schema(labels),
             seed=self.seed,
         )
-        llm = self.llm
         with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
-            gens = call_with_budget(lambda: llm.generate(prompts, params), self.remaining(deadline))
+            # self.llm inside: a first call may load the model, within the budget too
+            gens = call_with_budget(
+                lambda: self.llm.generate(prompts, params), self.remaining(deadline)
+            )
         if len(gens) != len(prompts):
             raise UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
 

@@ -127,16 +127,14 @@ class VerbalizerReranker(LLMReranker):
             prompts.append(build_prompt(user, items, self.max_history)[0])
         labels = list(ALL_LABELS[: max(len(idxs) for _, idxs in jobs)])
 
-        llm = self.llm
-        with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
+        def score() -> list[dict[str, float]]:
+            llm = self.llm  # a first call may load the model: inside the budget too
             if len(prompts) == 1:
-                lps = call_with_budget(
-                    lambda: [llm.choice_logprobs(prompts[0], labels)], self.remaining(deadline)
-                )
-            else:  # every window of every pass in one batched call
-                lps = call_with_budget(
-                    lambda: llm.choice_logprobs_batch(prompts, labels), self.remaining(deadline)
-                )
+                return [llm.choice_logprobs(prompts[0], labels)]
+            return llm.choice_logprobs_batch(prompts, labels)  # all windows and passes at once
+
+        with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
+            lps = call_with_budget(score, self.remaining(deadline))
         if not isinstance(lps, list) or len(lps) != len(prompts):
             raise UnparseableOutput(f"expected {len(prompts)} score sets, got {len(lps)}")
 

@@ -339,3 +339,21 @@ def test_unknown_product_ids_are_ranked_by_id(
     res = VerbalizerReranker(FakeLLM(fake_settings)).rank(user, cands, catalogue)
     assert not res.degraded
     assert_permutation(res, cands)
+
+
+def test_time_budget_covers_a_slow_model_load(
+    fake_settings: Settings, catalogue: dict[str, Product], user: UserContext
+) -> None:
+    def loader() -> FakeLLM:
+        time.sleep(1.5)
+        return FakeLLM(fake_settings)
+
+    cands = shortlist(catalogue, 4)
+    reranker = VerbalizerReranker(loader, timeout_s=0.2)
+    t0 = time.perf_counter()
+    res = reranker.rank(user, cands, catalogue)
+    assert time.perf_counter() - t0 < 1.0
+    assert_retrieval_fallback(res, cands)
+    time.sleep(1.6)  # the load finishes in the background; the next call is served
+    reranker.timeout_s = 5.0
+    assert not reranker.rank(user, cands, catalogue).degraded
