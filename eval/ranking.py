@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from eval.baselines import EASE, EASE_LAMBDAS, Method, default_methods
+from eval.baselines import EASE, EASE_LAMBDAS, EASE_MAX_ITEMS, Method, default_methods
 from eval.datasets import Dataset
 from eval.metrics import KS, TargetRanks, summarize, target_ranks
 from eval.split import Split, Target, TieBreak, leave_last_two_out
@@ -330,7 +330,6 @@ def evaluate_recsmith(
     shortlist: int = SHORTLIST,
 ) -> RetrievalEval:
     from service.config import Settings
-    from service.ranking.base import UserContext  # noqa: F401 - checked importable early
     from service.recsmith import Recsmith
 
     reporter = reporter or Reporter()
@@ -451,6 +450,7 @@ def evaluate_reranker(
     reporter.stage(f"rerank: {label}", len(cases))
     ranks, rerank_s, total_s = [], [], []
     degraded: list[str] = []
+    model_id: str | None = None
     for case in cases:
         ctx = UserContext(history=case.history)
         t0 = time.perf_counter()
@@ -462,6 +462,7 @@ def evaluate_reranker(
         )
         rerank_s.append(dt)
         total_s.append(dt + case.retrieval_s)
+        model_id = model_id or getattr(result, "model_id", None)
         if getattr(result, "degraded", False):
             degraded.append(str(getattr(result, "reason", "") or "unknown"))
         reporter.advance()
@@ -481,6 +482,7 @@ def evaluate_reranker(
             "rerank_ms_mean": 1000 * float(np.mean(rerank_s)) if cases else 0.0,
             "rerank_ms_p95": 1000 * float(np.percentile(rerank_s, 95)) if cases else 0.0,
             "degraded": len(degraded),
+            "model_id": model_id,
         },
         note=note,
     )
@@ -499,6 +501,16 @@ def load_rerankers(
         msg = f"LLM rerankers skipped: service.ranking.factory is not importable ({e})"
         reporter.note(msg)
         return [], [msg]
+    if names:
+        from service.config import get_settings
+
+        s = get_settings()
+        notes.append(
+            f"Rerankers use the configured LLM: backend {s.llm_backend}, model {s.llm_model!r}"
+            + (" (SmolLM2-135M-Instruct)" if s.llm_model == "default" else "")
+            + (f", dtype {s.llm_dtype}" if s.llm_backend == "transformers" else "")
+            + "."
+        )
     for name in names:
         try:
             out.append(get_reranker(name))
@@ -572,7 +584,7 @@ def run_ranking(
 
     label = encoder_label(encoder) if encoder is not None else ""
     methods = default_methods(split.n_items, embeddings, label)
-    if split.n_items > 12_000:
+    if split.n_items > EASE_MAX_ITEMS:
         run.notes.append(f"EASE skipped: {split.n_items:,} items is too many for a dense inverse.")
     reporter.stage("baselines", len(methods))
     t0 = time.perf_counter()
@@ -581,7 +593,10 @@ def run_ranking(
         reporter.advance()
     timings["baselines"] = time.perf_counter() - t0
 
-    if sensitivity:
+    tied = len({(i.user_id, i.ts) for i in ds.interactions}) < len(ds.interactions)
+    if sensitivity and not tied:
+        run.notes.append("No two interactions of a user share a timestamp: no tie-break to vary.")
+    if sensitivity and tied:
         other: TieBreak = "original" if tie_break == "item_id" else "item_id"
         alt = leave_last_two_out(ds, other)
         alt_rows = sample_rows(len(alt.users), users, seed)
