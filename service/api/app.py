@@ -84,6 +84,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.llm_warm = LlmWarm(rs).start()
     yield
     app.state.index_ready = False
+    runner = getattr(app.state, "copy_jobs", None)
+    if runner is not None:  # stop batch jobs between batches; they resume when restarted
+        await run_in_threadpool(runner.shutdown)
 
 
 def _version() -> str:

@@ -18,6 +18,13 @@ from pydantic import (
 )
 
 from service.catalog.models import ID_PATTERN, Interaction, Product
+from service.copy.tasks import (
+    CopyOptions,
+    CopyResult,
+    HeadlineRequest,
+    JobStatus,
+    ProductTask,
+)
 from service.retrieval.filters import Filters
 
 # -- limits -------------------------------------------------------------------------------
@@ -292,3 +299,90 @@ class Conversation(BaseModel):
     created_at: str
     updated_at: str
     messages: list[ChatMessage]
+
+
+# -- copy ---------------------------------------------------------------------------------
+MAX_COPY_PRODUCTS = 20
+MAX_EDIT_CHARS = 5000
+
+
+MAX_SEED = 2**31 - 1  # what every sampler accepts
+
+
+class CopyGenerate(CopyOptions):
+    """One task (summary, title or blurb) for up to 20 products, written in one model call."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    product_ids: list[ProductId] = Field(min_length=1, max_length=MAX_COPY_PRODUCTS)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Sampling seed of variant 1")
+    regenerate: bool = Field(default=False, description="Ignore stored texts; call the model")
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> CopyGenerate:
+        # One request is one model call: keep it interactive.
+        if len(self.product_ids) * self.variants > MAX_COPY_PRODUCTS:
+            raise ValueError(
+                f"products × variants must be at most {MAX_COPY_PRODUCTS}, "
+                f"got {len(self.product_ids)} × {self.variants}"
+            )
+        return self
+
+
+class HeadlineGenerate(HeadlineRequest):
+    """A theme headline for a set of products, with each product's fit to it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    product_ids: list[ProductId] = Field(min_length=1, max_length=50)
+    interests: list[ShortText] = Field(default_factory=list, max_length=10)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+
+class CopyGenerated(BaseModel):
+    task: str
+    results: list[CopyResult] = Field(description="Per product (in the order asked), per variant")
+
+
+class CopyJobCreate(CopyOptions):
+    """A batch job: one task over a category (or the whole catalogue), in id order."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    task: ProductTask
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    category: ShortText | None = None
+    limit: int | None = Field(default=None, ge=1, le=1_000_000, description="At most this many")
+    batch_size: int = Field(default=8, ge=1, le=64)
+
+
+class CopyJob(JobStatus):
+    progress: float = Field(description="(done + failed) / total, 0..1")
+    queued: bool = Field(default=False, description="Waiting for the job runner")
+
+
+class CopyPage(BaseModel):
+    items: list[CopyResult]
+    limit: int
+    offset: int
+    next_offset: int | None = None
+
+
+class CopyApprove(_Strict):
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EDIT_CHARS)] | None = Field(
+        default=None, description="Approve this edited text instead"
+    )
+
+
+class CopyReject(_Strict):
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class CopyEdit(_Strict):
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EDIT_CHARS)]
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> CopyEdit:
+        if not self.text.strip():
+            raise ValueError("text must not be blank")
+        return self

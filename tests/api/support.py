@@ -198,3 +198,13 @@ def parse_sse(text: str) -> list[tuple[str, str]]:
         if data:
             out.append((event, "\n".join(data)))
     return out
+
+
+@pytest.fixture(scope="session")
+def web_server(
+    demo_dir: Path, llm_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The server the browser tests drive (its own data dir: they write copy)."""
+    s = app_settings(fresh_copy(demo_dir, tmp_path_factory, "web"), llm_path)
+    with LiveServer(create_app(s)) as server:
+        yield server

@@ -1,9 +1,366 @@
-"""/v1/copy: product copy (filled in when the copy stage lands)."""
+"""/v1/copy: write product copy, run batch jobs, review (approve / reject / edit), export."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import csv
+import io
+import json
+import threading
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from service.api.deps import V1
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from service.api.deps import RS, V1
+from service.api.errors import ApiError, error_responses
+from service.api.jobs import JobRunner
+from service.api.protocol import (
+    MAX_PAGE,
+    CopyApprove,
+    CopyEdit,
+    CopyGenerate,
+    CopyGenerated,
+    CopyJob,
+    CopyJobCreate,
+    CopyPage,
+    CopyReject,
+    HeadlineGenerate,
+)
+from service.copy.tasks import CopyOptions, CopyResult, HeadlineResult, JobStatus, ProductTask
+from service.recsmith import Recsmith
 
 router = APIRouter(prefix=f"{V1}/copy", tags=["copy"])
+_lock = threading.Lock()
+
+CopyId = Annotated[int, Path(ge=1, le=2**62, description="Copy id")]
+JobId = Annotated[int, Path(ge=1, le=2**62, description="Job id")]
+Status = Literal["draft", "approved", "rejected"]
+
+# The columns of an export (the edited text, where there is one, is `text`).
+EXPORT_FIELDS = [
+    "id", "task", "product_id", "product_ids", "language", "variant", "text", "status",
+    "passed", "failed_checks", "model_id", "template", "template_version", "created_at",
+]  # fmt: skip
+
+
+def writer_for(request: Request, rs: Recsmith) -> Any:
+    """One CopyWriter per app, sharing the catalogue store (and the cached LLM/encoder)."""
+    w = getattr(request.app.state, "copy_writer", None)
+    if w is None:
+        with _lock:
+            w = getattr(request.app.state, "copy_writer", None)
+            if w is None:
+                from service.copy.writer import CopyWriter
+
+                w = CopyWriter(rs.settings, catalog=rs.store)
+                request.app.state.copy_writer = w
+    return w
+
+
+def runner_for(request: Request, rs: Recsmith) -> JobRunner:
+    r = getattr(request.app.state, "copy_jobs", None)
+    if r is None:
+        with _lock:
+            r = getattr(request.app.state, "copy_jobs", None)
+            if r is None:
+                from service.copy.writer import CopyWriter
+
+                r = JobRunner(rs.settings, lambda: CopyWriter(rs.settings, catalog=rs.store))
+                request.app.state.copy_jobs = r
+    return r
+
+
+def _job(s: JobStatus, queued: bool = False) -> CopyJob:
+    progress = (s.done + s.failed) / s.total if s.total else 1.0
+    return CopyJob(**s.model_dump(), progress=round(progress, 4), queued=queued)
+
+
+def _missing_products(rs: Recsmith, ids: list[str]) -> None:
+    found = rs.store.get_products(ids)
+    missing = [(n, p) for n, p in enumerate(ids) if p not in found]
+    if missing:
+        raise ApiError(
+            404,
+            f"unknown product id(s): {', '.join(p for _, p in missing[:5])}",
+            fields=[(f"product_ids[{n}]", "unknown product id") for n, _ in missing[:20]],
+        )
+
+
+# -- jobs (declared before /{task} so "jobs" is not read as a task) -------------------------
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=CopyJob,
+    summary="Start a batch copy job",
+    description="Snapshots the products (a category, or all; at most `limit`) and writes "
+    "their copy in batches on the server's job runner. Poll the job for progress.",
+    responses=error_responses(400, 401, 413, 422, 503),
+)
+def start_job(body: CopyJobCreate, rs: RS, request: Request) -> CopyJob:
+    from service.copy.batch import create_job
+
+    options = CopyOptions(**body.model_dump(exclude={"task", "category", "limit", "batch_size"}))
+    status = create_job(
+        body.task,
+        options,
+        category=body.category,
+        limit=body.limit,
+        batch_size=body.batch_size,
+        settings=rs.settings,
+    )
+    if status.status == "running":
+        runner_for(request, rs).submit(status.id)
+    return _job(status, queued=status.status == "running")
+
+
+@router.get(
+    "/jobs",
+    response_model=list[CopyJob],
+    summary="Recent batch copy jobs, newest first",
+    responses=error_responses(401, 422),
+)
+def list_copy_jobs(rs: RS, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20) -> list[CopyJob]:
+    from service.copy.batch import list_jobs
+
+    return [_job(s) for s in list_jobs(limit=limit, settings=rs.settings)]
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=CopyJob,
+    summary="A batch job's status and progress",
+    responses=error_responses(401, 404, 422),
+)
+def get_copy_job(job_id: JobId, rs: RS) -> CopyJob:
+    from service.copy.batch import JobNotFound, get_job
+
+    try:
+        return _job(get_job(job_id, settings=rs.settings))
+    except JobNotFound as e:
+        raise ApiError(404, str(e), fields=[("job_id", "unknown job")]) from None
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=CopyJob,
+    summary="Cancel a batch job (it stops after the batch in flight)",
+    responses=error_responses(401, 404, 422),
+)
+def cancel_copy_job(job_id: JobId, rs: RS) -> CopyJob:
+    from service.copy.batch import JobNotFound, cancel_job
+
+    try:
+        return _job(cancel_job(job_id, settings=rs.settings))
+    except JobNotFound as e:
+        raise ApiError(404, str(e), fields=[("job_id", "unknown job")]) from None
+
+
+# -- reading and export ---------------------------------------------------------------------
+@router.get(
+    "",
+    response_model=CopyPage,
+    summary="Stored copy, newest first, with filters",
+    responses=error_responses(401, 422),
+)
+def list_copy(
+    rs: RS,
+    status: Status | None = None,
+    task: Literal["summary", "title", "blurb", "headline"] | None = None,
+    product_id: Annotated[str | None, Query(max_length=128)] = None,
+    language: Literal["en", "zh"] | None = None,
+    job_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    passed: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> CopyPage:
+    from service.copy.store import CopyStore
+
+    items = CopyStore(rs.store.engine).list(
+        status=status,
+        task=task,
+        product_id=product_id,
+        language=language,
+        job_id=job_id,
+        passed=passed,
+        limit=limit + 1,
+        offset=offset,
+    )
+    more = len(items) > limit
+    return CopyPage(
+        items=items[:limit],
+        limit=limit,
+        offset=offset,
+        next_offset=offset + limit if more else None,
+    )
+
+
+def _export_rows(rs: Recsmith, status: str | None, task: str | None) -> Iterator[dict[str, Any]]:
+    from service.copy.store import CopyStore, to_result
+
+    for row in CopyStore(rs.store.engine).iter_all(status=status, task=task):
+        r = to_result(row).model_dump(mode="json")
+        yield {k: r[k] for k in EXPORT_FIELDS}
+
+
+@router.get(
+    "/export",
+    summary="Download stored copy as CSV or JSON Lines",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The file",
+            "content": {"text/csv": {}, "application/x-ndjson": {}},
+        },
+        **error_responses(401, 422),
+    },
+)
+def export_copy(
+    rs: RS,
+    format: Literal["csv", "jsonl"] = "jsonl",  # noqa: A002 - the query parameter's name
+    status: Status | None = None,
+    task: Literal["summary", "title", "blurb", "headline"] | None = None,
+) -> StreamingResponse:
+    rows = _export_rows(rs, status, task)
+    name = f"recsmith-copy{'-' + status if status else ''}{'-' + task if task else ''}"
+
+    def csv_lines() -> Iterator[str]:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS)
+        w.writeheader()
+        for rec in rows:
+            rec["product_ids"] = "|".join(rec["product_ids"])
+            rec["failed_checks"] = "|".join(rec["failed_checks"])
+            w.writerow(rec)
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
+
+    def jsonl_lines() -> Iterator[str]:
+        for rec in rows:
+            yield json.dumps(rec, ensure_ascii=False) + "\n"
+
+    if format == "csv":
+        body, media, ext = csv_lines(), "text/csv; charset=utf-8", "csv"
+    else:
+        body, media, ext = jsonl_lines(), "application/x-ndjson; charset=utf-8", "jsonl"
+    return StreamingResponse(
+        body,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}.{ext}"'},
+    )
+
+
+# -- writing --------------------------------------------------------------------------------
+@router.post(
+    "/headline",
+    response_model=HeadlineResult,
+    summary="Write a theme headline for a set of products, with per-item fit scores",
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+)
+def write_headline(body: HeadlineGenerate, rs: RS, request: Request) -> HeadlineResult:
+    _missing_products(rs, body.product_ids)
+    if body.user_id and not body.interests and not rs.store.has_user(body.user_id):
+        raise ApiError(404, f"unknown user id {body.user_id!r}", fields=[("user_id", "unknown")])
+    return writer_for(request, rs).headline(body)
+
+
+@router.post(
+    "/{task}",
+    response_model=CopyGenerated,
+    summary="Write a summary, title or blurb for products",
+    description="Stored texts for the same request, model and prompt version are returned "
+    "without a model call (`cached: true`) unless `regenerate` is set. Every text is "
+    "checked (numbers, names, banned claims, length, language); a failed text is flagged "
+    "with `failed_checks`.",
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+)
+def generate_copy(
+    task: Annotated[ProductTask, Path(description="summary | title | blurb")],
+    body: CopyGenerate,
+    rs: RS,
+    request: Request,
+) -> CopyGenerated:
+    ids = list(dict.fromkeys(body.product_ids))
+    _missing_products(rs, ids)
+    products = rs.store.get_products(ids)
+    options = CopyOptions(**body.model_dump(exclude={"product_ids", "regenerate"}))
+    per_product = writer_for(request, rs).generate_for_products(
+        task, [products[i] for i in ids], options, regenerate=body.regenerate
+    )
+    return CopyGenerated(task=task, results=[r for per in per_product for r in per])
+
+
+# -- one text -------------------------------------------------------------------------------
+def _copy_store(rs: Recsmith) -> Any:
+    from service.copy.store import CopyStore
+
+    return CopyStore(rs.store.engine)
+
+
+def _not_found(e: Exception) -> ApiError:
+    return ApiError(404, str(e), fields=[("copy_id", "unknown copy id")])
+
+
+@router.get(
+    "/{copy_id}",
+    response_model=CopyResult,
+    summary="One stored text",
+    responses=error_responses(401, 404, 422),
+)
+def get_copy(copy_id: CopyId, rs: RS) -> CopyResult:
+    from service.copy.store import CopyNotFound, to_result
+
+    try:
+        return to_result(_copy_store(rs).get(copy_id))
+    except CopyNotFound as e:
+        raise _not_found(e) from None
+
+
+@router.post(
+    "/{copy_id}/approve",
+    response_model=CopyResult,
+    summary="Approve a text (optionally with an edit)",
+    responses=error_responses(400, 401, 404, 422),
+)
+def approve_copy(copy_id: CopyId, rs: RS, body: CopyApprove | None = None) -> CopyResult:
+    from service.copy.store import CopyNotFound
+
+    text = body.text.strip() if body and body.text and body.text.strip() else None
+    try:
+        return _copy_store(rs).approve(copy_id, text)
+    except CopyNotFound as e:
+        raise _not_found(e) from None
+
+
+@router.post(
+    "/{copy_id}/reject",
+    response_model=CopyResult,
+    summary="Reject a text (it is not served again; the next identical request writes anew)",
+    responses=error_responses(400, 401, 404, 422),
+)
+def reject_copy(copy_id: CopyId, rs: RS, body: CopyReject | None = None) -> CopyResult:
+    from service.copy.store import CopyNotFound
+
+    try:
+        return _copy_store(rs).reject(copy_id, body.reason if body else "")
+    except CopyNotFound as e:
+        raise _not_found(e) from None
+
+
+@router.patch(
+    "/{copy_id}",
+    response_model=CopyResult,
+    summary="Replace a text by a person's edit (re-checked; back to draft)",
+    responses=error_responses(400, 401, 404, 413, 422),
+)
+def edit_copy(copy_id: CopyId, body: CopyEdit, rs: RS, request: Request) -> CopyResult:
+    from service.copy.store import CopyNotFound
+
+    try:
+        return writer_for(request, rs).edit(copy_id, body.text)
+    except CopyNotFound as e:
+        raise _not_found(e) from None
+    except ValueError as e:
+        raise ApiError(422, str(e), fields=[("text", str(e))]) from None

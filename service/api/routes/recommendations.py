@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -64,19 +63,27 @@ def _check_ids(rs: Recsmith, body: RecommendationRequest) -> None:
         )
 
 
-def _headline(rs: Recsmith, body: RecommendationRequest, rec: Recommendation) -> HeadlineOut:
-    from service.copy.headline import write_headline  # the copy stage owns the words
+def _headline(
+    rs: Recsmith, body: RecommendationRequest, rec: Recommendation, request: Request
+) -> HeadlineOut:
+    """The copy stage writes the headline; each item gets its fit to it."""
+    from service.api.routes.copy import writer_for
+    from service.copy.tasks import HeadlineRequest
 
-    products = rs.store.get_products([i.product_id for i in rec.items])
-    items = [products[i.product_id] for i in rec.items if i.product_id in products]
-    h: Any = write_headline(rs, items, query=body.query, llm=rs.llm())
+    user = body.user_id if body.user_id and rs.store.has_user(body.user_id) else None
+    interests = [body.query.strip()[:128]] if body.query and body.query.strip() else []
+    req = HeadlineRequest(
+        product_ids=[i.product_id for i in rec.items][:50], user_id=user, interests=interests
+    )
+    result = writer_for(request, rs).headline(req)
+    h = result.headline
     return HeadlineOut(
-        text=h.text,
-        model_id=getattr(h, "model_id", None),
-        template=getattr(h, "template", None),
-        template_version=getattr(h, "template_version", None),
-        flagged=bool(getattr(h, "flagged", False)),
-        fit={k: float(v) for k, v in (getattr(h, "fit", None) or {}).items()},
+        text=h.text or "",
+        model_id=h.model_id,
+        template=h.template,
+        template_version=h.template_version,
+        flagged=not h.passed,
+        fit={i.product_id: i.score for i in result.items},
     )
 
 
@@ -118,7 +125,7 @@ def recommendations(
             if body.headline and rec.items:
                 t1 = time.perf_counter()
                 try:
-                    headline = _headline(rs, body, rec)
+                    headline = _headline(rs, body, rec, request)
                     stages.append("headline")
                 except Exception as e:  # noqa: BLE001 - the list is served without it
                     logger.warning("headline failed: %s", e)

@@ -1,0 +1,73 @@
+"""Runs copy batch jobs started over HTTP, one at a time, on one worker thread.
+
+One at a time on purpose: a job is model-bound, and two jobs on the same CPU (or GPU
+engine) only make both slower while starving the interactive requests. Progress, cancel
+and resume live in the database (service.copy.batch), so any API process can report or
+cancel a job another one runs, and a job left pending by a restart can be started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from service.config import Settings
+
+logger = logging.getLogger("service.api")
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, writer_factory: Any) -> None:
+        self.settings = settings
+        self._writer_factory = writer_factory
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.current: int | None = None
+
+    def submit(self, job_id: int) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="copy-jobs", daemon=True)
+                self._thread.start()
+        self._queue.put(job_id)
+
+    def _work(self) -> None:
+        from service.copy.batch import get_job, run_job
+
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                if get_job(job_id, settings=self.settings).status in ("done", "cancelled"):
+                    continue  # cancelled while queued
+                self.current = job_id
+                run_job(job_id, writer=self._writer_factory(), settings=self.settings)
+            except Exception:  # noqa: BLE001 - the job row says failed, and why
+                logger.warning("copy job %s failed", job_id, exc_info=True)
+            finally:
+                self.current = None
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Cancel what is queued or running (the runner stops before its next batch)."""
+        from service.copy.batch import cancel_job
+
+        pending: list[int] = []
+        while True:
+            try:
+                j = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if j is not None:
+                pending.append(j)
+        for job_id in pending + ([self.current] if self.current is not None else []):
+            try:
+                cancel_job(job_id, settings=self.settings)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                logger.warning("could not cancel copy job %s", job_id, exc_info=True)
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)

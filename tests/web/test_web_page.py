@@ -1,0 +1,81 @@
+"""The web page in headless Chromium: chat shows product cards; the copy studio writes,
+approves and exports a blurb. The API key is entered in the page's key field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.api.support import API_KEY
+
+pytestmark = pytest.mark.browser
+
+
+def enter_key(page) -> None:  # noqa: ANN001
+    page.get_by_test_id("api-key").fill(API_KEY)
+    page.get_by_role("button", name="Save").click()
+    assert page.evaluate("localStorage.getItem('recsmith.apiKey')") == API_KEY
+
+
+def test_without_a_key_the_page_says_so(page) -> None:  # noqa: ANN001
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    page.get_by_test_id("chat-input").fill("a coffee grinder")
+    page.get_by_test_id("chat-send").click()
+    banner = page.locator("#banner")
+    banner.wait_for(state="visible")
+    assert "API key" in banner.inner_text()
+
+
+def test_chat_streams_an_answer_with_product_cards(page) -> None:  # noqa: ANN001
+    enter_key(page)
+    page.get_by_test_id("chat-input").fill("I need a coffee grinder")
+    page.get_by_test_id("chat-send").click()
+    cards = page.get_by_test_id("product-card")
+    cards.first.wait_for(state="visible")
+    assert cards.count() >= 1
+    first = cards.first
+    assert first.locator(".title").inner_text().strip()
+    assert first.get_attribute("data-product-id")
+    answer = page.locator(".msg.bot .answer").last.inner_text()
+    assert answer.strip()
+    # The streaming cursor is gone once the final event arrived.
+    assert page.locator(".msg.bot.streaming").count() == 0
+
+
+def test_studio_generates_approves_and_exports_a_blurb(page) -> None:  # noqa: ANN001
+    enter_key(page)
+    page.get_by_role("tab", name="Copy studio").click()
+    page.get_by_test_id("search-input").fill("cast iron skillet")
+    page.get_by_test_id("search-go").click()
+    add = page.get_by_test_id("add-product").first
+    add.wait_for(state="visible")
+    add.click()
+    assert page.locator("#selected li").count() == 1
+    page.get_by_test_id("gen-task").select_option("blurb")
+    page.get_by_test_id("gen-go").click()
+
+    item = page.get_by_test_id("copy-item").first
+    item.wait_for(state="visible")
+    page.wait_for_function("!document.querySelector('#gen-go').disabled")
+    assert item.locator(".task").inner_text() == "blurb"
+    text = item.get_by_test_id("copy-text").input_value()
+    assert text.strip()
+    copy_id = item.get_attribute("data-copy-id")
+
+    item.get_by_test_id("copy-approve").click()
+    page.wait_for_function(
+        f"document.querySelector('[data-copy-id=\"{copy_id}\"]').dataset.status === 'approved'"
+    )
+    assert item.get_by_test_id("copy-status").inner_text() == "approved"
+
+    # Export what is approved, as JSON Lines, through the page's download.
+    page.get_by_test_id("review-filter").select_option("approved")
+    page.get_by_test_id("copy-item").first.wait_for(state="visible")
+    with page.expect_download() as dl:
+        page.get_by_test_id("export-jsonl").click()
+    path = dl.value.path()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    assert any(str(r["id"]) == copy_id and r["status"] == "approved" for r in rows)
