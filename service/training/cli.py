@@ -52,7 +52,13 @@ def _progress() -> Progress:
 def _settings(data_dir: Path | None) -> Any:
     from service.config import Settings, get_settings
 
-    s = get_settings() if data_dir is None else Settings(data_dir=data_dir)
+    base = get_settings()
+    if data_dir is None:
+        s = base
+    else:  # another data dir, but the prepared base LLM stays where it is (no re-conversion)
+        from service.llm.prepare import models_dir
+
+        s = Settings(data_dir=data_dir, models_dir=models_dir(base))
     s.ensure_dirs()
     return s
 

@@ -306,6 +306,8 @@ class FitResult:
     history: list[dict[str, float]]
     train_s: float
     stopped: str  # "patience" | "max_epochs" | "time"
+    cpu_s: float = 0.0  # this process's CPU time: comparable across busy and idle machines
+    threads: int = 1
 
 
 def fit_sasrec(
@@ -317,11 +319,14 @@ def fit_sasrec(
     """Train on data.train, early-stop on data.val_*; returns the best epoch's model."""
     import torch
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(train_threads(cfg.threads))
+    threads = train_threads(cfg.threads)
+    torch.set_num_threads(threads)
     try:
-        return _fit(n_items, data, cfg, progress, t0)
+        result = _fit(n_items, data, cfg, progress, t0)
+        result.cpu_s, result.threads = time.process_time() - c0, threads
+        return result
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -618,6 +623,8 @@ def train_on_sequences(
         "epochs_run": fit.epochs_run,
         "stopped": fit.stopped,
         "train_s": round(fit.train_s, 1),
+        "train_cpu_s": round(fit.cpu_s, 1),
+        "threads": fit.threads,
         "test_eval_s": round(time.perf_counter() - t0, 2),
         "users": len(seqs),
         "users_evaluated": int(len(data.test_targets)),

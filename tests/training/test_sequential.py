@@ -202,3 +202,35 @@ def test_bce_loss_also_learns() -> None:
     fit = fit_sasrec(N_ITEMS, data, cfg)
     assert fit.best_val["ndcg@10"] > 0.5
     assert np.isfinite(fit.history[-1]["loss"])
+
+
+def test_harness_functions_give_the_harness_result_shape() -> None:
+    from eval.datasets import Dataset
+    from eval.ranking import MethodResult, sample_rows
+    from eval.split import leave_last_two_out
+    from service.catalog.models import Interaction, Product
+    from service.training.evaluate import evaluate_sequential, sasrec_cases
+    from service.training.sequential import SASRecMethod
+
+    rows = synthetic_log(users=100, length=10)
+    ds = Dataset(
+        "cycle",
+        [Product(id=f"it-{i:02d}", title=f"Item {i}") for i in range(N_ITEMS)],
+        [Interaction(user_id=u, product_id=p, event=e, ts=t) for u, p, e, t in rows],
+    )
+    split = leave_last_two_out(ds)
+    users = sample_rows(len(split.users), 40, seed=0)
+    method = SASRecMethod(SASRecConfig(**{**FAST.__dict__, "max_epochs": 12}))
+    res = evaluate_sequential(split, users, method=method)
+    assert isinstance(res, MethodResult) and res.kind == "learned" and res.users == 40
+    assert set(res.test) >= {"recall@10", "ndcg@10", "recall@20", "mrr"}
+    assert res.test["recall@10"] > 0.9 and res.val["recall@10"] > 0.9
+    again = evaluate_sequential(split, users, method=method)  # fitted: reused, not retrained
+    assert again.test == res.test and again.params["fit_s"] is None
+
+    cases = sasrec_cases(method, ds, split, users[:5], shortlist=20, history=4)
+    assert len(cases) == 5
+    for c in cases:
+        assert len(c.candidates) == 20 and len(c.history) == 4
+        assert set(c.products) >= {x.product_id for x in c.candidates}
+        assert c.tail_rank >= 1
