@@ -14,8 +14,10 @@ another process runs); a job with no live runner is cancelled at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from datetime import datetime
 
@@ -29,6 +31,7 @@ from service.copy.tasks import CopyOptions, JobStatus
 from service.copy.writer import CopyWriter
 from service.db import get_engine, session_scope
 
+logger = logging.getLogger(__name__)
 PRODUCT_TASKS = ("summary", "title", "blurb")
 
 
@@ -187,9 +190,12 @@ def _claim(engine: Engine, job_id: int) -> JobStatus:
             raise JobNotFound(f"unknown copy job id {job_id}")
         if row.status == "running" and row.runner_pid != os.getpid() and _runner_alive(row):
             raise JobBusy(f"copy job {job_id} is being run by process {row.runner_pid}")
+        if not (row.status == "running" and row.runner_pid == os.getpid()):
+            # Resuming a stopped job starts afresh; a claim by start_job keeps a cancel
+            # that arrived before its thread began.
+            row.cancel_requested = False
         row.runner_pid = os.getpid()
         row.runner_host = socket.gethostname()
-        row.cancel_requested = False
         row.error = ""
         row.finished_at = None
         row.status = "running"
@@ -252,6 +258,35 @@ def run_job(
         _finish(engine, job_id, "failed", f"{kind}: {e}")
         raise
     return _finish(engine, job_id, "cancelled")
+
+
+def start_job(
+    task: str,
+    options: CopyOptions | None = None,
+    *,
+    category: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    settings: Settings | None = None,
+    writer: CopyWriter | None = None,
+) -> JobStatus:
+    """Create a job and run it on a background thread (for the API); poll get_job, stop
+    it with cancel_job. A failure is recorded on the job (status failed, error)."""
+    settings = settings or get_settings()
+    status = create_job(
+        task, options, category=category, limit=limit, batch_size=batch_size, settings=settings
+    )
+    if status.total:
+        _claim(_engine(settings), status.id)  # a live runner from the start: cancel waits
+
+        def _run() -> None:
+            try:
+                run_job(status.id, writer=writer, settings=settings)
+            except Exception:  # noqa: BLE001 - already recorded on the job row
+                logger.warning("copy job %s failed", status.id, exc_info=True)
+
+        threading.Thread(target=_run, name=f"copy-job-{status.id}", daemon=True).start()
+    return get_job(status.id, settings=settings)
 
 
 def _run_batch(

@@ -183,3 +183,22 @@ def test_cli_unknown_product_exits_non_zero(settings: Settings, catalog, model_p
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1
     assert "unknown product id 'nope-42'" in out
+
+
+def test_start_job_runs_in_the_background_and_cancels(
+    settings: Settings, writer: CopyWriter, llm: CountingLLM
+) -> None:
+    """What the API does: start a job on a thread, poll it, cancel it."""
+    s = settings.model_copy(update={"copy_max_retries": 0})
+    w = CopyWriter(s, llm=llm, catalog=writer.catalog)  # type: ignore[arg-type]
+    started = jobs.start_job(
+        "title", CopyOptions(max_words=5), category="Kitchen", limit=3, batch_size=1,
+        settings=s, writer=w,
+    )  # fmt: skip
+    assert started.status == "running" and started.total == 3
+    assert jobs.cancel_job(started.id, settings=s).cancel_requested
+    deadline = time.monotonic() + 600
+    while (st := jobs.get_job(started.id, settings=s)).status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert st.status == "cancelled" and st.done + st.failed <= 1 and st.pending >= 2
