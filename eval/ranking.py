@@ -572,6 +572,13 @@ def run_ranking(
     timings["split"] = time.perf_counter() - t0
 
     embeddings = None
+    if not (content and retrieval):
+        off = [
+            x
+            for x, on in (("the content baseline", content), ("recsmith retrieval", retrieval))
+            if not on
+        ]
+        run.notes.append(f"Not run this time: {' and '.join(off)} (switched off for this run).")
     needs_encoder = content or retrieval
     if needs_encoder and encoder is None:
         reporter.stage("load the encoder")
