@@ -21,6 +21,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def bench_backend(
         r_runs.append(summary(reas.rank(user, cands, products)))
     v_runs.append(summary(verb.rank(user, cands, products)))
     v_med = statistics.median(r["latency_s"] for r in v_runs)
+    raw = raw_logprobs_request(llm, user, cands, products)
     r_med = statistics.median(r["latency_s"] for r in r_runs)
     return {
         "backend": llm.backend,
@@ -96,6 +98,49 @@ def bench_backend(
         "verbalizer_runs": v_runs,
         "reasoning_runs": r_runs,
         "reasoning_max_tokens": max_tokens,
+        **raw,
+    }
+
+
+def raw_logprobs_request(
+    llm: LLM, user: UserContext, cands: list[Candidate], products: dict[str, Product]
+) -> dict[str, Any]:
+    """OpenAI backend only: the cost of the verbalizer's forward pass as the engine does it
+    (one /v1/completions request, max_tokens=1, top-20 logprobs), and how many of the 20
+    labels that top-20 holds. The backend scores labels missing from it exactly, with extra
+    prompt_logprobs requests: this separates the engine's cost from that fallback's."""
+    if llm.backend != "openai":
+        return {}
+    import httpx
+
+    from service.ranking.common import ALL_LABELS, Item, product_text
+    from service.ranking.verbalizer import build_prompt
+
+    items = [
+        Item(ALL_LABELS[k], product_text(products.get(c.product_id), c.product_id))
+        for k, c in enumerate(cands)
+    ]
+    messages, _ = build_prompt(user, items)
+    api: Any = llm  # OpenAILLM: tokenize(), _choice_ids(), model, base_url
+    ids = api.tokenize(messages)
+    label_ids = {api._choice_ids(lab)[0] for lab in ALL_LABELS[: len(cands)]}
+    body = {
+        "model": api.model,
+        "prompt": [ids],
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "logprobs": 20,
+        "return_tokens_as_token_ids": True,
+    }
+    t0 = time.perf_counter()
+    r = httpx.post(f"{api.base_url}/completions", json=body, timeout=300)
+    took = time.perf_counter() - t0
+    top = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    found = sum(1 for k in top if int(k.split(":")[1]) in label_ids)
+    return {
+        "raw_top20_request_s": round(took, 3),
+        "labels_in_top20": found,
+        "prompt_tokens": len(ids),
     }
 
 
