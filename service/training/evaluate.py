@@ -172,3 +172,74 @@ def _result(**kw: Any) -> MethodResult:
     from eval.ranking import MethodResult
 
     return MethodResult(kind="learned", **kw)
+
+
+def run_learned(
+    ds: Dataset,
+    split: Split,
+    settings: Settings,
+    rerank_users: int = 40,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    tuned: bool = True,
+) -> dict[str, Any]:
+    """The saved SASRec (all users, no retraining) and, on a seeded sample, SASRec's top-20
+    as is, reranked by the base verbalizer, and by the LoRA-tuned one."""
+    from eval.ranking import evaluate_reranker, sample_rows
+    from service.llm.factory import get_llm
+    from service.ranking.verbalizer import VerbalizerReranker
+    from service.training.lora import adapter_dir
+    from service.training.sequential import model_dir, read_model
+
+    scorer = read_model(model_dir(settings))
+    method = SASRecMethod.from_scorer(scorer, split.item_ids, split.history("test"))
+    rows = np.arange(len(split.users))
+    results = [evaluate_sequential(split, rows, reporter=reporter, method=method)]
+    sample = sample_rows(len(rows), rerank_users, seed + 1)
+    cases = sasrec_cases(method, ds, split, sample)
+    results.append(_shortlist_order(cases))
+    base = VerbalizerReranker(get_llm(settings))
+    res = evaluate_reranker(base, cases, reporter=reporter)
+    res.name = f"SASRec top-20 → verbalizer ({get_llm(settings).model_id}, untuned)"
+    results.append(res)
+    lora_metrics = None
+    if tuned:
+        results.append(evaluate_tuned_reranker(cases, settings, reporter=reporter))
+        lora_metrics = _read_json(adapter_dir(settings) / "metrics.json")
+    return {
+        "dataset": ds.name,
+        "stats": ds.stats(),
+        "tie_break": split.tie_break,
+        "rerank_users": len(sample),
+        "seed": seed,
+        "results": [asdict(r) for r in results],
+        "sasrec_training": {k: v for k, v in scorer.info["metrics"].items() if k != "history"},
+        "sasrec_epochs": scorer.info["metrics"].get("history", []),
+        "lora_training": lora_metrics,
+    }
+
+
+def _shortlist_order(cases: Sequence[RerankCase]) -> MethodResult:
+    from eval.metrics import summarize
+
+    ranks = []
+    for c in cases:
+        ids = [x.product_id for x in c.candidates]
+        ranks.append(float(ids.index(c.target) + 1) if c.target in ids else c.tail_rank)
+    r = np.array(ranks)
+    return _result(
+        name=f"SASRec top-20 as ranked, rerank sample ({len(cases)} users)",
+        users=len(cases),
+        test=summarize(r),
+        shortlist_recall=float(np.mean(r <= 20)),
+        note="same users as the rerank rows",
+    )
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

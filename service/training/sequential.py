@@ -682,6 +682,30 @@ class SASRecMethod:
         self.name = name or f"SASRec ({c.layers}x{c.dim}, len {c.max_len}, {c.loss.upper()})"
         self.fit_result: FitResult | None = None
 
+    @classmethod
+    def from_scorer(
+        cls, scorer: SequentialScorer, item_ids: Sequence[str], histories: Sequence[np.ndarray]
+    ) -> SASRecMethod:
+        """A saved model as an already fitted method (no retraining), for histories indexed
+        like item_ids, which must be the model's own vocabulary."""
+        if list(item_ids) != scorer.item_ids:
+            raise SequentialModelError("the saved model's vocabulary is not this data set's")
+        m = cls(scorer.config)
+        m.histories = list(histories)
+        met = scorer.info.get("metrics", {})
+        m.fit_result = FitResult(
+            scorer.model,
+            met.get("best_epoch", 0),
+            met.get("epochs_run", 0),
+            met.get("val", {}),
+            met.get("history", []),
+            met.get("train_s", 0.0),
+            met.get("stopped", ""),
+            met.get("train_cpu_s", 0.0),
+            met.get("threads", 1),
+        )
+        return m
+
     def fit(self, histories: Sequence[np.ndarray], n_items: int) -> None:
         self.histories = list(histories)
         data = leave_one_out(self.histories, with_test=False)
