@@ -149,3 +149,67 @@ def ranking_report(
 
 if __name__ == "__main__":
     eval_app()
+
+
+@eval_app.command("copy")
+def copy_eval(
+    limit: Annotated[int, typer.Option(min=1, max=331, help="products (seeded sample)")] = 40,
+    max_words: Annotated[int, typer.Option(min=5, max=200, help="summary word limit")] = 25,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
+) -> None:
+    """Summaries of the ComparEdge catalogue: checks pass rate, length, language, ROUGE-L."""
+    from eval.copy_eval import run_copy_eval, write_copy_report
+    from eval.datasets import DatasetError
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    try:
+        with progress:
+            task = progress.add_task("copy eval", total=limit)
+            result = run_copy_eval(
+                limit=limit,
+                max_words=max_words,
+                seed=seed,
+                progress=lambda n: progress.advance(task, n),
+            )
+    except DatasetError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    command = "recsmith eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    paths = write_copy_report(result, out, command)
+    console.print(paths[1].read_text())
+    for p in paths:
+        console.print(f"written: {p}")
+
+
+@eval_app.command("report")
+def report(
+    users: Annotated[int | None, typer.Option(help="seeded sample of ML-100k users")] = None,
+    rerank_users: Annotated[int, typer.Option(help="users for the LLM rerank rows")] = 30,
+    copy_limit: Annotated[int, typer.Option(help="ComparEdge products for the copy eval")] = 40,
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
+) -> None:
+    """The whole offline report (`make eval`): ranking on ML-100k with the verbalizer
+    rerank on a seeded sample, then the copy evaluation."""
+    ranking(
+        dataset="ml-100k",
+        items=None,
+        interactions=None,
+        users=users,
+        rerankers="verbalizer",
+        rerank_users=rerank_users,
+        tie_break="item_id",
+        seed=0,
+        retrieval=True,
+        content=True,
+        sensitivity=False,
+        out=out,
+        tag="",
+    )
+    copy_eval(limit=copy_limit, max_words=25, seed=0, out=out)
