@@ -141,7 +141,7 @@ class ReasoningReranker(LLMReranker):
             raise UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
 
         per_pass: list[list[float]] = []
-        parsed: list[ParsedRanking] = []
+        parsed: list[tuple[ParsedRanking, list[int]]] = []  # with the pass's order
         errors: list[str] = []
         pass_meta: list[dict[str, Any]] = []
         for order, gen in zip(orders, gens, strict=True):
@@ -164,7 +164,7 @@ class ReasoningReranker(LLMReranker):
             full = shown + omitted
             pos = {i: r for r, i in enumerate(full)}
             per_pass.append([float(n - pos[i]) for i in range(n)])
-            parsed.append(pr)
+            parsed.append((pr, order))
             pass_meta.append(
                 {
                     "parsed": True,
@@ -173,14 +173,11 @@ class ReasoningReranker(LLMReranker):
                     "dropped": pr.dropped,
                     "repaired": pr.repaired,
                     "completion_tokens": gen.completion_tokens,
-                    "_order": order,
                 }
             )
         if not per_pass:  # degraded, but keep what the model said for the record
             msg = errors[0] if len(errors) == 1 else "; ".join(errors)
             res = retrieval_order(candidates, self.name, reason=f"UnparseableOutput: {msg}"[:500])
-            for m in pass_meta:
-                m.pop("_order", None)
             res.meta = {"passes": self.passes, "seed": self.seed, "pass_details": pass_meta}
             return res
 
@@ -188,18 +185,14 @@ class ReasoningReranker(LLMReranker):
         order = order_by_scores(head, scores)
         order += [(c.product_id, -(k + 1) / len(tail)) for k, c in enumerate(tail)]
 
-        reasons: dict[str, str] = {}
-        parsed_meta = [m for m in pass_meta if m["parsed"]]
-        for pr, m in zip(parsed, parsed_meta, strict=True):
+        reasons: dict[str, str] = {}  # per product, the first pass that gave one wins
+        for pr, pass_order in parsed:
             for lab, why in pr.reasons.items():
-                pid = head[m["_order"][labels.index(lab)]].product_id
-                reasons.setdefault(pid, why)
-        for m in pass_meta:
-            m.pop("_order", None)
+                reasons.setdefault(head[pass_order[labels.index(lab)]].product_id, why)
         return RankResult(
             order=order,
             method=self.name,
-            rationale=next((pr.rationale for pr in parsed if pr.rationale), None),
+            rationale=next((pr.rationale for pr, _ in parsed if pr.rationale), None),
             reasons=reasons,
             meta={
                 "passes": self.passes,
