@@ -13,7 +13,7 @@ _lock = threading.Lock()
 
 def settings_key(s: Settings) -> tuple:
     """Everything that changes which model answers, how, or where its calls are logged."""
-    common = (s.llm_backend, s.llm_model, s.db_url)
+    common = (s.llm_backend, s.llm_model, s.db_url, str(s.models_dir or ""))
     if s.llm_backend == "openai":
         return common + (
             s.llm_base_url, s.llm_served_name, s.llm_api_key, s.llm_timeout_s,

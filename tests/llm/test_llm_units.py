@@ -115,8 +115,11 @@ def test_resolve_model_path(tmp_path: Path, model_path: Path) -> None:
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / model_path.name).symlink_to(model_path)
-    s = Settings(data_dir=tmp_path)
+    # models_dir unset: DATA_DIR/models (an explicit None beats RECSMITH_MODELS_DIR).
+    s = Settings(data_dir=tmp_path, models_dir=None)
     assert resolve_model_path(s) == str(tmp_path / "models" / model_path.name)  # default
+    shared = Settings(data_dir=tmp_path / "other", models_dir=tmp_path / "models")
+    assert resolve_model_path(shared) == str(tmp_path / "models" / model_path.name)
     assert resolve_model_path(s.model_copy(update={"llm_model": str(model_path)})) == str(
         model_path.resolve()
     )
