@@ -95,6 +95,10 @@ class Assistant:
         context_turns: int = 2,
         piece_timeout_s: float | None = None,
     ) -> None:
+        from service.ranking.factory import RERANKERS
+
+        if rerank not in RERANKERS:
+            raise ValueError(f"unknown reranker {rerank!r}; choose one of {', '.join(RERANKERS)}")
         self.rs = rs
         self._llm_obj = llm
         self.top_n = top_n

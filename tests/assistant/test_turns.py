@@ -120,3 +120,13 @@ def test_closing_the_stream_early_stops_cleanly(rs: Recsmith) -> None:
     events.close()  # the client went away
     _, final = run_turn(a.stream("cast iron skillet"))  # the assistant still works
     assert final["products"]
+
+
+def test_the_shortlist_can_be_reranked_by_the_model(rs: Recsmith, catalogue_ids: set[str]) -> None:
+    llm = ScriptedLLM(rs.settings, "I recommend [1].")
+    a = Assistant(rs, llm, rerank="verbalizer")
+    _, final = run_turn(a.stream("cast iron skillet"))
+    assert not final["degraded"] and "rerank_note" not in final, final.get("rerank_note")
+    assert final["cited"] and set(final["cited"]) <= catalogue_ids
+    with pytest.raises(ValueError, match="unknown reranker"):
+        Assistant(rs, llm, rerank="nope")
