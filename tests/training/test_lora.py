@@ -200,16 +200,18 @@ def test_rerun_resumes_from_the_checkpoint(
     tiny_model: str, tmp_path: Path, examples: list[RankExample], products: dict[str, Product]
 ) -> None:
     settings = _settings(tmp_path, tiny_model)
+    val = examples[:2]
     first = train_reranker(
-        examples, examples, products, settings, config=_cfg(max_minutes=0.0), fresh=True
+        examples, val, products, settings, config=_cfg(epochs=2, max_minutes=0.0), fresh=True
     )
     assert first["stopped"] == "time" and first["steps"] == 1 and not first["complete"]
     assert (adapter_dir(settings) / "checkpoints" / "latest.pt").exists()
-    second = train_reranker(examples, examples, products, settings, config=_cfg())
-    assert second["resumed_from_step"] == 1 and second["complete"]
+    second = train_reranker(examples, val, products, settings, config=_cfg(epochs=2))
+    assert second["resumed_from_step"] == 1 and second["complete"] and second["steps"] == 6
     assert second["val_before"] == first["val_before"]
+    assert second["losses"][0] == first["losses"][0]  # step 1 is kept, not redone
     # Other examples: the checkpoint does not apply, training starts over.
-    third = train_reranker(examples[:4], examples, products, settings, config=_cfg(epochs=1))
+    third = train_reranker(examples[:4], val, products, settings, config=_cfg(epochs=1))
     assert third["resumed_from_step"] is None
 
 
