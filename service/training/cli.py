@@ -260,12 +260,8 @@ def reranker(
             bar.update(task, description=f"tuning on {len(train)} prompts (loading the model)")
 
             def report(r: StepReport) -> None:
-                bar.update(
-                    task,
-                    total=r.total_steps,
-                    completed=r.step,
-                    description=f"step {r.step}  loss {r.loss:.4f}",
-                )
+                desc = r.note or f"step {r.step}  loss {r.loss:.4f}"
+                bar.update(task, total=r.total_steps, completed=r.step, description=desc)
 
             metrics = train_reranker(
                 train,

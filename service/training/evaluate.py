@@ -189,9 +189,15 @@ def run_learned(
     from service.llm.factory import get_llm
     from service.ranking.verbalizer import VerbalizerReranker
     from service.training.lora import adapter_dir
-    from service.training.sequential import model_dir, read_model
+    from service.training.sequential import SequentialModelError, model_dir, read_model
 
     scorer = read_model(model_dir(settings))
+    trained = scorer.info["metrics"].get("tie_break")
+    if trained != split.tie_break:
+        raise SequentialModelError(
+            f"the saved SASRec was trained with time ties by {trained!r}, this split orders "
+            f"them by {split.tie_break!r}: retrain with --tie-break {split.tie_break}"
+        )
     method = SASRecMethod.from_scorer(scorer, split.item_ids, split.history("test"))
     rows = np.arange(len(split.users))
     results = [evaluate_sequential(split, rows, reporter=reporter, method=method)]

@@ -397,6 +397,16 @@ def train_reranker(
 
     use_amp = device == "cuda"
     if resumed_from is None:
+        if progress:
+            progress(
+                StepReport(
+                    0,
+                    total_steps,
+                    math.nan,
+                    time.perf_counter() - t0,
+                    f"scoring {len(enc_val)} validation prompts (before)",
+                )
+            )
         val_before = _evaluate(model, enc_val, label_ids, pad, device, cfg.micro_batch)
     stopped = "done"
     try:
@@ -438,6 +448,16 @@ def train_reranker(
         if device == "cpu":
             torch.set_num_threads(prev_threads)
     train_s = time.perf_counter() - t0
+    if progress:
+        progress(
+            StepReport(
+                step,
+                total_steps,
+                math.nan,
+                train_s,
+                f"scoring {len(enc_val)} validation prompts (after)",
+            )
+        )
     val_after = _evaluate(model, enc_val, label_ids, pad, device, cfg.micro_batch)
     metrics: dict[str, Any] = {
         "val_before": val_before,
