@@ -234,6 +234,19 @@ def write(result: dict[str, Any], out_dir: Path) -> Path:
             f"| {b['backend']} | {b['model_id']} | {b['verbalizer_median_s']} | "
             f"{b['reasoning_median_s']} | **{b['ratio']}×** | {toks} | {parsed} |"
         )
+    for b in result["backends"]:
+        if "raw_top20_request_s" in b:
+            lines += [
+                "",
+                f"{b['backend']}: one raw top-20 logprobs request (the verbalizer's single forward "
+                f"pass as the engine runs it, {b['prompt_tokens']} prompt tokens) took "
+                f"{b['raw_top20_request_s']} s, i.e. "
+                f"{b['reasoning_median_s'] / max(b['raw_top20_request_s'], 1e-9):.0f}× faster than "
+                f"reasoning. That top-20 held {b['labels_in_top20']}/{result['candidates']} "
+                "labels; "
+                "the backend scores the missing ones exactly with extra prompt_logprobs requests, "
+                "which is what makes the verbalizer slow on this backend.",
+            ]
     lines += [
         "",
         f"vLLM: {result['vllm']}",
@@ -259,7 +272,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-inprocess", action="store_true", help="only the vLLM backend")
     ap.add_argument("--vllm-startup-s", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rewrite", type=Path, help="only rewrite the Markdown of a results JSON")
     args = ap.parse_args(argv)
+    if args.rewrite:
+        result = json.loads(args.rewrite.read_text())
+        print(f"wrote {write(result, args.rewrite.parent)}.md")
+        return result
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python -m eval.bench_rerank " + " ".join(shlex.quote(a) for a in argv_used)
 

@@ -47,13 +47,14 @@ def test_verbalizer_on_vllm_matches_in_process(
 def test_verbalizer_passes_and_windows_on_vllm(
     vllm_llm: LLM, catalogue: dict[str, Product], user: UserContext
 ) -> None:
-    cands = shortlist(catalogue, 30)
-    a = get_reranker("verbalizer", vllm_llm, passes=2, seed=3).rank(user, cands, catalogue)
-    b = get_reranker("verbalizer", vllm_llm, passes=2, seed=3).rank(user, cands, catalogue)
-    assert not a.degraded, a.reason
-    assert a.meta["prompts"] == 4  # 2 passes x 2 windows, one batched request
-    assert sorted(p for p, _ in a.order) == sorted(c.product_id for c in cands)
-    assert [p for p, _ in a.order] == [p for p, _ in b.order]
+    """2 passes x 2 windows = 4 prompts in one batched request (kept small: labels missing
+    from the server's top-20 logprobs are scored exactly, one extra sequence each)."""
+    cands = shortlist(catalogue, 24)
+    res = get_reranker("verbalizer", vllm_llm, passes=2, seed=3).rank(user, cands, catalogue)
+    assert not res.degraded, res.reason
+    assert res.meta["prompts"] == 4 and res.meta["windows"] == 2
+    assert sorted(p for p, _ in res.order) == sorted(c.product_id for c in cands)
+    assert all(math.isfinite(s) for _, s in res.order)
 
 
 def test_reasoning_structured_output_on_vllm(
