@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -530,8 +531,24 @@ _FORMAT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+def _repeats(text: str) -> bool:
+    """A phrase of 2+ words said three times, or a word four times in a row: the loop a
+    small greedy model falls into ("one-of-a-kind, one-of-a-kind, one-of-a-kind")."""
+    words = re.findall(r"\w+", normalise_text(text))
+    for n in (2, 3, 4):
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        if any(c >= 3 and len(set(g)) > 1 for g, c in grams.items()):
+            return True
+    if any(len(set(words[i : i + 4])) == 1 for i in range(len(words) - 3)):
+        return True
+    cjk = "".join(_CJK_RE.findall(text))  # Chinese: a 3-character run three times
+    return any(cjk.count(cjk[i : i + 3]) >= 3 for i in range(len(cjk) - 2))
+
+
 def check_format(text: str) -> CheckResult:
     problems = [name for name, pattern in _FORMAT_PATTERNS if pattern.search(text)]
+    if _repeats(text):
+        problems.append("repeated phrases")
     if problems:
         return CheckResult(
             "format", False, "the text contains " + ", ".join(problems), tuple(problems)

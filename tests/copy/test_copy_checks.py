@@ -226,3 +226,19 @@ def test_clean_output() -> None:
     assert clean_output('Summary: "A sturdy board."') == "A sturdy board."
     assert clean_output("Title: Acacia Board\nMore text", single_line=True) == "Acacia Board"
     assert clean_output("标题：铁锅") == "铁锅"
+
+
+@pytest.mark.parametrize(
+    ("text", "repeats"),
+    [
+        ("A one-of-a-kind, one-of-a-kind, one-of-a-kind, one-of-a-kind skillet.", True),
+        ("The Glass French Press, 1 L, 1 L, 1 L, 1 L", True),
+        ("Sonya\nSonya\nSonya\nSonya", True),
+        ("这款铁锅很好用这款铁锅很好用这款铁锅很好用", True),
+        ("A cast iron skillet that holds heat; cast iron lasts.", False),
+        ("Sturdy, handsome and easy to clean: a board for every day.", False),
+    ],
+)
+def test_repetition_is_a_format_problem(text: str, repeats: bool) -> None:
+    r = check_format(text)
+    assert ("repeated phrases" in r.found) is repeats
