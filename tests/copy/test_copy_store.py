@@ -55,15 +55,15 @@ def test_find_skips_rejected_but_serves_refused(store: CopyStore) -> None:
 
 def test_review_flow_and_filters(store: CopyStore) -> None:
     a, b = store.add(
-        [_row("k-a", product_id="kit-0001"), _row("k-b", product_id="kit-0002", task="title")]
+        [_row("k-a", product_id="store-a"), _row("k-b", product_id="store-b", task="title")]
     )
     approved = store.approve(a.id)
     assert approved.status == "approved" and approved.text == a.text
     edited = store.edit(b.id, "  Cast Iron Skillet, 30 cm  ")
     assert edited.status == "draft" and edited.text == "Cast Iron Skillet, 30 cm"
     assert edited.generated_text == b.text  # the model's text is kept beside the edit
-    assert [r.id for r in store.list(status="approved", product_id="kit-0001")] == [a.id]
-    assert [r.id for r in store.list(task="title", product_id="kit-0002")] == [b.id]
+    assert [r.id for r in store.list(status="approved", product_id="store-a")] == [a.id]
+    assert [r.id for r in store.list(task="title", product_id="store-b")] == [b.id]
     with pytest.raises(CopyNotFound):
         store.approve(10**9)
     with pytest.raises(ValueError):
@@ -74,9 +74,9 @@ def test_review_flow_and_filters(store: CopyStore) -> None:
 
 def test_headline_rows_are_found_by_any_of_their_products(store: CopyStore) -> None:
     [h] = store.add(
-        [_row("k-h", product_id=None, product_ids=["cof-0001", "cof-0002"], task="headline")]
+        [_row("k-h", product_id=None, product_ids=["store-h1", "store-h2"], task="headline")]
     )
-    assert h.id in [r.id for r in store.list(product_id="cof-0002")]
+    assert h.id in [r.id for r in store.list(product_id="store-h2")]
 
 
 def test_an_edit_is_rechecked(settings: Settings, catalog, store: CopyStore) -> None:  # noqa: ANN001
