@@ -86,7 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.index_ready = False
     runner = getattr(app.state, "copy_jobs", None)
     if runner is not None:  # stop batch jobs between batches; they resume when restarted
-        await run_in_threadpool(runner.shutdown)
+        await run_in_threadpool(runner.shutdown, 30.0)
 
 
 def _version() -> str:

@@ -6,6 +6,7 @@ here adds API limits (list sizes, text lengths, k ≤ 100) and response envelope
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,6 +15,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -22,6 +24,7 @@ from service.copy.tasks import (
     CopyOptions,
     CopyResult,
     HeadlineRequest,
+    HeadlineResult,
     JobStatus,
     ProductTask,
 )
@@ -302,6 +305,36 @@ class Conversation(BaseModel):
 
 
 # -- copy ---------------------------------------------------------------------------------
+class _UtcTimes(BaseModel):
+    """The stores keep naive UTC datetimes; on the wire every time carries its offset
+    (RFC 3339 date-time, as the schema says)."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _aware(cls, v: Any) -> Any:
+        if isinstance(v, datetime) and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
+
+
+class CopyOut(CopyResult, _UtcTimes):
+    """A stored text. `text` is what to show: the edit if there is one, else the generated
+    text; None when the checks refused it."""
+
+    @classmethod
+    def of(cls, r: CopyResult) -> CopyOut:
+        return cls.model_validate(r.model_dump())
+
+
+class HeadlineWritten(HeadlineResult):
+    headline: CopyOut
+    variants: list[CopyOut]
+
+    @classmethod
+    def of(cls, r: HeadlineResult) -> HeadlineWritten:
+        return cls.model_validate(r.model_dump())
+
+
 MAX_COPY_PRODUCTS = 20
 MAX_EDIT_CHARS = 5000
 
@@ -341,7 +374,7 @@ class HeadlineGenerate(HeadlineRequest):
 
 class CopyGenerated(BaseModel):
     task: str
-    results: list[CopyResult] = Field(description="Per product (in the order asked), per variant")
+    results: list[CopyOut] = Field(description="Per product (in the order asked), per variant")
 
 
 class CopyJobCreate(CopyOptions):
@@ -356,13 +389,13 @@ class CopyJobCreate(CopyOptions):
     batch_size: int = Field(default=8, ge=1, le=64)
 
 
-class CopyJob(JobStatus):
+class CopyJob(JobStatus, _UtcTimes):
     progress: float = Field(description="(done + failed) / total, 0..1")
     queued: bool = Field(default=False, description="Waiting for the job runner")
 
 
 class CopyPage(BaseModel):
-    items: list[CopyResult]
+    items: list[CopyOut]
     limit: int
     offset: int
     next_offset: int | None = None

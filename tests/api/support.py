@@ -107,6 +107,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, headers=AUTH) as c:
         wait_llm(c)
         yield c
+        quiesce(app)
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +115,22 @@ def anon(client: TestClient, app: FastAPI) -> TestClient:
     """The same running app, without a key (shares the lifespan of `client`)."""
     c = TestClient(app)
     return c
+
+
+MODEL_THREADS = ("assistant-llm", "llm-stream", "copy-jobs")
+
+
+def quiesce(app: FastAPI | None = None, timeout_s: float = 600) -> None:
+    """Let model work started by requests finish before the process may exit: a thread
+    still inside torch when the interpreter shuts down aborts the process. A client that
+    leaves a stream early (the fuzzer does) stops generation at the next token."""
+    runner = getattr(app.state, "copy_jobs", None) if app is not None else None
+    if runner is not None:
+        runner.shutdown(timeout_s=timeout_s)
+    end = time.monotonic() + timeout_s
+    for t in threading.enumerate():
+        if t.name in MODEL_THREADS and t is not threading.current_thread():
+            t.join(timeout=max(0.0, end - time.monotonic()))
 
 
 def wait_llm(c: TestClient, timeout_s: float = 300) -> None:
@@ -140,9 +157,11 @@ def llm_down_client(
         llm_max_retries=0,
         llm_timeout_s=2.0,
     )
-    with TestClient(create_app(s), headers=AUTH) as c:
+    app = create_app(s)
+    with TestClient(app, headers=AUTH) as c:
         wait_llm(c)
         yield c
+        quiesce(app)
 
 
 def free_port() -> int:
@@ -182,8 +201,10 @@ def live_server(
     demo_dir: Path, llm_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     s = app_settings(fresh_copy(demo_dir, tmp_path_factory, "live"), llm_path)
-    with LiveServer(create_app(s)) as server:
+    app = create_app(s)
+    with LiveServer(app) as server:
         yield server
+        quiesce(app)
 
 
 def parse_sse(text: str) -> list[tuple[str, str]]:
@@ -209,5 +230,7 @@ def web_server(
 ) -> Iterator[LiveServer]:
     """The server the browser tests drive (its own data dir: they write copy)."""
     s = app_settings(fresh_copy(demo_dir, tmp_path_factory, "web"), llm_path)
-    with LiveServer(create_app(s)) as server:
+    app = create_app(s)
+    with LiveServer(app) as server:
         yield server
+        quiesce(app)

@@ -4,12 +4,14 @@ matches the documented status codes, content types and schemas.
 
 Bounded: a few examples per operation, the model-heavy knobs clamped (one example costs
 seconds, not minutes; the unclamped values are covered by the deterministic tests), and a
-wall-clock budget (RECSMITH_FUZZ_BUDGET_S, default 300 s) after which examples are skipped.
+wall-clock budget (RECSMITH_FUZZ_BUDGET_S, default 240 s) after which examples are skipped.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -27,9 +28,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.api.app import create_app
-from tests.api.support import AUTH, app_settings, fresh_copy
+from service.llm.prepare import MODELS
+from tests.api.support import AUTH, REPO, app_settings, quiesce
 
-BUDGET_S = float(os.environ.get("RECSMITH_FUZZ_BUDGET_S", "300"))
+BUDGET_S = float(os.environ.get("RECSMITH_FUZZ_BUDGET_S", "240"))
 EXAMPLES = int(os.environ.get("RECSMITH_FUZZ_EXAMPLES", "12"))
 CHECKS = [
     not_a_server_error,
@@ -41,24 +43,26 @@ _started: list[float] = []
 _ran: list[str] = []
 
 
-@pytest.fixture(scope="session")
-def fuzz_app(
-    demo_dir: Path, llm_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FastAPI]:
-    s = app_settings(fresh_copy(demo_dir, tmp_path_factory, "fuzz"), llm_path, copy_max_retries=0)
-    app = create_app(s)
-    yield app
-    runner = getattr(app.state, "copy_jobs", None)
-    if runner is not None:  # jobs the fuzzer started must not outlive the test
-        runner.shutdown()
+# The app and its schema exist at import (schemathesis parametrizes at collection; its lazy
+# fixture loader does not run on this pytest). Nothing heavy happens until the first call:
+# create_app only wires routes, and the lifespan (index sync, model loading) starts with the
+# first request, after `fuzz_data` has filled the data directory.
+FUZZ_DIR = Path(tempfile.mkdtemp(prefix="recsmith-fuzz-")) / "data"
+fuzz_app = create_app(app_settings(FUZZ_DIR, REPO / "var" / "models" / MODELS["smollm2"].folder))
+schema = schemathesis.openapi.from_dict(fuzz_app.openapi())
+schema.app = fuzz_app
+schema.location = "/openapi.json"
 
 
-@pytest.fixture(scope="session")
-def fuzz_schema(fuzz_app: FastAPI) -> Any:
-    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
-
-
-schema = schemathesis.pytest.from_fixture("fuzz_schema")
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_data(demo_dir: Path, llm_path: Path) -> Iterator[None]:
+    assert llm_path == REPO / "var" / "models" / MODELS["smollm2"].folder
+    shutil.copytree(demo_dir, FUZZ_DIR)
+    yield
+    over = bool(_started) and time.monotonic() - _started[0] > BUDGET_S
+    print(f"\nfuzz: {len(_ran)} requests over {len(set(_ran))} operations"
+          f"{' (time budget reached)' if over else ''}")  # fmt: skip
+    quiesce(fuzz_app)  # jobs and streams the fuzzer started must not outlive the test
 
 
 def bound_work(case: Any) -> None:

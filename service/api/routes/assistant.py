@@ -36,6 +36,23 @@ SSE_DOC = (
 )
 
 
+# One server-sent event (the stream is a sequence of these).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["token", "final", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": 'token: {"text"}; final: a ChatFinal; error: an ErrorResponse',
+        },
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def assistant_for(request: Request, rs: Recsmith) -> Any:
     """One Assistant per app (imports LangChain, so built on first use)."""
     a = getattr(request.app.state, "assistant", None)
@@ -86,7 +103,7 @@ def _events(events: Iterator[dict[str, Any]]) -> Iterator[bytes]:
     responses={
         200: {
             "description": "The token stream (or, with stream=false, the final object)",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
         **error_responses(400, 401, 404, 413, 422),
     },

@@ -23,11 +23,13 @@ from service.api.protocol import (
     CopyGenerated,
     CopyJob,
     CopyJobCreate,
+    CopyOut,
     CopyPage,
     CopyReject,
     HeadlineGenerate,
+    HeadlineWritten,
 )
-from service.copy.tasks import CopyOptions, CopyResult, HeadlineResult, JobStatus, ProductTask
+from service.copy.tasks import CopyOptions, JobStatus, ProductTask
 from service.recsmith import Recsmith
 
 router = APIRouter(prefix=f"{V1}/copy", tags=["copy"])
@@ -188,7 +190,7 @@ def list_copy(
     )
     more = len(items) > limit
     return CopyPage(
-        items=items[:limit],
+        items=[CopyOut.of(r) for r in items[:limit]],
         limit=limit,
         offset=offset,
         next_offset=offset + limit if more else None,
@@ -255,15 +257,15 @@ def export_copy(
 # -- writing --------------------------------------------------------------------------------
 @router.post(
     "/headline",
-    response_model=HeadlineResult,
+    response_model=HeadlineWritten,
     summary="Write a theme headline for a set of products, with per-item fit scores",
     responses=error_responses(400, 401, 404, 413, 422, 503),
 )
-def write_headline(body: HeadlineGenerate, rs: RS, request: Request) -> HeadlineResult:
+def write_headline(body: HeadlineGenerate, rs: RS, request: Request) -> HeadlineWritten:
     _missing_products(rs, body.product_ids)
     if body.user_id and not body.interests and not rs.store.has_user(body.user_id):
         raise ApiError(404, f"unknown user id {body.user_id!r}", fields=[("user_id", "unknown")])
-    return writer_for(request, rs).headline(body)
+    return HeadlineWritten.of(writer_for(request, rs).headline(body))
 
 
 @router.post(
@@ -289,7 +291,7 @@ def generate_copy(
     per_product = writer_for(request, rs).generate_for_products(
         task, [products[i] for i in ids], options, regenerate=body.regenerate
     )
-    return CopyGenerated(task=task, results=[r for per in per_product for r in per])
+    return CopyGenerated(task=task, results=[CopyOut.of(r) for per in per_product for r in per])
 
 
 # -- one text -------------------------------------------------------------------------------
@@ -305,61 +307,61 @@ def _not_found(e: Exception) -> ApiError:
 
 @router.get(
     "/{copy_id}",
-    response_model=CopyResult,
+    response_model=CopyOut,
     summary="One stored text",
     responses=error_responses(401, 404, 422),
 )
-def get_copy(copy_id: CopyId, rs: RS) -> CopyResult:
+def get_copy(copy_id: CopyId, rs: RS) -> CopyOut:
     from service.copy.store import CopyNotFound, to_result
 
     try:
-        return to_result(_copy_store(rs).get(copy_id))
+        return CopyOut.of(to_result(_copy_store(rs).get(copy_id)))
     except CopyNotFound as e:
         raise _not_found(e) from None
 
 
 @router.post(
     "/{copy_id}/approve",
-    response_model=CopyResult,
+    response_model=CopyOut,
     summary="Approve a text (optionally with an edit)",
     responses=error_responses(400, 401, 404, 422),
 )
-def approve_copy(copy_id: CopyId, rs: RS, body: CopyApprove | None = None) -> CopyResult:
+def approve_copy(copy_id: CopyId, rs: RS, body: CopyApprove | None = None) -> CopyOut:
     from service.copy.store import CopyNotFound
 
     text = body.text.strip() if body and body.text and body.text.strip() else None
     try:
-        return _copy_store(rs).approve(copy_id, text)
+        return CopyOut.of(_copy_store(rs).approve(copy_id, text))
     except CopyNotFound as e:
         raise _not_found(e) from None
 
 
 @router.post(
     "/{copy_id}/reject",
-    response_model=CopyResult,
+    response_model=CopyOut,
     summary="Reject a text (it is not served again; the next identical request writes anew)",
     responses=error_responses(400, 401, 404, 422),
 )
-def reject_copy(copy_id: CopyId, rs: RS, body: CopyReject | None = None) -> CopyResult:
+def reject_copy(copy_id: CopyId, rs: RS, body: CopyReject | None = None) -> CopyOut:
     from service.copy.store import CopyNotFound
 
     try:
-        return _copy_store(rs).reject(copy_id, body.reason if body else "")
+        return CopyOut.of(_copy_store(rs).reject(copy_id, body.reason if body else ""))
     except CopyNotFound as e:
         raise _not_found(e) from None
 
 
 @router.patch(
     "/{copy_id}",
-    response_model=CopyResult,
+    response_model=CopyOut,
     summary="Replace a text by a person's edit (re-checked; back to draft)",
     responses=error_responses(400, 401, 404, 413, 422),
 )
-def edit_copy(copy_id: CopyId, body: CopyEdit, rs: RS, request: Request) -> CopyResult:
+def edit_copy(copy_id: CopyId, body: CopyEdit, rs: RS, request: Request) -> CopyOut:
     from service.copy.store import CopyNotFound
 
     try:
-        return writer_for(request, rs).edit(copy_id, body.text)
+        return CopyOut.of(writer_for(request, rs).edit(copy_id, body.text))
     except CopyNotFound as e:
         raise _not_found(e) from None
     except ValueError as e:
