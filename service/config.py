@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     llm_max_retries: int = 2
     llm_dtype: Literal["float32", "bfloat16"] = "float32"
     llm_threads: int = 0  # 0 = torch default
+    # Top logprobs asked for when scoring one-token choices (the verbalizer's labels) on a
+    # vLLM server: all 20 labels must fit or each missing one costs a prompt_logprobs pass.
+    # vLLM allows 20 unless started with --max-logprobs (`recsmith vllm serve` uses 128);
+    # a server that refuses gets 20 from then on.
+    llm_top_logprobs: int = 128
     llm_circuit_failures: int = 3
     llm_circuit_reset_s: float = 30.0
 

@@ -126,6 +126,7 @@ class OpenAILLM(LLM):
         self.model = model or self.settings.llm_served_name
         self.model_id = self.model
         self.max_retries = max(0, self.settings.llm_max_retries)
+        self.top_logprobs = max(TOP_LOGPROBS, self.settings.llm_top_logprobs)
         self.backoff_s = backoff_s
         t = self.settings.llm_timeout_s
         self.client = httpx.Client(
@@ -349,17 +350,22 @@ class OpenAILLM(LLM):
         out: list[dict[str, float]] = [{} for _ in p_ids]
         todo: list[tuple[int, str]] = []  # (prompt index, choice) still to score exactly
         if all(len(ids) == 1 for ids in c_ids.values()):
-            data = self._post(
-                f"{self.base_url}/completions",
-                {
-                    "model": self.model,
-                    "prompt": p_ids,
-                    "max_tokens": 1,
-                    "temperature": 0.0,
-                    "logprobs": TOP_LOGPROBS,
-                    "return_tokens_as_token_ids": True,
-                },
-            )
+            payload = {
+                "model": self.model,
+                "prompt": p_ids,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": self.top_logprobs,
+                "return_tokens_as_token_ids": True,
+            }
+            try:
+                data = self._post(f"{self.base_url}/completions", payload)
+            except LLMError as e:
+                # A server started without --max-logprobs refuses more than 20: use 20.
+                if self.top_logprobs <= TOP_LOGPROBS or "logprobs" not in str(e).lower():
+                    raise
+                self.top_logprobs = payload["logprobs"] = TOP_LOGPROBS
+                data = self._post(f"{self.base_url}/completions", payload)
             for ch in data["choices"]:
                 i = ch["index"]
                 top = ch["logprobs"]["top_logprobs"][0]

@@ -122,6 +122,8 @@ class VLLMServer:
             "--served-model-name", self.served_name,
             "--dtype", self.dtype,
             "--max-model-len", str(self.max_model_len),
+            # Every verbalizer label in one top-k (see Settings.llm_top_logprobs).
+            "--max-logprobs", "128",
         ]  # fmt: skip
         if self.enforce_eager:
             cmd.append("--enforce-eager")
