@@ -17,6 +17,13 @@ Artefacts in DATA_DIR/models/reranker-lora/: the peft adapter (adapter_config.js
 adapter_model.safetensors — the folder vLLM's `--lora-modules reranker=PATH` takes),
 metrics.json, manifest.json (base model id and fingerprint, template version), and
 checkpoints/latest.pt (LoRA weights + optimizer + step) from which a re-run continues.
+
+Serving: in-process, `load_adapter_into(llm, path)` (or `reranker_llm(settings)`, which
+falls back to the base model) merges the adapter into a private copy of the model. On vLLM,
+start the server with the base model and
+    --enable-lora --lora-modules reranker=DATA_DIR/models/reranker-lora --max-lora-rank 8
+(`VLLMLora(path, r).args()`, e.g. as VLLMServer(extra_args=...)); the base model stays
+served under its usual name and `load_adapter_into(OpenAILLM)` asks for model "reranker".
 """
 
 from __future__ import annotations
