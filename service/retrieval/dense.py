@@ -16,6 +16,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
+_threadpools = ThreadpoolController()  # introspected once; limit() is then cheap
+
+
+def _one_blas_thread():  # noqa: ANN202 - a threadpoolctl context manager
+    """A single query is one matrix-vector product: BLAS threads only add sync cost (measured
+    on 2 cores: 2.4 ms vs 8 ms p50 at 10k items)."""
+    return _threadpools.limit(limits=1, user_api="blas")
 
 
 class DenseIndex:
@@ -77,7 +86,8 @@ class DenseIndex:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if self.use_faiss():
             return self._search_faiss(q, k, mask)
-        scores = self.vectors @ q
+        with _one_blas_thread():
+            scores = self.vectors @ q
         if mask is not None:
             scores = np.where(mask, scores, -np.inf)
         k = min(k, n)
@@ -97,6 +107,7 @@ class DenseIndex:
             index = faiss.IndexScalarQuantizer(
                 self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
             )
+            faiss.omp_set_num_threads(1)  # one query at a time: threads only add sync cost
             index.train(self.vectors)
             index.add(self.vectors)
             self._faiss = index
