@@ -243,3 +243,42 @@ def test_broken_or_foreign_adapter_falls_back(
     man_path.write_text(json.dumps({**man, "base_fingerprint": "gguf:other"}))
     with pytest.raises(AdapterError, match="trained on"):
         load_adapter_into(base, adapter_dir(settings))
+
+
+def test_cli_tunes_on_the_store_log_with_the_service_retriever(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from service.config import get_settings
+    from service.training.cli import train_app
+    from tests.foundation import make_recsmith
+
+    make_recsmith(tmp_path)  # the demo catalogue and log, indexed
+    monkeypatch.setenv("RECSMITH_LLM_MODEL", tiny_model)
+    get_settings.cache_clear()
+    try:
+        args = [
+            "reranker",
+            "--data-dir",
+            str(tmp_path),
+            "--examples",
+            "4",
+            "--val-examples",
+            "2",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+        res = CliRunner().invoke(train_app, args)
+    finally:
+        get_settings.cache_clear()
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout[res.stdout.index("{") :])
+    assert m["candidates_from"] == "recsmith retriever" and m["complete"]
+    assert m["examples"] == 4 and m["steps"] == 2
+    assert (tmp_path / "models" / "reranker-lora" / "adapter_model.safetensors").exists()
