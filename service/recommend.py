@@ -81,7 +81,8 @@ def recommend(
             history=[hist_products[i] for i in hist_ids if i in hist_products], query=query
         )
         try:
-            reranker = get_reranker(rerank, rs.llm)  # loaded lazily: a failed load degrades
+            # Loaded lazily inside rank(): a model that fails to load degrades the answer.
+            reranker = get_reranker(rerank, lambda: rs.reranker_llm(rerank))
             result = reranker.rank(ctx, cands, products)
         except Exception as e:  # noqa: BLE001 - degrade, never fail the request
             from service.ranking.base import retrieval_order

@@ -25,6 +25,7 @@ class Recsmith:
         self._lock = threading.RLock()
         self._co: CoInteraction | None = None
         self._synced = False
+        self._verbalizer_llm = None
 
     # -- parts, loaded on first use ---------------------------------------------------
     @cached_property
@@ -132,3 +133,16 @@ class Recsmith:
         from service.llm.factory import get_llm
 
         return get_llm(self.settings)
+
+    def reranker_llm(self, rerank: str):  # noqa: ANN201
+        """The verbalizer uses the LoRA-tuned adapter when one is saved (`recsmith train
+        reranker`); loaded once per process. Other rerankers use the base model, since the
+        adapter was tuned on the verbalizer's prompt only."""
+        if rerank != "verbalizer":
+            return self.llm()
+        with self._lock:
+            if self._verbalizer_llm is None:
+                from service.training.lora import reranker_llm
+
+                self._verbalizer_llm = reranker_llm(self.settings)
+            return self._verbalizer_llm
