@@ -117,7 +117,7 @@ def anon(client: TestClient, app: FastAPI) -> TestClient:
     return c
 
 
-MODEL_THREADS = ("assistant-llm", "llm-stream", "copy-jobs")
+MODEL_THREADS = ("assistant-llm", "llm-stream")  # job runners: runner.shutdown()
 
 
 def quiesce(app: FastAPI | None = None, timeout_s: float = 600) -> None:

@@ -60,5 +60,8 @@ def test_probes_and_page_need_no_key(anon: TestClient) -> None:
     assert anon.get("/healthz").status_code == 200
     assert anon.get("/readyz").status_code == 200
     assert anon.get("/metrics").status_code == 200
-    assert anon.get("/").status_code == 200
+    page = anon.get("/")
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert anon.get("/static/app.js").status_code == 200
     assert anon.get("/openapi.json").status_code == 200

@@ -131,3 +131,12 @@ def test_recommendations_with_a_headline_and_fit_scores(client: TestClient) -> N
     ).json()
     assert direct["headline"]["task"] == "headline"
     assert [i["product_id"] for i in direct["items"]] == ids[:2]
+
+
+def test_csv_export_neutralises_formulas() -> None:
+    from service.api.routes.copy import spreadsheet_safe
+
+    assert spreadsheet_safe('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
+    assert spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert spreadsheet_safe("A fine skillet") == "A fine skillet"
+    assert spreadsheet_safe(3) == 3

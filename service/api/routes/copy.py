@@ -46,6 +46,14 @@ EXPORT_FIELDS = [
 ]  # fmt: skip
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """Model-written text must not become a spreadsheet formula (CSV injection): a cell
+    that starts like one is prefixed with a quote, as OWASP advises."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def writer_for(request: Request, rs: Recsmith) -> Any:
     """One CopyWriter per app, sharing the catalogue store (and the cached LLM/encoder)."""
     w = getattr(request.app.state, "copy_writer", None)
@@ -233,7 +241,7 @@ def export_copy(
         for rec in rows:
             rec["product_ids"] = "|".join(rec["product_ids"])
             rec["failed_checks"] = "|".join(rec["failed_checks"])
-            w.writerow(rec)
+            w.writerow({k: spreadsheet_safe(v) for k, v in rec.items()})
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()

@@ -66,9 +66,13 @@ def _validate_item(i: int, item: Any) -> tuple[Product | None, ItemError | None]
     try:
         p = Product.model_validate(item)
     except ValidationError as e:
-        return None, ItemError(index=i, id=pid, fields=validation_fields(e.errors()))
+        fields = validation_fields(e.errors())
+        for f in fields:  # an error about the item as a whole (not an object, …)
+            if f.field == "body":
+                f.field = "item"
+        return None, ItemError(index=i, id=pid, fields=fields)
     except (ValueError, TypeError) as e:  # a validator that raised outside pydantic's wrapping
-        return None, ItemError(index=i, id=pid, fields=[_fe("body", str(e))])
+        return None, ItemError(index=i, id=pid, fields=[_fe("item", str(e))])
     if p.price is not None and not math.isfinite(p.price):
         return None, ItemError(index=i, id=pid, fields=[_fe("price", "must be a finite number")])
     return p, None
