@@ -38,7 +38,7 @@ CASES: list[tuple[str, str, Any, dict[str, Any] | None, int, str, str]] = [
     ("POST", "/v1/products", {"products": "no"}, None, 422, "products", "list"),
     ("POST", "/v1/products", {"products": [{"id": "a b"}]}, None, 422, "products[0].id", "pattern"),
     ("POST", "/v1/products", {"products": [{"id": "p1"}]}, None, 422, "products[0].title", ""),
-    ("POST", "/v1/products", {"products": ["p1"]}, None, 422, "products[0].item", ""),
+    ("POST", "/v1/products", {"products": ["p1"]}, None, 422, "products[0]", "dictionary"),
     ("POST", "/v1/products", {"products": [{}] * 1001}, None, 422, "products", "at most 1000"),
     ("POST", "/v1/products", {"products": [{"id": "p1", "title": "t"}], "x": 1}, None, 422, "x",
      "extra"),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.api.support import API_KEY
 
 pytestmark = pytest.mark.browser
+expect.set_options(timeout=240_000)  # model answers on a busy CPU take a while
 
 
 def enter_key(page) -> None:  # noqa: ANN001
@@ -59,17 +61,17 @@ def test_studio_generates_approves_and_exports_a_blurb(page) -> None:  # noqa: A
 
     item = page.get_by_test_id("copy-item").first
     item.wait_for(state="visible")
-    page.wait_for_function("!document.querySelector('#gen-go').disabled")
+    # Locator assertions, not wait_for_function: the page's CSP forbids eval, as it should.
+    expect(page.get_by_test_id("gen-go")).to_be_enabled()
     assert item.locator(".task").inner_text() == "blurb"
     text = item.get_by_test_id("copy-text").input_value()
     assert text.strip()
     copy_id = item.get_attribute("data-copy-id")
 
     item.get_by_test_id("copy-approve").click()
-    page.wait_for_function(
-        f"document.querySelector('[data-copy-id=\"{copy_id}\"]').dataset.status === 'approved'"
-    )
-    assert item.get_by_test_id("copy-status").inner_text() == "approved"
+    approved = page.locator(f'[data-copy-id="{copy_id}"]')
+    expect(approved).to_have_attribute("data-status", "approved")
+    assert approved.get_by_test_id("copy-status").inner_text() == "approved"
 
     # Export what is approved, as JSON Lines, through the page's download.
     page.get_by_test_id("review-filter").select_option("approved")
