@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["overhead_ms"] = round(res["single_client_p50_ms"] - bare["recommend_p50_ms"], 2)
         return {
             "date": date.today().isoformat(),
-            "command": "python -m eval.bench_api " + " ".join(sys.argv[1:]),
+            "command": command_line(args),
             "machine": {
                 "cpus": os.cpu_count(),
                 "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
@@ -250,6 +250,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full command with every effective option, so a rerun needs nothing else."""
+    return (
+        f".venv/bin/python -m eval.bench_api --clients {args.clients} "
+        f"--requests {args.requests} --seconds {args.seconds:g} "
+        f"--rerank-requests {args.rerank_requests} --rerank-seconds {args.rerank_seconds:g} "
+        f"--rerank-modes {' '.join(args.rerank_modes)} --single {args.single} -k {args.k}"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
