@@ -171,7 +171,6 @@ function renderFinal(msg, final) {
   if (final.products && final.products.length) {
     const grid = document.createElement("div");
     grid.className = "cards";
-    grid.dataset.testid = "product-cards";
     grid.setAttribute("data-testid", "product-cards");
     for (const p of final.products) grid.appendChild(productCard(p, cited.has(p.id)));
     msg.appendChild(grid);
