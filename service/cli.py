@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -12,12 +13,20 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from service.catalog.ingest import IngestError, count_rows, detect_format, ingest_file
+from service.catalog.ingest import (
+    IngestError,
+    count_rows,
+    detect_format,
+    ingest_file,
+    parse_column_map,
+)
 from service.catalog.store import NotFound
-from service.config import get_settings
+from service.config import ConfigError, get_settings
 
 app = typer.Typer(
     help="recsmith: product recommendations and copy written by a language model.",
@@ -35,8 +44,19 @@ console = Console(stderr=True)
 out = Console()
 
 
+# C0/C1 controls (ESC sequences recolour or rewrite the terminal), zero-width characters and
+# bidi overrides (they reorder what is shown). Product data is anyone's text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(value: Any) -> str:
+    """Text safe for a terminal: control characters shown as escapes (\\x1b, \\u202e)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    # The message may quote input (an id, a file name): escaped, never read as rich markup.
+    console.print(f"[bold red]error:[/] {escape(printable(message))}")
     return typer.Exit(code)
 
 
@@ -83,8 +103,16 @@ def _sync(rs, quiet: bool = False) -> dict[str, int]:  # noqa: ANN001
 
 
 # -- ingest ---------------------------------------------------------------------------
-def _ingest(kind: str, file: Path, fmt: str | None, as_json: bool, index: bool) -> None:
+def _ingest(
+    kind: str,
+    file: Path,
+    fmt: str | None,
+    as_json: bool,
+    index: bool,
+    mapping: list[str] | None = None,
+) -> None:
     with clear_errors():
+        column_map = parse_column_map(mapping, kind)  # type: ignore[arg-type]
         rs = _recsmith()
         fmt = detect_format(file, fmt) if file.exists() else fmt
         if not file.exists():
@@ -99,6 +127,7 @@ def _ingest(kind: str, file: Path, fmt: str | None, as_json: bool, index: bool) 
                 fmt,
                 rejects_dir=rs.settings.data_dir / "rejects",
                 progress=lambda n: bar.advance(task, n),
+                column_map=column_map,
             )
         result: dict[str, Any] = report.as_dict()
         if index and report.stored:
@@ -111,21 +140,34 @@ def _ingest(kind: str, file: Path, fmt: str | None, as_json: bool, index: bool) 
             f"{len(report.rejected)} rejected"
         )
         for r in report.rejected[:20]:
-            out.print(f"  line {r.line}: {r.reason}")
+            out.print(f"  line {r.line}: {printable(r.reason)}", markup=False, highlight=False)
         if len(report.rejected) > 20:
             out.print(f"  … {len(report.rejected) - 20} more")
         if report.rejects_file:
-            out.print(f"rejected rows written to {report.rejects_file}")
+            out.print(
+                f"rejected rows written to {printable(report.rejects_file)}",
+                markup=False,
+                highlight=False,
+            )
     # Bad rows are reported, good ones stored: exit 1 tells scripts that some rows failed.
     if report.rejected:
         raise typer.Exit(1)
 
 
-FileArg = Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet file")]
+FileArg = Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file")]
 FormatOpt = Annotated[
-    str | None, typer.Option("--format", help="csv|jsonl|parquet (default: by extension)")
+    str | None, typer.Option("--format", help="csv|tsv|jsonl|parquet (default: by extension)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+MapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--map",
+        metavar="SOURCE=FIELD",
+        help="read column SOURCE as FIELD, e.g. --map timestamp=ts (repeatable); common "
+        "names (timestamp, item_id, name, sku, ...) are understood without it",
+    ),
+]
 
 
 @ingest_app.command("products")
@@ -134,15 +176,18 @@ def ingest_products(
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     index: Annotated[bool, typer.Option(help="update the indexes afterwards")] = True,
+    mapping: MapOpt = None,
 ) -> None:
     """Upsert products by id; every bad row is reported with its line number."""
-    _ingest("products", file, fmt, as_json, index)
+    _ingest("products", file, fmt, as_json, index, mapping)
 
 
 @ingest_app.command("interactions")
-def ingest_interactions(file: FileArg, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
+def ingest_interactions(
+    file: FileArg, fmt: FormatOpt = None, as_json: JsonOpt = False, mapping: MapOpt = None
+) -> None:
     """Append interaction events (view, cart, purchase, rating); duplicates are skipped."""
-    _ingest("interactions", file, fmt, as_json, index=False)
+    _ingest("interactions", file, fmt, as_json, index=False, mapping=mapping)
 
 
 @app.command()
@@ -182,12 +227,14 @@ def _show(rs, rows: list[dict[str, Any]], as_json: bool, title: str) -> None:  #
     if as_json:
         out.print_json(json.dumps(rows, ensure_ascii=False))
         return
-    table = Table(title=title)
+    # Cells are Text, not strings: a title is never read as markup, and never reaches the
+    # terminal with its control characters.
+    table = Table(title=Text(printable(title)))
     for col in ("#", "id", "title", "category", "price", "score", "why"):
         table.add_column(col, overflow="fold")
     for i, r in enumerate(rows, 1):
         price = "" if r.get("price") is None else f"{r['price']:.2f} {r.get('currency', '')}"
-        table.add_row(
+        cells = (
             str(i),
             r["product_id"],
             r["title"],
@@ -196,6 +243,7 @@ def _show(rs, rows: list[dict[str, Any]], as_json: bool, title: str) -> None:  #
             f"{r['score']:.4f}",
             r.get("why") or ", ".join(r.get("sources", {})),
         )
+        table.add_row(*(Text(printable(c)) for c in cells))
     out.print(table)
 
 
@@ -353,7 +401,10 @@ def serve(
     """Start the HTTP API and the web page."""
     import uvicorn
 
-    s = get_settings()
+    try:
+        s = get_settings()
+    except ConfigError as e:  # a bad RECSMITH_* value: one line, not a traceback
+        raise fail(str(e)) from None
     uvicorn.run(
         "service.api.app:create_app", factory=True, host=host or s.host, port=port or s.port
     )
@@ -363,6 +414,7 @@ def _mount_optional() -> None:
     """Stage CLIs live beside their stage; each is a Typer app of its own."""
     from eval.cli import eval_app
     from service.copy.cli import copy_app
+    from service.db_cli import db_app
     from service.llm.cli import models_app, vllm_app
     from service.training.cli import train_app
 
@@ -371,6 +423,7 @@ def _mount_optional() -> None:
     app.add_typer(copy_app, name="copy")
     app.add_typer(eval_app, name="eval")
     app.add_typer(train_app, name="train")
+    app.add_typer(db_app, name="db")
 
 
 _mount_optional()

@@ -1,4 +1,5 @@
-"""One SQLAlchemy engine per database URL; SQLite gets WAL and foreign keys."""
+"""One SQLAlchemy engine per database URL, its schema brought to the latest migration on
+first use; SQLite gets WAL and foreign keys."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-
-class Base(DeclarativeBase):
-    pass
+from service.migrate import upgrade
 
 
 @lru_cache(maxsize=8)
@@ -28,10 +27,7 @@ def get_engine(url: str) -> Engine:
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    # Import every table module so create_all sees them all.
-    from service import tables  # noqa: F401
-
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
 
 

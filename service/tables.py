@@ -1,6 +1,9 @@
-"""Registers every ORM table with the shared metadata (imported by service.db)."""
+"""Registers every ORM table with the shared metadata (read by the migrations)."""
 
 from service.assistant import tables as _assistant  # noqa: F401
 from service.catalog import tables as _catalog  # noqa: F401
 from service.copy import tables as _copy  # noqa: F401
 from service.llm import tables as _llm  # noqa: F401
+from service.orm import Base
+
+metadata = Base.metadata

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
+from service.orm import Base
 
 
 def _now() -> datetime:
@@ -77,6 +77,10 @@ class CopyJobRow(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     runner_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     runner_host: Mapped[str] = mapped_column(String(256), default="")
+    # The owner's process start time: with the pid, tells a live owner from a reused pid.
+    runner_token: Mapped[str] = mapped_column(String(64), default="")
+    # Refreshed while the owner runs: how a runner on another host is judged alive.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
