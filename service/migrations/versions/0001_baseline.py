@@ -81,8 +81,6 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("runner_pid", sa.Integer(), nullable=True),
         sa.Column("runner_host", sa.String(length=256), nullable=False),
-        sa.Column("runner_token", sa.String(length=64), nullable=False),
-        sa.Column("heartbeat_at", sa.DateTime(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
