@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message is one line naming the variable."""
 
 
 class Settings(BaseSettings):
@@ -30,7 +35,8 @@ class Settings(BaseSettings):
     encoder_batch_size: int = 64
     encoder_max_length: int = 256
 
-    # Dense index: "exact" (numpy), "faiss" (HNSW), or "auto" (faiss above the threshold).
+    # Dense index: "exact" (numpy), "faiss" (a FAISS scan of 8-bit scalar-quantised codes,
+    # re-scored exactly; no graph), or "auto" (faiss above the threshold).
     index_kind: Literal["auto", "exact", "faiss"] = "auto"
     index_faiss_threshold: int = 50_000
 
@@ -77,11 +83,40 @@ class Settings(BaseSettings):
     copy_max_retries: int = 2
     copy_on_fail: Literal["flag", "refuse"] = "flag"
 
+    # Days llm_calls rows (shoppers' prompts included) are kept; 0 keeps them forever.
+    llm_log_retention_days: float = Field(default=30.0, ge=0)
+
     # API
-    api_keys: list[str] = Field(default_factory=list)
+    # A comma-separated list (k1,k2) or a JSON list; NoDecode: the validator below parses.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 2_000_000
     host: str = "127.0.0.1"
     port: int = 8000
+    # Time budgets of the model stages of /v1/recommendations: past them the shortlist
+    # order (or no headline) is served, degraded, and the model call is abandoned.
+    rerank_timeout_s: float = Field(default=30.0, gt=0)
+    headline_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        text = v.strip()
+        if text.startswith(("[", "{")):  # JSON, or meant to be
+            try:
+                v = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"not a valid JSON list ({e.msg} at char {e.pos}); "
+                    "use k1,k2 or a JSON list of strings"
+                ) from None
+            if not isinstance(v, list) or not all(isinstance(k, str) for k in v):
+                raise ValueError("must be a JSON list of strings, or k1,k2")
+            keys = [k.strip() for k in v]
+        else:
+            keys = [k.strip() for k in text.split(",")]
+        return [k for k in keys if k]
 
     @property
     def db_url(self) -> str:
@@ -94,6 +129,20 @@ class Settings(BaseSettings):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+def explain(e: ValidationError | SettingsError) -> str:
+    """One line naming the variable(s) and what is wrong, instead of a traceback."""
+    if isinstance(e, SettingsError):
+        return f"invalid settings: {e}"
+    parts = []
+    for err in e.errors():
+        name = "RECSMITH_" + "_".join(str(x) for x in err["loc"][:1]).upper()
+        parts.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
+    return "invalid settings: " + "; ".join(parts)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as e:
+        raise ConfigError(explain(e)) from None

@@ -20,9 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from service.api import metrics
 from service.api.deps import require_api_key
 from service.api.errors import error_responses, install_error_handlers
-from service.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from service.api.state import IndexState
 from service.config import Settings, get_settings
+from service.llm.log import prune_llm_calls
 from service.recsmith import Recsmith
 
 logger = logging.getLogger("service.api")
@@ -67,6 +68,10 @@ def _boot(settings: Settings) -> Recsmith:
     rs.encoder.encode(["warm up"])  # loads the weights and runs one batch
     report = rs.sync_index()
     logger.info("index in step: %s", report.as_dict())
+    try:  # shoppers' prompts are kept llm_log_retention_days, no longer
+        prune_llm_calls(settings)
+    except Exception:  # noqa: BLE001 - a log that cannot be pruned must not stop the API
+        logger.warning("could not prune llm_calls", exc_info=True)
     return rs
 
 
@@ -137,8 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     web.install(app)
 
-    # Outermost last: request id → metrics → body limit → routes.
+    # Outermost last: request id → metrics → API key → body limit → routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(metrics.MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

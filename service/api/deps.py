@@ -41,26 +41,51 @@ def key_matches(given: str, keys: list[str]) -> bool:
     return ok
 
 
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="recsmith"'}
+
+
+def key_error(given: str | None, keys: list[str]) -> ApiError | None:
+    """The 401 for a missing or wrong key; None when the key is good or none is needed."""
+    if not keys:
+        return None
+    if not given:
+        return ApiError(
+            401,
+            "an API key is required: send it as X-API-Key or Authorization: Bearer",
+            fields=[("X-API-Key", "missing")],
+            headers=CHALLENGE,
+        )
+    if not key_matches(given, keys):
+        return ApiError(401, "the API key is not valid", fields=[("X-API-Key", "not a valid key")],
+                        headers=CHALLENGE)  # fmt: skip
+    return None
+
+
+def given_key(headers: dict[str, str]) -> str | None:
+    """The key from X-API-Key, else from Authorization: Bearer (lower-case header names)."""
+    if headers.get("x-api-key"):
+        return headers["x-api-key"]
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def has_valid_key(request: Request) -> bool:
+    """True when the request may see details: its key is good, or no keys are configured."""
+    keys: list[str] = request.app.state.settings.api_keys
+    return key_error(given_key(dict(request.headers)), keys) is None
+
+
 def require_api_key(
     request: Request,
     x_api_key: Annotated[str | None, Security(api_key_header)] = None,
     auth: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
 ) -> None:
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    given = x_api_key or (auth.credentials if auth else None)
-    challenge = {"WWW-Authenticate": 'Bearer realm="recsmith"'}
-    if not given:
-        raise ApiError(
-            401,
-            "an API key is required: send it as X-API-Key or Authorization: Bearer",
-            fields=[("X-API-Key", "missing")],
-            headers=challenge,
-        )
-    if not key_matches(given, keys):
-        raise ApiError(401, "the API key is not valid", fields=[("X-API-Key", "not a valid key")],
-                       headers=challenge)  # fmt: skip
+    """Documents the key in OpenAPI and checks it again; ApiKeyMiddleware has already
+    refused a bad key before the body was read."""
+    err = key_error(x_api_key or (auth.credentials if auth else None),
+                    request.app.state.settings.api_keys)  # fmt: skip
+    if err is not None:
+        raise err
 
 
 RS = Annotated[Recsmith, Depends(get_recsmith)]

@@ -142,20 +142,26 @@ async def _not_found_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, "not_found", str(exc))
 
 
+def _rid(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or ""
+
+
 async def _llm_handler(request: Request, exc: Exception) -> JSONResponse:
     # Routes that need the model to answer at all (copy, chat) say so; recommendations
     # degrade instead and never get here.
-    logger.warning("LLM unavailable on %s: %s", request.url.path, exc)
+    logger.warning("LLM unavailable on %s [request %s]: %s", request.url.path, _rid(request), exc)
     return error_response(
         503,
         "llm_unavailable",
-        f"the language model is unavailable: {exc}",
+        "the language model is unavailable; try again shortly",
         headers={"Retry-After": "5"},
     )
 
 
 async def _bug_handler(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    logger.exception(
+        "unhandled error on %s %s [request %s]", request.method, request.url.path, _rid(request)
+    )
     return error_response(500, "internal_error", "internal error; it has been logged")
 
 

@@ -59,14 +59,26 @@ DEGRADED = Counter(
 )
 
 
+# Labels come from fixed sets only: a client chooses the method and the path, and each
+# distinct label value is a new series kept for the life of the process.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+
+
+def method_label(scope: Scope) -> str:
+    method = str(scope.get("method", "GET"))
+    return method if method in METHODS else "other"
+
+
 def route_template(scope: Scope) -> str:
     """The matched route's path template (/v1/products/{product_id}), so ids do not explode
-    the label set; unmatched paths share one label."""
+    the label set; unmatched paths (and requests refused before routing: a missing key)
+    share one label."""
     route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     if path:
         return str(scope.get("root_path", "")) + str(path)
-    return "unmatched"
+    return UNMATCHED
 
 
 class MetricsMiddleware:
@@ -88,7 +100,7 @@ class MetricsMiddleware:
                 return
             observed["done"] = True
             route = route_template(scope)
-            method = scope.get("method", "GET")
+            method = method_label(scope)
             HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - t0)
             HTTP_REQUESTS.labels(method, route, str(status["code"])).inc()
 

@@ -8,6 +8,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.deps import V1, given_key, key_error
 from service.api.errors import ApiError, error_payload
 from service.api.protocol import FieldError
 
@@ -42,6 +43,47 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+
+class ApiKeyMiddleware:
+    """Refuses a missing or wrong key on /v1 before anything reads the body: a client
+    without a key learns nothing from parser or validation errors."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = list(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or not (path == V1 or path.startswith(V1 + "/"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        err = key_error(given_key(headers), self.keys)
+        if err is None:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(error_payload(err.code, err.message, err.fields)).encode()
+        extra = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in (err.headers or {}).items()
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": err.status_code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 class BodyTooLarge(ApiError):

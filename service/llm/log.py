@@ -5,7 +5,9 @@ however it is constructed, logs: nobody has to remember a wrapper. Rules:
 - one row per prompt (a batched generate of 8 prompts writes 8 rows sharing a batch id);
 - only the outermost call logs (generate(choices=…) calling choice_logprobs writes one row);
 - logging failures are reported through `logging` and never break the call;
-- `log_context(template=..., request_id=...)` attaches tags to the rows written inside it.
+- `log_context(template=..., request_id=...)` attaches tags to the rows written inside it;
+- rows older than settings.llm_log_retention_days (prompts hold what shoppers typed) are
+  deleted at start-up and, at most once per PRUNE_EVERY_S, after a write.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,6 +85,46 @@ def write_rows(llm: LLM, rows: list[dict[str, Any]]) -> None:
             s.add_all([LLMCallRow(**r) for r in rows])
     except Exception:  # noqa: BLE001 - logging must never fail the call
         logger.warning("could not write llm_calls rows", exc_info=True)
+        return
+    _maybe_prune(settings)
+
+
+# -- retention ------------------------------------------------------------------------
+PRUNE_EVERY_S = 3600.0  # an indexed range delete: cheap, but not per call
+_last_prune: dict[str, float] = {}  # db url -> monotonic time of the last prune
+_prune_lock = threading.Lock()
+
+
+def prune_llm_calls(settings: Settings, now: datetime | None = None) -> int:
+    """Delete rows older than the retention (0 = keep forever); returns how many."""
+    from sqlalchemy import delete
+
+    from service.db import get_engine, session_scope
+    from service.llm.tables import LLMCallRow
+
+    days = settings.llm_log_retention_days
+    with _prune_lock:
+        _last_prune[settings.db_url] = time.monotonic()
+    if not days:
+        return 0
+    cutoff = (now or datetime.now(UTC)).replace(tzinfo=None) - timedelta(days=days)
+    with session_scope(get_engine(settings.db_url)) as s:
+        result = s.execute(delete(LLMCallRow).where(LLMCallRow.ts < cutoff))
+        n = int(getattr(result, "rowcount", 0) or 0)
+    if n:
+        logger.info("llm_calls: deleted %d rows older than %g days", n, days)
+    return n
+
+
+def _maybe_prune(settings: Settings) -> None:
+    with _prune_lock:
+        last = _last_prune.get(settings.db_url)
+        if last is not None and time.monotonic() - last < PRUNE_EVERY_S:
+            return
+    try:
+        prune_llm_calls(settings)
+    except Exception:  # noqa: BLE001 - retention must never fail a model call
+        logger.warning("could not prune llm_calls", exc_info=True)
 
 
 def _row(

@@ -83,6 +83,10 @@ def app_settings(data_dir: Path, llm_path: Path, **overrides: object) -> Setting
         "llm_model": str(llm_path),
         "api_keys": [API_KEY, OTHER_KEY],
         "llm_timeout_s": 120.0,
+        # The real model on a busy shared CPU: budgets far above it (the budget tests set
+        # their own).
+        "rerank_timeout_s": 600.0,
+        "headline_timeout_s": 600.0,
         # One writing round per text: retries are the copy stage's own tests' business, and
         # each costs a model call.
         "copy_max_retries": 0,

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api import metrics
-from service.api.deps import V1, Index
+from service.api.deps import V1, Index, request_id
 from service.api.errors import ApiError, error_payload, error_responses
 from service.api.protocol import (
     CONVERSATION_ID_PATTERN,
@@ -21,6 +21,7 @@ from service.api.protocol import (
     ChatRequest,
     Conversation,
 )
+from service.recommend import public_reason
 from service.recsmith import Recsmith
 
 logger = logging.getLogger("service.api")
@@ -72,7 +73,17 @@ def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def _events(events: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+def _public_final(ev: dict[str, Any], rid: str) -> dict[str, Any]:
+    """The final object with its degraded reason as a fixed phrase (the raw one is logged)."""
+    final = {k: v for k, v in ev.items() if k != "type"}
+    raw = final.get("degraded_reason")
+    if raw:
+        logger.warning("assistant answer degraded [request %s]: %s", rid, raw)
+        final["degraded_reason"] = public_reason("answer", str(raw))
+    return final
+
+
+def _events(events: Iterator[dict[str, Any]], rid: str = "") -> Iterator[bytes]:
     yield b": stream open\n\n"  # flushes headers through proxies at once
     try:
         for ev in events:
@@ -80,15 +91,15 @@ def _events(events: Iterator[dict[str, Any]]) -> Iterator[bytes]:
             if kind == "token":
                 yield sse("token", {"text": ev.get("text", "")})
             elif kind == "final":
-                final = {k: v for k, v in ev.items() if k != "type"}
+                final = _public_final(ev, rid)
                 if final.get("degraded"):
                     metrics.DEGRADED.labels("assistant.chat", "llm").inc()
                 yield sse("final", final)
             else:
                 yield sse(str(kind or "message"), ev)
-    except Exception as e:  # noqa: BLE001 - the status line is sent: say it in the stream
-        logger.exception("assistant stream failed")
-        yield sse("error", error_payload("stream_failed", f"{type(e).__name__}: {e}"[:300]))
+    except Exception:  # noqa: BLE001 - the status line is sent: say it in the stream
+        logger.exception("assistant stream failed [request %s]", rid)
+        yield sse("error", error_payload("stream_failed", "the answer stream failed"))
     finally:
         close = getattr(events, "close", None)
         if close:
@@ -131,7 +142,7 @@ async def chat(body: ChatRequest, index: Index, request: Request) -> Any:
             final: dict[str, Any] = {}
             for ev in events:
                 if ev.get("type") == "final":
-                    final = {k: v for k, v in ev.items() if k != "type"}
+                    final = _public_final(ev, request_id(request))
             return final
 
         final = await run_in_threadpool(drain)
@@ -139,7 +150,7 @@ async def chat(body: ChatRequest, index: Index, request: Request) -> Any:
             metrics.DEGRADED.labels("assistant.chat", "llm").inc()
         return JSONResponse(ChatFinal.model_validate(final).model_dump(mode="json"))
     return StreamingResponse(
-        _events(events),
+        _events(events, request_id(request)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -3,6 +3,7 @@ scrapers live inside the deployment)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,9 +11,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api.deps import has_valid_key
 from service.api.metrics import REGISTRY
 from service.api.protocol import Health, Readiness
 
+logger = logging.getLogger("service.api")
 router = APIRouter(tags=["health"])
 
 
@@ -26,8 +29,9 @@ def _check(fn: Any) -> dict[str, Any]:
     try:
         out = fn()
         ok = bool(out.pop("ok", True))
-    except Exception as e:  # noqa: BLE001 - a failed check is reported, not raised
-        out, ok = {"error": f"{type(e).__name__}: {e}"[:300]}, False
+    except Exception:  # noqa: BLE001 - a failed check is reported, not raised
+        logger.warning("readiness check failed", exc_info=True)
+        out, ok = {"error": "check failed (see the server log)"}, False
     out["ok"] = ok
     out["ms"] = round((time.perf_counter() - t0) * 1000, 2)
     return out
@@ -39,7 +43,8 @@ def _check(fn: Any) -> dict[str, Any]:
     summary="Readiness: models loaded, store reachable, LLM backend state",
     description="503 until the store answers and the encoder and indexes are loaded. The "
     "LLM is reported (loading, ready, failed; for a vLLM server its circuit breaker) but "
-    "does not decide readiness: without it recommendations are served degraded.",
+    "does not decide readiness: without it recommendations are served degraded. Without a "
+    "valid API key (when keys are configured) each check shows only `ok` and `state`.",
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
 def readyz(request: Request) -> JSONResponse:
@@ -47,7 +52,8 @@ def readyz(request: Request) -> JSONResponse:
     rs = getattr(state, "recsmith", None)
     checks: dict[str, dict[str, Any]] = {}
     if rs is None:
-        checks["startup"] = {"ok": False, "error": getattr(state, "startup_error", "starting")}
+        failed = getattr(state, "startup_error", None) is not None
+        checks["startup"] = {"ok": False, "state": "failed" if failed else "starting"}
         return JSONResponse(Readiness(ready=False, checks=checks).model_dump(), status_code=503)
     checks["store"] = _check(lambda: {"products": rs.store.count_products()})
     # cached_property: present in __dict__ only once loaded (reading .encoder would load it).
@@ -60,6 +66,10 @@ def readyz(request: Request) -> JSONResponse:
     )
     checks["llm"] = _llm_check(state)
     ready = all(checks[k]["ok"] for k in ("store", "encoder", "index"))
+    if not has_valid_key(request):  # model ids can be filesystem paths: only the states
+        checks = {
+            name: {k: v for k, v in c.items() if k in ("ok", "state")} for name, c in checks.items()
+        }
     body = Readiness(ready=ready, checks=checks).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -68,9 +78,14 @@ def _llm_check(state: Any) -> dict[str, Any]:
     warm = getattr(state, "llm_warm", None)
     status = warm.status if warm else "not started"
     if status != "ready":
-        return {"ok": False, "state": status, "error": warm.error if warm else None}
+        error = "the model did not load (see the server log)" if status == "failed" else None
+        return {"ok": False, "state": status, "error": error}
     out = _check(lambda: dict(warm.llm.health()))
     out["state"] = "ready" if out["ok"] else "unavailable"
+    # Raw connection errors stay in the server log: the breaker's state is what tells.
+    out.pop("server_detail", None)
+    if isinstance(out.get("circuit"), dict):
+        out["circuit"] = {k: v for k, v in out["circuit"].items() if k != "last_error"}
     return out
 
 

@@ -17,7 +17,8 @@ from service.api.protocol import (
     RecommendedItemOut,
 )
 from service.llm.log import log_context
-from service.recommend import Recommendation, recommend
+from service.ranking.common import call_with_budget
+from service.recommend import Recommendation, public_reason, rank_shortlist, shortlist
 from service.recsmith import Recsmith
 
 logger = logging.getLogger("service.api")
@@ -102,36 +103,46 @@ def recommendations(
 ) -> RecommendationResponse:
     rid = request_id(request)
     t0 = time.perf_counter()
+    settings = index.rs.settings
+    # The read lock covers retrieval only: a model stage holding it would make an index
+    # writer wait, and every reader queue behind that writer, for as long as the model runs.
     with index.reading() as rs:
         rs.ensure_ready()
         _check_ids(rs, body)
-        with log_context(request_id=rid, route="recommendations"):
-            rec = recommend(
-                rs,
-                user_id=body.user_id,
-                history=body.history,
-                query=body.query.strip() if body.query else None,
-                k=body.k,
-                filters=body.filters,
-                rerank=body.rerank,
-            )
-            stages = list(rec.stages)
-            timings = dict(rec.timings_ms)
-            reasons = [rec.degraded_reason] if rec.degraded else []
-            if rec.degraded:
-                metrics.DEGRADED.labels("recommendations", "rerank").inc()
+        sl = shortlist(
+            rs,
+            user_id=body.user_id,
+            history=body.history,
+            query=body.query.strip() if body.query else None,
+            k=body.k,
+            filters=body.filters,
+        )
+    with log_context(request_id=rid, route="recommendations"):
+        rec = rank_shortlist(rs, sl, body.rerank, settings.rerank_timeout_s)
+    stages = list(rec.stages)
+    timings = dict(rec.timings_ms)
+    reasons = [rec.degraded_reason] if rec.degraded else []
+    if rec.degraded:
+        logger.info("recommendations degraded [request %s]: %s", rid, rec.degraded_reason)
+        metrics.DEGRADED.labels("recommendations", "rerank").inc()
 
-            headline: HeadlineOut | None = None
-            if body.headline and rec.items:
-                t1 = time.perf_counter()
-                try:
-                    headline = _headline(rs, body, rec, request)
-                    stages.append("headline")
-                except Exception as e:  # noqa: BLE001 - the list is served without it
-                    logger.warning("headline failed: %s", e)
-                    reasons.append(f"headline: {type(e).__name__}: {e}")
-                    metrics.DEGRADED.labels("recommendations", "headline").inc()
-                timings["headline"] = round((time.perf_counter() - t1) * 1000, 2)
+    headline: HeadlineOut | None = None
+    if body.headline and rec.items:
+        t1 = time.perf_counter()
+        try:
+            # In a worker thread: past the budget the list is served without the headline,
+            # and the model call finishes (or fails) on its own.
+            with log_context(request_id=rid, route="recommendations"):
+                headline = call_with_budget(
+                    lambda: _headline(rs, body, rec, request), settings.headline_timeout_s
+                )
+            stages.append("headline")
+        except Exception as e:  # noqa: BLE001 - the list is served without it
+            raw = f"{type(e).__name__}: {e}"
+            logger.warning("headline failed [request %s]: %s", rid, raw)
+            reasons.append(public_reason("headline", raw))
+            metrics.DEGRADED.labels("recommendations", "headline").inc()
+        timings["headline"] = round((time.perf_counter() - t1) * 1000, 2)
 
     fit = headline.fit if headline else {}
     items = [
