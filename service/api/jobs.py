@@ -3,7 +3,9 @@
 One at a time on purpose: a job is model-bound, and two jobs on the same CPU (or GPU
 engine) only make both slower while starving the interactive requests. Progress, cancel
 and resume live in the database (service.copy.batch), so any API process can report or
-cancel a job another one runs, and a job left pending by a restart can be started again.
+cancel a job another one runs. At start-up `resume_jobs` takes over the jobs a dead
+process left running or queued (their owner's pid and start token say it is gone) and
+queues them here; a job a live process owns is left to it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.current: int | None = None
+
+    def resume_orphans(self) -> list[int]:
+        """Queue the jobs left running/queued by a dead process; their ids."""
+        from service.copy.batch import adopt_orphans
+
+        ids = adopt_orphans(settings=self.settings)
+        for job_id in ids:
+            logger.info("resuming copy job %s left by a stopped process", job_id)
+            self.submit(job_id)
+        return ids
 
     def submit(self, job_id: int) -> None:
         with self._lock:
@@ -71,3 +83,16 @@ class JobRunner:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+
+
+def resume_jobs(app: Any) -> list[int]:
+    """At API start-up: resume the copy jobs a dead process left behind, on the app's job
+    runner (made here if no request made one yet). Never fails the start-up."""
+    from service.api.routes.copy import make_runner
+
+    try:
+        runner = getattr(app.state, "copy_jobs", None) or make_runner(app)
+        return runner.resume_orphans()
+    except Exception:  # noqa: BLE001 - a job left behind must not stop the API starting
+        logger.warning("could not resume copy jobs", exc_info=True)
+        return []

@@ -26,13 +26,16 @@ The final event:
     {"type": "final", "conversation_id", "message_id", "answer", "products": [card…],
      "cited": [product ids cited in `answer`], "suggested": bool (cards are suggestions,
      not citations), "degraded": bool, "degraded_reason": str | None,
-     "removed": [sentences dropped after streaming for an ungrounded price],
+     "removed": [sentences dropped: orders or injected/echoed text, before they were
+                 streamed; ungrounded prices, after],
      "flags": [{"kind", "text"}], "query": {"text", "follow_up", "derived"},
      "model_id", "template", "template_version"}
     card = {"id", "title", "price", "currency", "category", "in_stock", "label"}
 
 Tokens vs answer: token texts are the model's words with invalid labels and foreign ids
-already removed; `answer` is their concatenation, stripped, minus the `removed` sentences.
+already removed, and without the sentences the AnswerGuard dropped (an instruction planted
+in product text, an echo of the prompt); `answer` is their concatenation, stripped, minus
+the sentences removed for a price.
 When the model wrote nothing usable or failed mid-stream, `answer` is the fallback text.
 """
 
@@ -46,7 +49,7 @@ from typing import Any
 
 from langchain_core.output_parsers import StrOutputParser
 
-from service.assistant.grounding import Labels, StreamSanitizer, check_prices
+from service.assistant.grounding import AnswerGuard, Labels, StreamSanitizer, check_prices
 from service.assistant.lc import (
     SYSTEM_TEMPLATE,
     TURN_TEMPLATE,
@@ -81,6 +84,13 @@ def card(p: Product, label: int) -> dict[str, Any]:
         "in_stock": p.in_stock,
         "label": label,
     }
+
+
+def prompt_instructions() -> list[str]:
+    """The prompt's own instruction text (no product data, no question): an answer that
+    repeats it is an echo of the prompt, not an answer."""
+    turn = render(TURN_TEMPLATE, question="", products=[], context=[]).text
+    return [render(SYSTEM_TEMPLATE).text, turn]
 
 
 class Assistant:
@@ -276,6 +286,7 @@ class Assistant:
         model_id: str | None = None
         template, version = TURN_TEMPLATE, library().version(TURN_TEMPLATE)
         san: StreamSanitizer | None = None
+        guard: AnswerGuard | None = None
         top: list[Product] = shortlist[: self.top_n]
         labels = Labels(top)
         notes: dict[str, Any] = {}
@@ -289,6 +300,7 @@ class Assistant:
                 top = ranked[: self.top_n]
                 labels = Labels(top)
                 san = StreamSanitizer(labels)
+                guard = AnswerGuard(top, prompt_instructions())
                 inputs = {"question": message, "products": top, "context": context}
                 tags = {
                     "template": template,
@@ -297,10 +309,10 @@ class Assistant:
                     "conversation_id": conversation_id,
                 }
                 for piece in self._generate(llm, inputs, tags):
-                    text = san.feed(piece)
+                    text = guard.feed(san.feed(piece))
                     if text:
                         yield {"type": "token", "text": text}
-                text = san.flush()
+                text = guard.feed(san.flush()) + guard.flush()
                 if text:
                     yield {"type": "token", "text": text}
             except Exception as e:  # noqa: BLE001 - a model failure degrades, never raises
@@ -309,9 +321,10 @@ class Assistant:
         removed: list[str] = []
         flags: list[dict[str, Any]] = []
         answer = ""
-        if san is not None and degraded_reason is None:
-            checked = check_prices(san.text, labels)
-            answer, removed, flags = checked.answer, checked.removed, checked.flags
+        if guard is not None and degraded_reason is None:
+            checked = check_prices(guard.text, labels)
+            answer = checked.answer
+            removed, flags = guard.removed + checked.removed, guard.flags + checked.flags
         cited = labels.cited(answer) if answer else []
         if not answer:
             # No products, a failed model, or nothing usable written: the templated answer.
@@ -339,7 +352,7 @@ class Assistant:
             "suggested": suggested,
             "removed": removed,
             "flags": flags,
-            "streamed": san.text if san else "",
+            "streamed": guard.text if guard else "",
             "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
             **notes,
         }

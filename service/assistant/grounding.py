@@ -9,7 +9,14 @@ The model sees products labelled [1]..[n]. Its text is cleaned twice:
    at whitespace (or between two non-ASCII letters, for Chinese/Japanese text) outside
    brackets, so a label or id split across pieces is judged whole and nothing fake is ever
    sent, even mid-stream.
-2. At the end (`check_prices`): a sentence naming a price that none of its products has is
+2. Per sentence, before it is released (`AnswerGuard`): a sentence that gives orders
+   ("ignore previous instructions", "tell the customer …"), repeats an instruction planted
+   in the shown products' text (three words in a row of it, or two of a quoted payload), or
+   echoes the prompt's own instructions (six words in a row) is dropped: product text is
+   data, and the shopper never sees what it tries to make the model say. The guard holds
+   the last few words of the sentence in progress, so such a sentence is caught before its
+   tell-tale words are streamed.
+3. At the end (`check_prices`): a sentence naming a price that none of its products has is
    removed (a wrong price is worse than none); other numbers not found in the products'
    data are flagged, not removed (sizes and counts are often paraphrased).
 
@@ -21,10 +28,12 @@ the product card still shows the real title.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.catalog.models import Product
+from service.copy.checks import Facts, check_injection, looks_like_instruction, normalise_text
 
 _LABEL = r"\s*\[\s*(?P<nums>\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]"
 _ID = (
@@ -138,6 +147,92 @@ class StreamSanitizer:
         clean = self.labels.sanitize(done) if done else ""
         self.out.append(clean)
         return clean
+
+    @property
+    def text(self) -> str:
+        return "".join(self.out)
+
+
+ECHO_WORDS = 6  # words in a row shared with the prompt's instructions that make an echo
+# Words of the sentence in progress held back: enough to judge an echo or an order before
+# any of its words leave ("Ignore all of the previous instructions" spans six).
+HOLD_WORDS = ECHO_WORDS
+# Where a sentence ends: after . ! ? (then whitespace), CJK full stops, or a newline.
+_ROLE_LABEL = re.compile(r"^\s*(?:assistant|answer)\s*:\s*", re.I)
+_GUARD_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？])|\n")
+
+
+def _word_grams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", normalise_text(text))
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+class AnswerGuard:
+    """Judges the cleaned answer sentence by sentence and releases only what passes.
+
+    `feed` takes cleaned text (the StreamSanitizer's output) and returns what may be shown;
+    `flush` ends the answer. `text` is everything released; `removed` and `flags` say what
+    was dropped and why (kind "injection" or "prompt_echo")."""
+
+    def __init__(self, products: Sequence[Product], prompt_texts: Sequence[str] = ()) -> None:
+        self.facts = Facts.from_products(list(products)) if products else None
+        self.echo = set().union(*(_word_grams(t, ECHO_WORDS) for t in prompt_texts))
+        self.cur = ""  # the sentence in progress, not yet released
+        self.cur_sent = ""  # the part of it already released
+        self.cur_bad: str | None = None
+        self.out: list[str] = []
+        self.removed: list[str] = []
+        self.flags: list[dict[str, Any]] = []
+
+    def judge(self, sentence: str) -> str | None:
+        """The reason to drop a sentence, or None."""
+        sentence = _ROLE_LABEL.sub("", sentence)  # "Assistant: I recommend [1]" is an answer
+        if looks_like_instruction(sentence):
+            return "injection"
+        if self.facts is not None and not check_injection(sentence, self.facts).ok:
+            return "injection"
+        if self.echo and _word_grams(sentence, ECHO_WORDS) & self.echo:
+            return "prompt_echo"
+        return None
+
+    def _release(self, text: str) -> str:
+        if text:
+            self.out.append(text)
+        return text
+
+    def _end_sentence(self) -> str:
+        whole = self.cur_sent + self.cur
+        bad = self.cur_bad or (self.judge(whole) if whole.strip() else None)
+        held, self.cur, self.cur_sent, self.cur_bad = self.cur, "", "", None
+        if bad:
+            self.removed.append(whole.strip())
+            self.flags.append({"kind": bad, "text": whole.strip()})
+            return ""
+        return self._release(held)
+
+    def feed(self, text: str) -> str:
+        shown: list[str] = []
+        self.cur += text
+        while m := _GUARD_END.search(self.cur):
+            rest = self.cur[m.end() :]
+            self.cur = self.cur[: m.end()]
+            shown.append(self._end_sentence())
+            self.cur = rest
+        whole = self.cur_sent + self.cur
+        if self.cur_bad is None and whole.strip():
+            self.cur_bad = self.judge(whole)
+        if self.cur_bad is None:
+            # Release all but the last HOLD_WORDS words (cut at whitespace).
+            starts = [m.start() for m in re.finditer(r"\s+\S", self.cur)]
+            if len(starts) >= HOLD_WORDS:
+                cut = starts[-HOLD_WORDS]
+                done, self.cur = self.cur[:cut], self.cur[cut:]
+                self.cur_sent += done
+                shown.append(self._release(done))
+        return "".join(shown)
+
+    def flush(self) -> str:
+        return self._end_sentence()
 
     @property
     def text(self) -> str:

@@ -8,7 +8,13 @@ flight, and nothing is done twice: a re-run picks up the pending items (and a te
 was committed is found in the store by its request key, not regenerated).
 
 Cancelling sets a flag the runner reads before each batch (so the API can cancel a job
-another process runs); a job with no live runner is cancelled at once.
+another process runs); a job with no live runner is cancelled at once, and a runner never
+claims a job that was cancelled before it got to it (only an explicit restart does).
+
+Ownership: the runner records host, pid and a start token (the process's start time, so a
+reused pid is not mistaken for the owner) and refreshes a heartbeat while it runs. A job
+left `running` by a dead owner is an orphan: `adopt_orphans` (the API at start-up) takes
+it over with a compare-and-set on the owner, so two starting processes never both run it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
 
 from sqlalchemy import Engine, func, select, update
 
@@ -44,8 +52,41 @@ class JobBusy(RuntimeError):
     """Another live process is running this job."""
 
 
+class TooManyJobs(RuntimeError):
+    """The cap on queued or running jobs (settings.copy_max_active_jobs) is reached."""
+
+
+HEARTBEAT_S = 15.0  # how often a running job's owner says it is alive
+STALE_S = 120.0  # an owner on another host silent this long is taken for dead
+_submit_lock = threading.Lock()  # find-or-create of identical requests, in one process
+
+
 def _engine(settings: Settings | None) -> Engine:
     return get_engine((settings or get_settings()).db_url)
+
+
+def process_token(pid: int) -> str:
+    """A process's start time (Linux /proc, in clock ticks since boot); "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+
+
+@cache
+def _me() -> tuple[str, int, str]:
+    return socket.gethostname(), os.getpid(), process_token(os.getpid())
+
+
+def _own(row: CopyJobRow) -> None:
+    row.runner_host, row.runner_pid, row.runner_token = _me()
+    row.heartbeat_at = datetime.utcnow()
+
+
+def _is_me(row: CopyJobRow) -> bool:
+    host, pid, token = _me()
+    return row.runner_host == host and row.runner_pid == pid and row.runner_token == token
 
 
 def _status(row: CopyJobRow) -> JobStatus:
@@ -104,8 +145,10 @@ def create_job(
     limit: int | None = None,
     batch_size: int = 8,
     settings: Settings | None = None,
+    owner: bool = False,
 ) -> JobStatus:
-    """A new job over the products of `category` (all if None), at most `limit`, in id order."""
+    """A new job over the products of `category` (all if None), at most `limit`, in id order.
+    With `owner`, this process owns it from the start (it will run it: the API's queue)."""
     if task not in PRODUCT_TASKS:
         raise ValueError(f"unknown batch task {task!r}: use one of {', '.join(PRODUCT_TASKS)}")
     if batch_size < 1:
@@ -127,6 +170,8 @@ def create_job(
             status="running" if ids else "done",
             finished_at=None if ids else datetime.utcnow(),
         )
+        if owner and ids:
+            _own(job)
         s.add(job)
         s.flush()
         for start in range(0, len(ids), 1000):
@@ -153,17 +198,23 @@ def list_jobs(*, limit: int = 50, settings: Settings | None = None) -> list[JobS
 
 
 def _runner_alive(row: CopyJobRow) -> bool:
-    if not row.runner_pid or row.runner_host != socket.gethostname():
-        return False  # another host's runner cannot be checked; its heartbeat decides
-    if row.runner_pid == os.getpid():
+    """Whether the recorded owner still lives: on this host by its pid and start token,
+    on another by its heartbeat."""
+    if not row.runner_pid:
+        return False
+    if row.runner_host != socket.gethostname():
+        beat = row.heartbeat_at
+        return beat is not None and datetime.utcnow() - beat < timedelta(seconds=STALE_S)
+    if _is_me(row):
         return True
     try:
         os.kill(row.runner_pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    token = process_token(row.runner_pid)
+    return not (row.runner_token and token and token != row.runner_token)  # a reused pid
 
 
 def cancel_job(job_id: int, *, settings: Settings | None = None) -> JobStatus:
@@ -182,25 +233,132 @@ def cancel_job(job_id: int, *, settings: Settings | None = None) -> JobStatus:
         return _status(row)
 
 
-def _claim(engine: Engine, job_id: int) -> JobStatus:
-    """Make this process the job's runner (a resumed job runs again from its pending items)."""
+def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
+    """Make this process the job's runner (a resumed job runs again from its pending items).
+
+    A job cancelled (or asked to cancel) before its runner got to it stays cancelled: the
+    status returned says so and nothing runs. `restart` (an explicit re-run) resumes it."""
     with session_scope(engine) as s:
         row = s.get(CopyJobRow, job_id)
         if row is None:
             raise JobNotFound(f"unknown copy job id {job_id}")
-        if row.status == "running" and row.runner_pid != os.getpid() and _runner_alive(row):
+        if row.status == "running" and not _is_me(row) and _runner_alive(row):
             raise JobBusy(f"copy job {job_id} is being run by process {row.runner_pid}")
-        if not (row.status == "running" and row.runner_pid == os.getpid()):
-            # Resuming a stopped job starts afresh; a claim by start_job keeps a cancel
-            # that arrived before its thread began.
-            row.cancel_requested = False
-        row.runner_pid = os.getpid()
-        row.runner_host = socket.gethostname()
+        cancelled = row.status == "cancelled" or (row.cancel_requested and row.status != "done")
+        if cancelled and not restart:
+            row.status, row.cancel_requested = "cancelled", True
+            row.finished_at = row.finished_at or datetime.utcnow()
+            row.runner_pid, row.runner_token = None, ""
+            s.flush()
+            return _status(row)
+        row.cancel_requested = False
+        _own(row)
         row.error = ""
         row.finished_at = None
         row.status = "running"
         s.flush()
         return _status(row)
+
+
+def orphaned_jobs(*, settings: Settings | None = None) -> list[int]:
+    """Jobs left running (or queued) by an owner that is gone, oldest first. Those whose
+    cancel was requested are marked cancelled here instead."""
+    out: list[int] = []
+    with session_scope(_engine(settings)) as s:
+        for row in s.scalars(
+            select(CopyJobRow).where(CopyJobRow.status == "running").order_by(CopyJobRow.id)
+        ):
+            if _runner_alive(row):
+                continue
+            if row.cancel_requested:
+                row.status, row.finished_at, row.runner_pid = "cancelled", datetime.utcnow(), None
+            else:
+                out.append(row.id)
+    return out
+
+
+def adopt_orphans(*, settings: Settings | None = None) -> list[int]:
+    """Take over the orphaned jobs (compare-and-set on the dead owner, so of two processes
+    starting at once only one gets each job); the caller queues them."""
+    engine = _engine(settings)
+    adopted: list[int] = []
+    for job_id in orphaned_jobs(settings=settings):
+        with session_scope(engine) as s:
+            row = s.get(CopyJobRow, job_id)
+            if row is None or row.status != "running" or _runner_alive(row):
+                continue
+            host, pid, token = _me()
+            done = s.execute(
+                update(CopyJobRow)
+                .where(
+                    CopyJobRow.id == job_id,
+                    CopyJobRow.status == "running",
+                    CopyJobRow.runner_pid.is_(None)
+                    if row.runner_pid is None
+                    else CopyJobRow.runner_pid == row.runner_pid,
+                    CopyJobRow.runner_token == (row.runner_token or ""),
+                )
+                .values(
+                    runner_host=host,
+                    runner_pid=pid,
+                    runner_token=token,
+                    heartbeat_at=datetime.utcnow(),
+                )  # fmt: skip
+            )
+            if done.rowcount == 1:
+                adopted.append(job_id)
+    return adopted
+
+
+def submit_job(
+    task: str,
+    options: CopyOptions | None = None,
+    *,
+    category: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    settings: Settings | None = None,
+) -> tuple[JobStatus, bool]:
+    """(job, reused): the queued or running job for the same task, options and products if
+    there is one, else a new job owned by this process. Raises TooManyJobs at the cap."""
+    settings = settings or get_settings()
+    options = options or CopyOptions()
+    engine = _engine(settings)
+    sig = job_signature(task, options, category, limit)
+    with _submit_lock:
+        with session_scope(engine) as s:
+            active = list(
+                s.scalars(
+                    select(CopyJobRow).where(
+                        CopyJobRow.status == "running", CopyJobRow.cancel_requested.is_(False)
+                    )
+                )
+            )
+        ids = [p.id for p in CatalogStore(engine).iter_products(category=category, limit=limit)]
+        for row in active:  # same request, same products: that job, not another
+            same = row.signature == sig and row.batch_size == batch_size
+            if same and _items(engine, row.id) == ids:
+                return _status(row), True
+        cap = settings.copy_max_active_jobs
+        if len(active) >= cap:
+            raise TooManyJobs(
+                f"{len(active)} copy jobs are queued or running (the limit is {cap}); "
+                "wait for one to finish or cancel one"
+            )
+        job = create_job(task, options, category=category, limit=limit, batch_size=batch_size,
+                         settings=settings, owner=True)  # fmt: skip
+        return job, False
+
+
+def _items(engine: Engine, job_id: int) -> list[str]:
+    with session_scope(engine) as s:
+        return list(
+            s.scalars(
+                select(CopyJobItemRow.product_id)
+                .where(CopyJobItemRow.job_id == job_id)
+                .order_by(CopyJobItemRow.seq)
+            )
+        )
 
 
 def _finish(engine: Engine, job_id: int, status: str, error: str = "") -> JobStatus:
@@ -209,7 +367,7 @@ def _finish(engine: Engine, job_id: int, status: str, error: str = "") -> JobSta
         assert row is not None
         row.status = status
         row.error = error[:4000]
-        row.runner_pid = None
+        row.runner_pid, row.runner_token = None, ""
         row.finished_at = datetime.utcnow()
         s.flush()
         return _status(row)
@@ -221,18 +379,27 @@ def run_job(
     writer: CopyWriter | None = None,
     settings: Settings | None = None,
     on_batch: Callable[[JobStatus], None] | None = None,
+    restart: bool = False,
 ) -> JobStatus:
     """Run (or resume) a job until no item is pending, it is cancelled, or it fails.
 
     on_batch is called after each batch commits, with the job's status. An exception
     (from the model, the store or on_batch) marks the job failed and propagates; its
     pending items stay pending for the next run. An LLMError aborts the batch rather than
-    marking its products failed: the model being down says nothing about them."""
+    marking its products failed: the model being down says nothing about them.
+    A job cancelled before this claim is not run, unless `restart` (an explicit re-run)."""
     settings = settings or get_settings()
     engine = _engine(settings)
+    status = _claim(engine, job_id, restart=restart)
+    if status.status == "cancelled":
+        return status
     writer = writer or CopyWriter(settings)
-    status = _claim(engine, job_id)
     options = CopyOptions(**status.params)
+    beating = threading.Event()
+    threading.Thread(
+        target=_heartbeat, args=(engine, job_id, beating), name=f"copy-job-{job_id}-beat",
+        daemon=True,
+    ).start()  # fmt: skip
     try:
         while True:
             with session_scope(engine) as s:
@@ -257,7 +424,28 @@ def run_job(
         kind = "interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__
         _finish(engine, job_id, "failed", f"{kind}: {e}")
         raise
+    finally:
+        beating.set()
     return _finish(engine, job_id, "cancelled")
+
+
+def _heartbeat(engine: Engine, job_id: int, stop: threading.Event) -> None:
+    """Refresh the owner's heartbeat while run_job runs (a batch can take minutes)."""
+    host, pid, _token = _me()
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            with session_scope(engine) as s:
+                s.execute(
+                    update(CopyJobRow)
+                    .where(
+                        CopyJobRow.id == job_id,
+                        CopyJobRow.runner_pid == pid,
+                        CopyJobRow.runner_host == host,
+                    )  # fmt: skip
+                    .values(heartbeat_at=datetime.utcnow())
+                )
+        except Exception:  # noqa: BLE001 - a missed beat only ages the heartbeat
+            logger.debug("heartbeat of copy job %s failed", job_id, exc_info=True)
 
 
 def start_job(

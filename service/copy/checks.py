@@ -235,12 +235,21 @@ def common_english_words() -> frozenset[str]:
 _INJECTION_RE = re.compile(
     r"\b(?:ignore|disregard|forget|override)\b[^.!?]{0,40}\b(?:instructions?|prompts?|rules|"
     r"above|previous|everything)\b|\byou are now\b|\bsystem prompt\b|\bnew instructions?\b"
-    r"|\b(?:assistant|system)\s*:|忽略[^。！？]{0,12}(?:指令|指示|说明|提示|要求)",
+    r"|\b(?:assistant|system)\s*:|忽略[^。！？]{0,12}(?:指令|指示|说明|提示|要求)"
+    # Orders about what to say to the reader ("tell the customer …", "… to the assistant").
+    r"|\b(?:tell|inform|remind|instruct)\s+(?:the|every|all)\s+(?:customers?|shoppers?|users?"
+    r"|buyers?|readers?)\b|\bto the (?:assistant|ai|model|chatbot|language model)\b"
+    r"|\b(?:repeat|reveal|print)\b[^.!?]{0,30}\b(?:prompt|instructions|canary|secret)\b",
     re.IGNORECASE,
 )
 # Sentence ends: Latin punctuation before whitespace (not "2.5"), CJK punctuation, newlines.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 _QUOTED_RE = re.compile(r"[\"'“‘「]([^\"'”’」]{2,80})[\"'”’」]")
+
+
+def looks_like_instruction(text: str) -> bool:
+    """The text talks to a model (or orders what to tell the reader), not about a product."""
+    return _INJECTION_RE.search(text) is not None
 
 
 def split_instructions(text: str) -> tuple[str, list[str]]:

@@ -192,7 +192,7 @@ def batch(
             progress.update(bar, completed=s.done + s.failed, failed=s.failed)
 
         try:
-            final = jobs.run_job(status.id, on_batch=on_batch)
+            final = jobs.run_job(status.id, on_batch=on_batch, restart=True)  # re-run
         except jobs.JobBusy as e:
             raise _fail(str(e)) from e
         except Exception as e:
@@ -276,8 +276,8 @@ def _review(action: str, copy_id: int, text: str | None = None, reason: str = ""
     from service.copy.writer import CopyWriter
 
     try:
-        if action == "approve":
-            r = CopyStore(get_settings().db_url).approve(copy_id, text)
+        if action == "approve":  # an edit is re-checked; one failing a check is refused
+            r = CopyWriter().approve(copy_id, text)
         elif action == "reject":
             r = CopyStore(get_settings().db_url).reject(copy_id, reason)
         else:
@@ -328,10 +328,22 @@ def export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File (default stdout)")
     ] = None,
+    passed: Annotated[
+        bool | None,
+        typer.Option("--passed/--failed", help="Only texts that passed (or failed) every check"),
+    ] = None,
+    include_unsafe: Annotated[
+        bool,
+        typer.Option(
+            "--include-unsafe",
+            help="Also texts that repeat an instruction planted in the product data "
+            "(marked by failed_checks=injection)",
+        ),
+    ] = False,
 ) -> None:
     """Export stored texts (the edited text where there is one)."""
     from service.config import get_settings
-    from service.copy.store import STATUSES, CopyStore, to_result
+    from service.copy.store import STATUSES, CopyStore, is_unsafe, to_result
 
     if fmt not in ("csv", "jsonl"):
         raise _fail(f"unknown format {fmt!r}: use csv or jsonl", 2)
@@ -343,7 +355,10 @@ def export(
         writer = csv.DictWriter(fh, fieldnames=EXPORT_FIELDS) if fmt == "csv" else None
         if writer:
             writer.writeheader()
-        for row in CopyStore(get_settings().db_url).iter_all(status=status, task=task):
+        rows = CopyStore(get_settings().db_url).iter_all(status=status, task=task, passed=passed)
+        for row in rows:
+            if is_unsafe(row) and not include_unsafe:
+                continue
             r = to_result(row).model_dump(mode="json")
             rec = {k: r[k] for k in EXPORT_FIELDS}
             if writer:

@@ -5,6 +5,11 @@ model and the prompt templates' version, and the variant number: asking the same
 the same model with the same prompts again returns the stored text without a model call.
 A text a person rejected is not served again from the store; one refused by the checks
 (copy_on_fail=refuse) is, since the same request would be refused again.
+
+A person's edit is checked like the model's text, and its outcome replaces the row's
+`checks` / `failed_checks` / `passed` (the model's own outcome moves to
+meta["generated_checks"]): every reader (list filters, export, the request-key cache that
+batch jobs reuse) sees the verdict of the text it serves, never a stale one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,32 @@ from service.copy.tasks import CheckOutcome, CopyResult
 from service.db import get_engine, session_scope
 
 STATUSES = ("draft", "approved", "rejected")
+# Checks whose failure means the text carries something planted in the product data: such a
+# text is left out of exports unless asked for (include_unsafe).
+SECURITY_CHECKS = ("injection",)
+
+
+class CopyCheckFailed(ValueError):
+    """A person's text that fails the checks, refused for approval (nothing is stored)."""
+
+    def __init__(self, failed: dict[str, dict[str, Any]]) -> None:
+        self.failed = failed
+        named = "; ".join(f"{n} ({c.get('detail') or 'failed'})" for n, c in failed.items())
+        super().__init__(f"the edited text fails checks: {named}")
+
+
+def is_unsafe(row: CopyRow) -> bool:
+    """The text failed a security check (an instruction from the data repeated)."""
+    return any(c in SECURITY_CHECKS for c in (row.failed_checks or []))
+
+
+def check_columns(checks: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The columns every reader looks at, for a checked text ({name: {ok, detail, found}});
+    an edit nobody checked (None) is not passed."""
+    if checks is None:
+        checks = {"unchecked": {"ok": False, "detail": "the edit was not checked", "found": []}}
+    failed = [name for name, c in checks.items() if not c.get("ok")]
+    return {"checks": dict(checks), "failed_checks": failed, "passed": not failed}
 
 
 class CopyNotFound(KeyError):
@@ -189,12 +220,14 @@ class CopyStore:
         with session_scope(self.engine) as s:
             return [to_result(r) for r in s.scalars(stmt)]
 
-    def iter_all(self, *, status: str | None = None, task: str | None = None) -> Iterator[CopyRow]:
+    def iter_all(
+        self, *, status: str | None = None, task: str | None = None, passed: bool | None = None
+    ) -> Iterator[CopyRow]:
         """Every matching row, oldest first, in pages (for export)."""
         last = 0
         while True:
             stmt = (
-                self._filtered(status=status, task=task)
+                self._filtered(status=status, task=task, passed=passed)
                 .where(CopyRow.id > last)
                 .order_by(CopyRow.id)
                 .limit(500)
@@ -218,26 +251,50 @@ class CopyStore:
             s.flush()
             return to_result(row)
 
-    def approve(self, copy_id: int, edited_text: str | None = None) -> CopyResult:
+    def approve(
+        self,
+        copy_id: int,
+        edited_text: str | None = None,
+        checks: dict[str, dict[str, Any]] | None = None,
+    ) -> CopyResult:
+        """Approve the shown text, or an edit of it. An edit must come with its checks
+        (CopyWriter.approve runs them) and pass them: an approved edit is never unchecked."""
         values: dict[str, Any] = {"status": "approved"}
         if edited_text is not None:
-            values["edited_text"] = edited_text
+            cols = check_columns(checks)
+            if not cols["passed"]:
+                raise CopyCheckFailed({n: cols["checks"][n] for n in cols["failed_checks"]})
+            values |= self._edit_values(copy_id, edited_text, cols)
         return self._update(copy_id, **values)
 
     def reject(self, copy_id: int, reason: str = "") -> CopyResult:
         return self._update(copy_id, status="rejected", note=reason)
 
-    def edit(self, copy_id: int, text: str, checks: dict[str, Any] | None = None) -> CopyResult:
+    def edit(
+        self, copy_id: int, text: str, checks: dict[str, dict[str, Any]] | None = None
+    ) -> CopyResult:
         """A person's edit: stored beside the generated text; back to draft for review.
-        `checks` (the checks re-run on the edit) go into meta["edited_checks"]."""
+        `checks` (the checks re-run on the edit) become the row's verdict."""
+        return self._update(
+            copy_id, status="draft", **self._edit_values(copy_id, text, check_columns(checks))
+        )
+
+    def _edit_values(self, copy_id: int, text: str, cols: dict[str, Any]) -> dict[str, Any]:
         text = text.strip()
         if not text:
             raise ValueError("an edited text cannot be empty")
         row = self.get(copy_id)
         meta = dict(row.meta or {})
-        if checks is not None:
-            meta["edited_checks"] = checks
-        return self._update(copy_id, edited_text=text, status="draft", meta=meta)
+        meta.pop("edited_checks", None)  # the verdict lives in the columns now
+        if row.edited_text is None:  # keep the model's own outcome once, for the audit
+            meta["generated_checks"] = {
+                "checks": row.checks,
+                "failed_checks": row.failed_checks,
+                "passed": row.passed,
+            }
+        failed = [cols["checks"][n].get("detail") or n for n in cols["failed_checks"]]
+        note = "flagged: " + "; ".join(failed) if failed else ""
+        return {"edited_text": text, "meta": meta, "note": note, **cols}
 
 
 def _text_type():  # noqa: ANN202

@@ -207,8 +207,9 @@ class CopyWriter:
         vecs = np.asarray(self.encoder.encode([headline] + [p.embedding_text() for p in products]))
         return [float(v) for v in vecs[1:] @ vecs[0]]
 
-    def edit(self, copy_id: int, text: str) -> CopyResult:
-        """A person's edit, re-checked against the same product data (stored in meta)."""
+    def recheck(self, copy_id: int, text: str) -> dict[str, dict[str, Any]]:
+        """The writer's own checks on a person's text, against the row's product data
+        (as it is now) and its request's limits and keywords: {name: {ok, detail, found}}."""
         row = self.store.get(copy_id)
         products = list(self.catalog.get_products(row.product_ids).values())
         extra = list(row.params.get("interests", [])) + list(row.params.get("keywords", []))
@@ -223,7 +224,18 @@ class CopyWriter:
             topic=spec.topic_check and bool(products),
             keywords=row.params.get("keywords", []),
         )
-        return self.store.edit(copy_id, text, {c.name: c.as_dict() for c in checks})
+        return {c.name: c.as_dict() for c in checks}
+
+    def edit(self, copy_id: int, text: str) -> CopyResult:
+        """A person's edit, re-checked; its outcome becomes the row's verdict (back to draft)."""
+        return self.store.edit(copy_id, text, self.recheck(copy_id, text))
+
+    def approve(self, copy_id: int, text: str | None = None) -> CopyResult:
+        """Approve the shown text, or `text` instead: an edit is re-checked first and
+        refused (CopyCheckFailed, nothing stored) when it fails a check."""
+        if text is None or not text.strip():
+            return self.store.approve(copy_id)
+        return self.store.approve(copy_id, text, self.recheck(copy_id, text))
 
     # -- planning ---------------------------------------------------------------------
     def _language(self, requested: str | None, products: Sequence[Product]) -> str:

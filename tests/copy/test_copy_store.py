@@ -61,6 +61,7 @@ def test_review_flow_and_filters(store: CopyStore) -> None:
     assert approved.status == "approved" and approved.text == a.text
     edited = store.edit(b.id, "  Cast Iron Skillet, 30 cm  ")
     assert edited.status == "draft" and edited.text == "Cast Iron Skillet, 30 cm"
+    assert not edited.passed and edited.failed_checks == ["unchecked"]  # no checks given
     assert edited.generated_text == b.text  # the model's text is kept beside the edit
     assert [r.id for r in store.list(status="approved", product_id="store-a")] == [a.id]
     assert [r.id for r in store.list(task="title", product_id="store-b")] == [b.id]
@@ -83,9 +84,10 @@ def test_an_edit_is_rechecked(settings: Settings, catalog, store: CopyStore) -> 
     [r] = store.add([_row("k-edit", product_id="cof-0005")])
     w = CopyWriter(settings, catalog=catalog, store=store)
     res = w.edit(r.id, "A 2 L French press, guaranteed.")
-    checks = res.meta["edited_checks"]
-    assert not checks["numbers"]["ok"] and not checks["banned"]["ok"]
+    assert not res.checks["numbers"].ok and not res.checks["banned"].ok
+    assert not res.passed and {"numbers", "banned"} <= set(res.failed_checks)
     assert res.text == "A 2 L French press, guaranteed."
+    assert store.get(r.id).passed is False  # the verdict every reader sees
 
 
 def test_cli_review_and_export(store: CopyStore, tmp_path) -> None:  # noqa: ANN001

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import RS, V1
@@ -70,14 +70,19 @@ def writer_for(request: Request, rs: Recsmith) -> Any:
 
 def runner_for(request: Request, rs: Recsmith) -> JobRunner:
     r = getattr(request.app.state, "copy_jobs", None)
-    if r is None:
-        with _lock:
-            r = getattr(request.app.state, "copy_jobs", None)
-            if r is None:
-                from service.copy.writer import CopyWriter
+    return r if r is not None else make_runner(request.app)
 
-                r = JobRunner(rs.settings, lambda: CopyWriter(rs.settings, catalog=rs.store))
-                request.app.state.copy_jobs = r
+
+def make_runner(app: Any) -> JobRunner:
+    """The app's one job runner (made once), writing with the app's catalogue store."""
+    with _lock:
+        r = getattr(app.state, "copy_jobs", None)
+        if r is None:
+            from service.copy.writer import CopyWriter
+
+            rs: Recsmith = app.state.recsmith
+            r = JobRunner(rs.settings, lambda: CopyWriter(rs.settings, catalog=rs.store))
+            app.state.copy_jobs = r
     return r
 
 
@@ -104,24 +109,35 @@ def _missing_products(rs: Recsmith, ids: list[str]) -> None:
     response_model=CopyJob,
     summary="Start a batch copy job",
     description="Snapshots the products (a category, or all; at most `limit`) and writes "
-    "their copy in batches on the server's job runner. Poll the job for progress.",
-    responses=error_responses(400, 401, 413, 422, 503),
+    "their copy in batches on the server's job runner. Poll the job for progress. The same "
+    "request while its job is queued or running returns that job (200) instead of a new one; "
+    "at most `RECSMITH_COPY_MAX_ACTIVE_JOBS` jobs are queued or running at once (429 beyond).",
+    responses={
+        200: {"description": "The identical job already queued or running"},
+        **error_responses(400, 401, 413, 422, 429, 503),
+    },
 )
-def start_job(body: CopyJobCreate, rs: RS, request: Request) -> CopyJob:
-    from service.copy.batch import create_job
+def start_job(body: CopyJobCreate, rs: RS, request: Request, response: Response) -> CopyJob:
+    from service.copy.batch import TooManyJobs, submit_job
 
     options = CopyOptions(**body.model_dump(exclude={"task", "category", "limit", "batch_size"}))
-    status = create_job(
-        body.task,
-        options,
-        category=body.category,
-        limit=body.limit,
-        batch_size=body.batch_size,
-        settings=rs.settings,
-    )
-    if status.status == "running":
+    try:
+        status, reused = submit_job(
+            body.task,
+            options,
+            category=body.category,
+            limit=body.limit,
+            batch_size=body.batch_size,
+            settings=rs.settings,
+        )
+    except TooManyJobs as e:
+        raise ApiError(429, str(e), headers={"Retry-After": "60"}) from None
+    if reused:
+        response.status_code = 200
+    elif status.status == "running":
         runner_for(request, rs).submit(status.id)
-    return _job(status, queued=status.status == "running")
+    response.headers["Location"] = f"{V1}/copy/jobs/{status.id}"
+    return _job(status, queued=status.status == "running" and not reused)
 
 
 @router.get(
@@ -205,10 +221,14 @@ def list_copy(
     )
 
 
-def _export_rows(rs: Recsmith, status: str | None, task: str | None) -> Iterator[dict[str, Any]]:
-    from service.copy.store import CopyStore, to_result
+def _export_rows(
+    rs: Recsmith, status: str | None, task: str | None, passed: bool | None, include_unsafe: bool
+) -> Iterator[dict[str, Any]]:
+    from service.copy.store import CopyStore, is_unsafe, to_result
 
-    for row in CopyStore(rs.store.engine).iter_all(status=status, task=task):
+    for row in CopyStore(rs.store.engine).iter_all(status=status, task=task, passed=passed):
+        if is_unsafe(row) and not include_unsafe:
+            continue  # it repeats an instruction planted in the product data
         r = to_result(row).model_dump(mode="json")
         yield {k: r[k] for k in EXPORT_FIELDS}
 
@@ -230,8 +250,18 @@ def export_copy(
     format: Literal["csv", "jsonl"] = "jsonl",  # noqa: A002 - the query parameter's name
     status: Status | None = None,
     task: Literal["summary", "title", "blurb", "headline"] | None = None,
+    passed: Annotated[
+        bool | None, Query(description="Only texts that passed (true) or failed (false) checks")
+    ] = None,
+    include_unsafe: Annotated[
+        bool,
+        Query(
+            description="Also texts that repeat an instruction planted in the product data "
+            "(left out by default; marked by `injection` in failed_checks)"
+        ),
+    ] = False,
 ) -> StreamingResponse:
-    rows = _export_rows(rs, status, task)
+    rows = _export_rows(rs, status, task, passed, include_unsafe)
     name = f"recsmith-copy{'-' + status if status else ''}{'-' + task if task else ''}"
 
     def csv_lines() -> Iterator[str]:
@@ -332,16 +362,24 @@ def get_copy(copy_id: CopyId, rs: RS) -> CopyOut:
     "/{copy_id}/approve",
     response_model=CopyOut,
     summary="Approve a text (optionally with an edit)",
+    description="An edited text is checked like the model's; one that fails a check is "
+    "refused with 422 naming the checks, and nothing is stored (save it with PATCH to keep "
+    "it as a flagged draft).",
     responses=error_responses(400, 401, 404, 422),
 )
-def approve_copy(copy_id: CopyId, rs: RS, body: CopyApprove | None = None) -> CopyOut:
-    from service.copy.store import CopyNotFound
+def approve_copy(
+    copy_id: CopyId, rs: RS, request: Request, body: CopyApprove | None = None
+) -> CopyOut:
+    from service.copy.store import CopyCheckFailed, CopyNotFound
 
     text = body.text.strip() if body and body.text and body.text.strip() else None
     try:
-        return CopyOut.of(_copy_store(rs).approve(copy_id, text))
+        return CopyOut.of(writer_for(request, rs).approve(copy_id, text))
     except CopyNotFound as e:
         raise _not_found(e) from None
+    except CopyCheckFailed as e:
+        fields = [("text", f"{n}: {c.get('detail') or 'failed'}") for n, c in e.failed.items()]
+        raise ApiError(422, str(e), fields=fields) from None
 
 
 @router.post(
