@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     )
     copy_max_retries: int = 2
     copy_on_fail: Literal["flag", "refuse"] = "flag"
+    copy_max_active_jobs: int = Field(default=4, ge=1)  # queued or running batch jobs
 
     # Days llm_calls rows (shoppers' prompts included) are kept; 0 keeps them forever.
     llm_log_retention_days: float = Field(default=30.0, ge=0)
