@@ -87,6 +87,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.index = IndexState(rs)
     app.state.index_ready = True
     app.state.llm_warm = LlmWarm(rs).start()
+    from service.api.jobs import resume_jobs  # copy jobs a dead process left running/queued
+
+    await run_in_threadpool(resume_jobs, app)
     yield
     app.state.index_ready = False
     runner = getattr(app.state, "copy_jobs", None)
