@@ -20,6 +20,7 @@ from rich.text import Text
 
 from service.catalog.ingest import (
     IngestError,
+    check_map_columns,
     count_rows,
     detect_format,
     ingest_file,
@@ -56,7 +57,7 @@ def printable(value: Any) -> str:
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     # The message may quote input (an id, a file name): escaped, never read as rich markup.
-    console.print(f"[bold red]error:[/] {escape(printable(message))}")
+    console.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -117,6 +118,7 @@ def _ingest(
         fmt = detect_format(file, fmt) if file.exists() else fmt
         if not file.exists():
             raise IngestError(f"no such file: {file}")
+        check_map_columns(file, fmt or "jsonl", column_map)  # before the bar: one clear line
         total = count_rows(file, fmt or "jsonl")
         with progress_bar() as bar:
             task = bar.add_task(f"ingest {kind}", total=total)

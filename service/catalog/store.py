@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -12,6 +15,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from service.catalog.models import Interaction, Product
 from service.catalog.tables import InteractionRow, ProductRow
 from service.db import get_engine, session_scope
+
+log = logging.getLogger(__name__)
+
+# Rows per INSERT statement: far below SQLite's 32,766 bound variables at 13 columns.
+_CHUNK = 500
 
 
 class NotFound(KeyError):
@@ -22,19 +30,29 @@ class NotFound(KeyError):
 
 
 def _row_to_product(row: ProductRow) -> Product:
-    return Product(
-        id=row.id,
-        title=row.title,
-        description=row.description or "",
-        category=row.category or "",
-        brand=row.brand or "",
-        price=row.price,
-        currency=row.currency or "USD",
-        attributes=row.attributes or {},
-        tags=row.tags or [],
-        language=row.language or "en",
-        in_stock=bool(row.in_stock),
-    )
+    fields: dict[str, Any] = {
+        "id": row.id,
+        "title": row.title,
+        "description": row.description or "",
+        "category": row.category or "",
+        "brand": row.brand or "",
+        "price": row.price,
+        "currency": row.currency or "USD",
+        "attributes": row.attributes or {},
+        "tags": row.tags or [],
+        "language": row.language or "en",
+        "in_stock": bool(row.in_stock),
+    }
+    try:
+        return Product(**fields)
+    except ValidationError as e:
+        # A row stored before the attribute/tag bounds existed (e.g. nested 300 levels) must
+        # not break every page that lists it: serve it without the offending field.
+        bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
+        log.warning("product %r breaks today's bounds on %s; served without", row.id, bad)
+        for name in bad & {"attributes", "tags"}:
+            fields[name] = {} if name == "attributes" else []
+        return Product(**fields)
 
 
 class CatalogStore:
@@ -47,35 +65,62 @@ class CatalogStore:
     # -- products ---------------------------------------------------------------------
     def upsert_products(self, products: Sequence[Product]) -> tuple[int, int, list[str]]:
         """Insert or update in one transaction. Returns (inserted, updated, changed_ids);
-        a product whose content is identical is neither, so re-ingesting changes nothing."""
+        a product whose content is identical is neither, so re-ingesting changes nothing.
+
+        Safe under concurrent writers on SQLite and PostgreSQL: new ids go in with
+        INSERT ... ON CONFLICT DO NOTHING RETURNING (the database says which rows it
+        inserted, so two requests racing on one new id never hit the UNIQUE constraint),
+        then the ids that already existed are read, compared, and the changed ones written
+        with INSERT ... ON CONFLICT DO UPDATE. The first statement is a write, so SQLite
+        holds its write lock from there on; PostgreSQL locks the compared rows FOR UPDATE.
+        """
         if not products:
             return 0, 0, []
-        # Last row wins when one batch repeats an id.
+        # Last row wins when one batch repeats an id; sorted so that concurrent batches
+        # lock rows in one order (no deadlock on PostgreSQL).
         by_id = {p.id: p for p in products}
-        inserted = updated = 0
-        changed: list[str] = []
+        ids = sorted(by_id)
+        now = datetime.utcnow()
+
+        def values(pid: str) -> dict[str, Any]:
+            p = by_id[pid]
+            return {**p.model_dump(), "content_hash": p.content_hash(), "updated_at": now}
+
+        insert = self._insert()
+        inserted: set[str] = set()
+        updated: list[str] = []
         with session_scope(self.engine) as s:
-            existing = {
-                r.id: r for r in s.scalars(select(ProductRow).where(ProductRow.id.in_(list(by_id))))
-            }
-            now = datetime.utcnow()
-            for pid, p in by_id.items():
-                values = p.model_dump()
-                row = existing.get(pid)
-                if row is None:
-                    s.add(ProductRow(**values, content_hash=p.content_hash(), updated_at=now))
-                    inserted += 1
-                    changed.append(pid)
+            for i in range(0, len(ids), _CHUNK):
+                rows = [values(pid) for pid in ids[i : i + _CHUNK]]
+                stmt = (
+                    insert(ProductRow)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                    .returning(ProductRow.id)
+                )
+                inserted.update(s.scalars(stmt))
+            rest = [pid for pid in ids if pid not in inserted]
+            for i in range(0, len(rest), _CHUNK):
+                chunk = rest[i : i + _CHUNK]
+                query = select(ProductRow).where(ProductRow.id.in_(chunk)).order_by(ProductRow.id)
+                if self.engine.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                stored = {r.id: _row_to_product(r) for r in s.scalars(query)}
+                # A row deleted since the insert above (PostgreSQL) is written again below.
+                changed = [pid for pid in chunk if stored.get(pid) != by_id[pid]]
+                if not changed:
                     continue
-                if _row_to_product(row) == p:
-                    continue
-                for k, v in values.items():
-                    setattr(row, k, v)
-                row.content_hash = p.content_hash()
-                row.updated_at = now
-                updated += 1
-                changed.append(pid)
-        return inserted, updated, changed
+                stmt = insert(ProductRow).values([values(pid) for pid in changed])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={c: stmt.excluded[c] for c in values(changed[0]) if c != "id"},
+                )
+                s.execute(stmt)
+                updated.extend(changed)
+            # The ORM identity map holds the rows read above in their old state.
+            s.expire_all()
+        written = inserted | set(updated)
+        return len(inserted), len(updated), [pid for pid in ids if pid in written]
 
     def get_product(self, product_id: str) -> Product:
         with session_scope(self.engine) as s:
@@ -148,14 +193,19 @@ class CatalogStore:
             }
             for i in interactions
         ]
-        stmt = self._insert()(InteractionRow).on_conflict_do_nothing(
-            index_elements=["user_id", "product_id", "event", "ts"]
-        )
-        count = select(func.count()).select_from(InteractionRow)
+        # Counted from RETURNING: the rows this statement inserted, whatever other writers
+        # append at the same time (a before/after count of the table would include theirs).
+        added = 0
         with session_scope(self.engine) as s:
-            before = s.scalar(count) or 0
-            s.execute(stmt, rows)
-            return (s.scalar(count) or 0) - before
+            for i in range(0, len(rows), _CHUNK):
+                stmt = (
+                    self._insert()(InteractionRow)
+                    .values(rows[i : i + _CHUNK])
+                    .on_conflict_do_nothing(index_elements=["user_id", "product_id", "event", "ts"])
+                    .returning(InteractionRow.id)
+                )
+                added += len(s.scalars(stmt).all())
+        return added
 
     def user_history(self, user_id: str, limit: int = 200) -> list[tuple[str, str, datetime]]:
         """(product_id, event, ts) oldest first, the most recent `limit` events."""
