@@ -2,17 +2,26 @@
 
 The classic recipe (the seed article's): last hidden state, mean over real tokens. Texts
 are sorted by length before batching so padding is minimal; embeddings are cached on disk
-by (model, sha256(text)) so re-indexing unchanged products costs no model call.
+by (model, sha256(text as the model saw it, prefix included)) so re-indexing unchanged
+products costs no model call.
+
+Models differ in how they want text: e5 models were trained with "query: " / "passage: "
+prefixes (asymmetric search), MiniLM with none. `EncoderSpec` holds that per family; callers
+say which side a text is on (`encode_queries` for what a shopper typed, `encode` /
+`encode_passages` for product text).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -24,8 +33,57 @@ def default_encoder_path() -> str:
     return str(pkg.get_model_path())
 
 
+# Short names for RECSMITH_ENCODER_MODEL that resolve to a prepared folder under models_dir.
+PREPARED = {"e5-small": "e5-small", "multilingual-e5-small": "e5-small"}
+
+
 def resolve_encoder(name: str) -> str:
-    return default_encoder_path() if name in ("", "default") else name
+    """ "default" → packaged MiniLM; "e5-small" → the prepared folder (one clear error naming
+    `recsmith models prepare --encoder e5-small` when it is missing or corrupt); else as is."""
+    if name in ("", "default"):
+        return default_encoder_path()
+    if name in PREPARED:
+        from service.retrieval.prepare_encoder import check_prepared, encoder_folder
+
+        folder = encoder_folder(PREPARED[name])
+        check_prepared(folder, PREPARED[name])
+        return str(folder)
+    return name
+
+
+Kind = Literal["query", "passage"]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How a model family wants its input and output."""
+
+    family: str
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    pooling: Literal["mean"] = "mean"  # both families: masked mean, then L2 normalisation
+
+    def prefix(self, kind: Kind) -> str:
+        return self.query_prefix if kind == "query" else self.passage_prefix
+
+
+SPECS = {
+    "minilm": EncoderSpec("minilm"),
+    "e5": EncoderSpec("e5", query_prefix="query: ", passage_prefix="passage: "),
+}
+_E5 = re.compile(r"(^|[-_/])e5([-_/]|$)")
+
+
+def spec_for(model_id: str) -> EncoderSpec:
+    """e5 by name (intfloat/multilingual-e5-small, a multilingual-e5-small folder) or by our
+    manifest; anything else is treated like MiniLM (no prefixes)."""
+    p = Path(model_id)
+    if _E5.search(p.name.lower()) or _E5.search(model_id.lower().rstrip("/")):
+        return SPECS["e5"]
+    manifest = p / "manifest.json"
+    if manifest.is_file() and '"encoder": "e5-' in manifest.read_text(errors="ignore"):
+        return SPECS["e5"]
+    return SPECS["minilm"]
 
 
 class EmbeddingCache:
@@ -74,6 +132,7 @@ class Encoder:
         hf_logging.disable_progress_bar()
 
         self.model_id = resolve_encoder(model_name_or_path)
+        self.spec = spec_for(self.model_id)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
         self.model = AutoModel.from_pretrained(self.model_id).eval()
         self.batch_size = batch_size
@@ -111,12 +170,29 @@ class Encoder:
                     progress(len(idx))
         return out
 
-    def encode(
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """What a shopper typed (e5: "query: " prefix)."""
+        return self.encode(texts, kind="query")
+
+    def encode_passages(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
-        """float32 [n, d], each row L2-normalised."""
+        """Product text (e5: "passage: " prefix); the same as encode()."""
+        return self.encode(texts, progress, kind="passage")
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        kind: Kind = "passage",
+    ) -> np.ndarray:
+        """float32 [n, d], each row L2-normalised. kind: which side of a search the texts
+        are on; it only matters for models with prefixes (e5)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        prefix = self.spec.prefix(kind)
+        if prefix:
+            texts = [prefix + t for t in texts]
         if self.cache is None:
             return self._encode_uncached(texts, progress)
         hashes = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]

@@ -66,6 +66,14 @@ class Indexer:
         ]
         removed = [pid for pid in self.state if pid not in hashes]
         calls_before = self.encoder.model_calls
+        if self.lexical.rebuilt:  # a new lexical format: refill it from the store, no encoding
+            todo = set(changed)  # those are upserted below anyway
+            unchanged = [pid for pid in hashes if pid not in todo]
+            for start in range(0, len(unchanged), 512):
+                self.lexical.upsert(
+                    self.store.get_products(unchanged[start : start + 512]).values()
+                )
+            self.lexical.rebuilt = False
         if on_total:
             on_total(len(changed))
         for start in range(0, len(changed), 512):
