@@ -83,7 +83,7 @@ class Recsmith:
     @cached_property
     def retriever(self) -> Retriever:
         return Retriever(
-            lambda texts: self.encoder.encode(texts),
+            lambda texts: self.encoder.encode_queries(texts),  # e5: "query: " prefix
             self.dense,
             self.lexical,
             self.meta,

