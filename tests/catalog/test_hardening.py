@@ -8,10 +8,13 @@ import ast
 import csv
 import io
 import json
+import os
 import re
 import sys
 import threading
 import tomllib
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +44,33 @@ def nested(levels: int) -> dict:
 @pytest.fixture()
 def store(tmp_path: Path) -> CatalogStore:
     return CatalogStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CatalogStore]:
+    """SQLite always; PostgreSQL too when RECSMITH_TEST_POSTGRES_URL names a server (a fresh
+    database per test is created there and dropped after)."""
+    if request.param == "sqlite":
+        yield CatalogStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        return
+    url = os.environ.get("RECSMITH_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set RECSMITH_TEST_POSTGRES_URL to run against PostgreSQL")
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    name = f"recsmith_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    store = CatalogStore(make_url(url).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield store
+    finally:
+        store.engine.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def errors_of(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, str]:
@@ -294,7 +324,8 @@ def test_cli_map_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # -- 4, 5. concurrent upserts and appends ------------------------------------------------
-def test_concurrent_upserts_and_appends_store_each_once(store: CatalogStore) -> None:
+def test_concurrent_upserts_store_each_once(any_store: CatalogStore) -> None:
+    store = any_store
     workers, rounds = 8, 5
     for r in range(rounds):
         ids = [f"c{r}-{i}" for i in range(12)]
@@ -316,6 +347,10 @@ def test_concurrent_upserts_and_appends_store_each_once(store: CatalogStore) -> 
     assert store.upsert_products([Product(id="c0-0", title="Item c0-0")]) == (0, 0, [])
     assert store.upsert_products([Product(id="c0-0", title="New")]) == (0, 1, ["c0-0"])
 
+
+def test_concurrent_appends_report_exact_counts(any_store: CatalogStore) -> None:
+    store, workers = any_store, 8
+    store.upsert_products([Product(id="c0-1", title="x")])
     start = threading.Barrier(workers)
 
     def append(w: int) -> int:
@@ -382,3 +417,26 @@ def test_imported_distributions_are_declared() -> None:
                 if not found & {d.replace("_", "-") for d in declared}:
                     missing.add(f"{top} ({path.relative_to(REPO)})")
     assert not missing, f"imported but not in pyproject dependencies: {sorted(missing)}"
+
+
+def test_upsert_and_append_counts_on_each_database(any_store: CatalogStore) -> None:
+    store = any_store
+    many = [Product(id=f"m-{i:04d}", title=f"Item {i}") for i in range(1_200)]  # > 2 chunks
+    ins, upd, changed = store.upsert_products(many)
+    assert (ins, upd, len(changed)) == (1_200, 0, 1_200)
+    batch = [
+        Product(id="m-0001", title="Item 1"),  # identical: unchanged
+        Product(id="m-0002", title="first"),  # repeated id: the last one wins
+        Product(id="m-0002", title="Item 2, renamed", attributes={"a": {"b": 1}}),
+        Product(id="m-new", title="New"),
+    ]
+    assert store.upsert_products(batch) == (1, 1, ["m-0002", "m-new"])
+    assert store.get_product("m-0002").attributes == {"a": {"b": 1}}
+    assert store.upsert_products(batch) == (0, 0, [])
+    events = [
+        Interaction(user_id="u", product_id="m-0001", ts=1_700_000_000 + k % 700)
+        for k in range(1_400)  # each event twice in one call, over chunk boundaries
+    ]
+    assert store.add_interactions(events) == 700
+    assert store.add_interactions(events) == 0
+    assert store.count_interactions() == 700
