@@ -76,6 +76,16 @@ def ranking(
     sensitivity: Annotated[
         bool, typer.Option(help="baselines again under the other time tie-break")
     ] = True,
+    fit_fusion: Annotated[
+        bool, typer.Option(help="fit the source fusion on the validation target first")
+    ] = True,
+    pipeline_k: Annotated[
+        int, typer.Option(min=1, max=100, help="items the `recsmith pipeline` row asks for")
+    ] = 50,
+    pipeline_rerank: Annotated[
+        str,
+        typer.Option(help="rerank of the `recsmith pipeline` row: none | verbalizer | reasoning"),
+    ] = "none",
     out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
     tag: Annotated[str, typer.Option(help="suffix for the result file names")] = "",
 ) -> None:
@@ -88,6 +98,10 @@ def ranking(
         raise typer.BadParameter("use item_id or original", param_hint="--tie-break")
     if tag and not tag.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise typer.BadParameter("letters, digits, - _ . only", param_hint="--tag")
+    if pipeline_rerank not in ("none", "verbalizer", "reasoning"):
+        raise typer.BadParameter(
+            "use none, verbalizer or reasoning", param_hint="--pipeline-rerank"
+        )
     if (items is None) != (interactions is None):
         raise typer.BadParameter("give both --items and --interactions", param_hint="--items")
     names = [n.strip() for n in rerankers.split(",") if n.strip()]
@@ -122,6 +136,9 @@ def ranking(
             rerank_users=rerank_users,
             reporter=reporter,
             sensitivity=sensitivity,
+            fit_fusion=fit_fusion,
+            pipeline_k=pipeline_k,
+            pipeline_rerank=pipeline_rerank,
         )
         reporter.close()
     command = "recsmith eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -209,6 +226,9 @@ def report(
         retrieval=True,
         content=True,
         sensitivity=False,
+        fit_fusion=True,
+        pipeline_k=50,
+        pipeline_rerank="none",
         out=out,
         tag="",
     )

@@ -1,13 +1,16 @@
 """One offline ranking run: every method side by side on the same LlamaRec split.
 
 Baselines are fitted on every user's history for the target at hand and tuned (EASE's λ)
-on the validation target; the report is on the test target. recsmith's own retrieval runs
-as the service runs it: a `Recsmith` over a temporary data directory with the data set's
-test histories ingested (never a test target), one `Retriever.candidates` call per user.
-Each source (dense history, co-interaction) and the fused hybrid is scored on its own
-shortlist. Past the shortlist, the ranking goes on by that method's base score over the
-whole catalogue (dense: cosine to the profile; co-interaction: its cosine-normalised
-co-counts; hybrid: weighted RRF of those two), which only moves MRR and Recall past K=20.
+on the validation target; the report is on the test target. recsmith runs as the service
+runs it, over temporary data directories:
+1. fusion: a store of validation histories; the service's `Retriever.source_lists` per
+   user; the source fusion fitted on the validation items (eval/fusion_fit.py) and saved
+   as the artefact the service loads (`<data dir>/artefacts/fusion.json`);
+2. a store of test histories (never a test target) whose `Recsmith` loads that artefact;
+   each source and the fused hybrid (fitted, and today's equal-weight RRF) scored on its
+   own list (past the list: a miss);
+3. the `recsmith pipeline` row: `service.recommend.recommend` — the function
+   /v1/recommendations calls — per user, with the configured rerank.
 
 LLM rerankers plug in through `evaluate_reranker`: any `service.ranking.base.Reranker`
 reorders the hybrid top-20 of a fixed, seeded sample of users, timed per user.
@@ -15,6 +18,8 @@ reorders the hybrid top-20 of a fixed, seeded sample of users, timed per user.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import tempfile
 import time
@@ -25,14 +30,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import scipy.sparse as sp
 
 from eval.baselines import EASE, EASE_LAMBDAS, EASE_MAX_ITEMS, Method, default_methods
 from eval.datasets import Dataset
-from eval.metrics import KS, TargetRanks, summarize, target_ranks
+from eval.fusion_fit import FitResult, data_version, fit_fusion
+from eval.metrics import KS, TargetRanks, ranks_from_lists, summarize, target_ranks
 from eval.split import Split, Target, TieBreak, leave_last_two_out
 from service.catalog.models import Event, Interaction, Product
-from service.retrieval.retriever import RRF_K, Candidate, RetrievalRequest
+from service.retrieval.retriever import Candidate, RetrievalRequest
 
 SHORTLIST = 20
 HISTORY_LIMIT = 200  # what Recsmith.history() hands the retriever for a known user
@@ -216,6 +221,8 @@ class RetrievalEval:
     results: list[MethodResult]
     cases: list[RerankCase]
     setup_s: float
+    fusion: FitResult | None = None
+    served: dict[str, list[str]] = field(default_factory=dict)  # pipeline: user -> items
 
 
 def _history_products_for(split: Split, rows: np.ndarray) -> list[list[str]]:
@@ -223,22 +230,24 @@ def _history_products_for(split: Split, rows: np.ndarray) -> list[list[str]]:
     return [[split.item_ids[i] for i in hist[r]] for r in rows]
 
 
-def _ingest_histories(rs: Any, ds: Dataset, split: Split) -> int:
-    """Products, and every user's test history (never the test target) as ratings. Times
-    are synthetic, one second apart in split order, so the store replays the split's order
-    exactly (ties included)."""
+def _ingest_histories(rs: Any, ds: Dataset, split: Split, target: Target = "test") -> int:
+    """Products, and every user's history for `target` (never that target, nor anything
+    after it). Each rated item is stored as a purchase, so the service's own
+    exclude-purchased filter hides what the user has seen, as the protocol requires (one
+    event kind for all: rankings are the same as with ratings). Times are synthetic, one
+    second apart in split order, so the store replays the split's order (ties included)."""
     for start in range(0, len(ds.products), 2000):
         rs.store.upsert_products(ds.products[start : start + 2000])
     t0 = datetime(2000, 1, 1, tzinfo=UTC)
     batch: list[Interaction] = []
     n = 0
-    for user, hist in zip(split.users, split.history("test"), strict=True):
+    for user, hist in zip(split.users, split.history(target), strict=True):
         for pos, item in enumerate(hist):
             batch.append(
                 Interaction(
                     user_id=user,
                     product_id=split.item_ids[item],
-                    event=Event.rating,
+                    event=Event.purchase,
                     ts=t0 + timedelta(seconds=pos),
                 )
             )
@@ -249,75 +258,76 @@ def _ingest_histories(rs: Any, ds: Dataset, split: Split) -> int:
     return n
 
 
-class _BaseScores:
-    """Whole-catalogue scores of each source, for ranking past the shortlist: the same
-    formulas as the retriever's sources, as matrices (built once, then per user batch)."""
-
-    def __init__(self, rs: Any, split: Split) -> None:
-        self.index = {pid: i for i, pid in enumerate(split.item_ids)}
-        self.n_items = split.n_items
-        self.vectors = np.stack([rs.dense.vectors[rs.dense.row[pid]] for pid in split.item_ids])
-        co = rs.co
-        pop = np.array([co.popularity.get(pid, 0.0) or 1.0 for pid in split.item_ids])
-        crow, ccol, cval = [], [], []
-        for a, nbrs in co.pairs.items():
-            ia = self.index.get(a)
-            if ia is None:
-                continue
-            for b, c in nbrs.items():
-                ib = self.index.get(b)
-                if ib is not None:
-                    crow.append(ia)
-                    ccol.append(ib)
-                    cval.append(c)
-        inv = sp.diags(1 / np.sqrt(pop))
-        c_mat = sp.csr_matrix((cval, (crow, ccol)), shape=(self.n_items, self.n_items))
-        self.co = (inv @ c_mat @ inv).tocsr()
-        self.weights = rs.retriever.weights
-
-    def __call__(self, weights: Sequence[dict[str, float]]) -> dict[str, np.ndarray]:
-        rows, cols, vals = [], [], []
-        for r, w in enumerate(weights):
-            for pid, v in w.items():
-                rows.append(r)
-                cols.append(self.index[pid])
-                vals.append(v)
-        w_mat = sp.csr_matrix((vals, (rows, cols)), shape=(len(weights), self.n_items))
-        dense = np.asarray(w_mat @ self.vectors) @ self.vectors.T
-        co_scores = np.asarray((w_mat @ self.co).todense())
-        hybrid = self.weights.dense / (RRF_K + _ranks(dense)) + np.where(
-            co_scores > 0, self.weights.co_interaction / (RRF_K + _ranks(co_scores)), 0.0
-        )
-        return {"dense_history": dense, "co_interaction": co_scores, "hybrid": hybrid}
-
-
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of every item per row (descending, ties by item index)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1)[None, :], axis=1)
-    return ranks
-
-
-def _rank_with_shortlist(
-    shortlist: list[str], target: str, base: np.ndarray, seen: np.ndarray, index: dict[str, int]
-) -> float:
-    """Shortlist first, then every other unseen item by the base score (ties by index)."""
-    if target in shortlist:
-        return float(shortlist.index(target) + 1)
-    excluded = seen.copy()
-    excluded[[index[p] for p in shortlist]] = True
-    t = index[target]
-    higher = (~excluded) & (base > base[t])
-    tied_before = (~excluded) & (base == base[t]) & (np.arange(len(base)) < t)
-    return float(len(shortlist) + 1 + higher.sum() + tied_before.sum())
-
-
 SOURCE_LABELS = {
     "dense_history": "recsmith retrieval: dense history (MiniLM profile)",
-    "co_interaction": "recsmith retrieval: co-interaction",
-    "hybrid": "recsmith retrieval: hybrid (weighted RRF)",
+    "co_interaction": "recsmith retrieval: co-interaction (window)",
+    "item_knn": "recsmith retrieval: item-kNN (last 20, 0.5^age)",
 }
+HYBRID_FITTED = "recsmith retrieval: hybrid, fitted fusion"
+HYBRID_RRF = "recsmith retrieval: hybrid, equal-weight RRF (before fitting)"
+PIPELINE = "recsmith pipeline"
+PIPELINE_K = 50  # items asked of recommend(); the rest of the catalogue counts as misses
+POOL = 10**9  # fuse() cut-off that keeps every candidate of every source
+
+
+def _recsmith_over(root: Path, encoder: Encoder, ds: Dataset, split: Split, target: Target) -> Any:
+    """A `Recsmith` over `root` holding every user's history for `target`."""
+    from service.config import Settings
+    from service.recsmith import Recsmith
+
+    rs = Recsmith(Settings(data_dir=root, database_url=""))
+    rs.__dict__["encoder"] = encoder  # share the embedding cache with the content baseline
+    _ingest_histories(rs, ds, split, target)
+    rs.sync_index()
+    return rs
+
+
+def _source_lists(
+    rs: Any, split: Split, rows: np.ndarray, target: Target, k: int, reporter: Reporter
+) -> tuple[list[dict[str, list[tuple[str, float]]]], list[float]]:
+    """Every source's list per user, from the service's own `Retriever.source_lists`."""
+    hist = split.history(target)
+    out, latency = [], []
+    for r in rows:
+        ids = [split.item_ids[i] for i in hist[r]]
+        recent = [(pid, Event.purchase.value) for pid in ids[-HISTORY_LIMIT:]]
+        req = RetrievalRequest(user_id=split.users[r], k=k)
+        t0 = time.perf_counter()
+        out.append(rs.retriever.source_lists(req, history=recent, purchased=set(ids)))
+        latency.append(time.perf_counter() - t0)
+        reporter.advance()
+    return out, latency
+
+
+def fit_fusion_on_validation(
+    ds: Dataset,
+    split: Split,
+    rows: np.ndarray,
+    encoder: Encoder,
+    k: int = PIPELINE_K,
+    reporter: Reporter | None = None,
+) -> FitResult:
+    """Source lists for each user's validation history (a store that never holds a
+    validation or test item), then the fusion fitted on the validation items."""
+    reporter = reporter or Reporter()
+    with tempfile.TemporaryDirectory(prefix="recsmith-fusion-") as tmp:
+        reporter.stage("fusion: ingest + index validation histories")
+        rs = _recsmith_over(Path(tmp), encoder, ds, split, "val")
+        reporter.stage("fusion: source lists on the validation target", len(rows))
+        lists, _lat = _source_lists(rs, split, rows, "val", k, reporter)
+        reporter.stage("fusion: fit")
+        val_targets = split.targets("val")
+        targets = [split.item_ids[val_targets[r]] for r in rows]
+        sources = sorted({s for ranked in lists for s in ranked})
+        defaults = {s: rs.retriever._weight(s) for s in sources}
+        hist = split.history("val")
+        info = {
+            "dataset": ds.name,
+            "data_version": data_version(ds.name, [hist[r] for r in rows], split.tie_break),
+            "encoder_id": str(encoder.model_id),
+            "retrieval_k": k,
+        }
+        return fit_fusion(lists, targets, defaults, info)
 
 
 def evaluate_recsmith(
@@ -328,102 +338,148 @@ def evaluate_recsmith(
     rerank_rows: set[int],
     reporter: Reporter | None = None,
     shortlist: int = SHORTLIST,
+    fit: bool = True,
+    pipeline_k: int = PIPELINE_K,
+    pipeline_rerank: str = "none",
+    data_dir: Path | None = None,
 ) -> RetrievalEval:
-    from service.config import Settings
-    from service.recsmith import Recsmith
+    """Each retrieval source and the fused hybrid on their own lists, then the pipeline
+    exactly as /v1/recommendations serves it (`service.recommend.recommend`), all over a
+    `Recsmith` whose data dir holds the fusion fitted on the validation target.
+    data_dir: keep that data dir there (an empty folder) instead of a temporary one, e.g. to
+    serve it afterwards."""
+    from service.recommend import recommend
 
     reporter = reporter or Reporter()
     t_setup = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="recsmith-eval-") as tmp:
-        rs = Recsmith(Settings(data_dir=Path(tmp), database_url=""))
-        rs.__dict__["encoder"] = encoder  # share the embedding cache with the content baseline
-        reporter.stage("recsmith: ingest")
-        _ingest_histories(rs, ds, split)
-        reporter.stage("recsmith: index")
-        rs.sync_index()
-        retriever = rs.retriever
-        captured: dict[str, list[tuple[str, float]]] = {}
-        fuse = retriever.fuse
+    fitted: FitResult | None = None
+    if fit:
+        fitted = fit_fusion_on_validation(ds, split, rows, encoder, pipeline_k, reporter)
+    with contextlib.ExitStack() as stack:
+        root = data_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="recsmith-eval-"))
+        )
+        if fitted is not None:
+            from service.config import Settings
 
-        def capture(ranked: dict[str, list[tuple[str, float]]], k: int) -> list[Candidate]:
-            captured.clear()
-            captured.update(ranked)
-            return fuse(ranked, k)
-
-        retriever.fuse = capture  # type: ignore[method-assign] - per-source lists, same fusion
+            fitted.fusion.save(Settings(data_dir=root).fusion_file)
+        reporter.stage("recsmith: ingest + index test histories")
+        rs = _recsmith_over(root, encoder, ds, split, "test")
+        retriever = rs.retriever  # loads the artefact, as the service does at start-up
+        status = rs.fusion_status
+        plain = copy.copy(retriever)
+        plain.fusion = None  # today's weighted RRF, for the before/after rows
         setup_s = time.perf_counter() - t_setup
 
-        index = {pid: i for i, pid in enumerate(split.item_ids)}
-        hist_ids = _history_products_for(split, rows)
         targets = split.targets("test")
-        lists: dict[str, list[list[str]]] = {k: [] for k in SOURCE_LABELS}
-        weights: list[dict[str, float]] = []
-        latency: list[float] = []
+        target_ids = [split.item_ids[targets[r]] for r in rows]
+        reporter.stage("recsmith: retrieval sources", len(rows))
+        lists, latency = _source_lists(rs, split, rows, "test", pipeline_k, reporter)
+        ranked: dict[str, list[list[str]]] = {k: [] for k in SOURCE_LABELS}
+        ranked[HYBRID_FITTED], ranked[HYBRID_RRF] = [], []
         cases: list[RerankCase] = []
-        reporter.stage("recsmith: retrieve", len(rows))
-        for n, r in enumerate(rows):
-            recent = [(pid, Event.rating.value) for pid in hist_ids[n][-HISTORY_LIMIT:]]
-            req = RetrievalRequest(user_id=split.users[r], k=shortlist)
-            t0 = time.perf_counter()
-            cands = retriever.candidates(req, history=recent, purchased=set(hist_ids[n]))
-            latency.append(time.perf_counter() - t0)
-            for src in ("dense_history", "co_interaction"):
-                lists[src].append([p for p, _ in captured.get(src, [])][:shortlist])
-            lists["hybrid"].append([c.product_id for c in cands])
-            weights.append(retriever.profile_weights(recent))
+        hist = split.history("test")
+        for n, (r, src_lists) in enumerate(zip(rows, lists, strict=True)):
+            for src in SOURCE_LABELS:
+                ranked[src].append([p for p, _ in src_lists.get(src, [])])
+            pool = retriever.fuse(src_lists, POOL)
+            ranked[HYBRID_FITTED].append([c.product_id for c in pool])
+            ranked[HYBRID_RRF].append([c.product_id for c in plain.fuse(src_lists, POOL)])
             if int(r) in rerank_rows:
-                shown = hist_ids[n][-RERANK_HISTORY:]
+                ids = [split.item_ids[i] for i in hist[r]]
+                shown = ids[-RERANK_HISTORY:]
+                cands = pool[:shortlist]
                 prods = rs.store.get_products(shown + [c.product_id for c in cands])
+                full = ranked[HYBRID_FITTED][-1]
+                tgt = target_ids[n]
                 cases.append(
                     RerankCase(
                         user_id=split.users[r],
-                        target=split.item_ids[targets[r]],
+                        target=tgt,
                         candidates=cands,
                         history=[prods[p] for p in shown if p in prods],
                         products=prods,
-                        tail_rank=0.0,  # filled below, once base scores exist
-                        retrieval_s=latency[-1],
+                        tail_rank=float(full.index(tgt) + 1) if tgt in full else np.inf,
+                        retrieval_s=latency[n],
                     )
                 )
+
+        # The pipeline as served: the same function /v1/recommendations calls, per user.
+        reporter.stage(f"recsmith pipeline: recommend(k={pipeline_k})", len(rows))
+        served: list[list[str]] = []
+        served_s: list[float] = []
+        degraded: list[str] = []
+        for r in rows:
+            t0 = time.perf_counter()
+            rec = recommend(rs, user_id=split.users[r], k=pipeline_k, rerank=pipeline_rerank)
+            served_s.append(time.perf_counter() - t0)
+            served.append([i.product_id for i in rec.items])
+            if rec.degraded:
+                degraded.append(rec.degraded_reason or "unknown")
             reporter.advance()
 
-        reporter.stage("recsmith: score the rest of the catalogue")
-        results: list[MethodResult] = []
-        ranks: dict[str, np.ndarray] = {k: np.zeros(len(rows)) for k in SOURCE_LABELS}
-        base_scores = _BaseScores(rs, split)
-        test_hist = split.history("test")
-        for start in range(0, len(rows), SCORE_BATCH):
-            sl = slice(start, start + SCORE_BATCH)
-            base = base_scores(weights[sl])
-            seen = seen_mask([test_hist[r] for r in rows[sl]], split.n_items)
-            for j, r in enumerate(rows[sl]):
-                tgt = split.item_ids[targets[r]]
-                for src in SOURCE_LABELS:
-                    ranks[src][start + j] = _rank_with_shortlist(
-                        lists[src][start + j], tgt, base[src][j], seen[j], index
-                    )
-        by_user = {split.users[r]: n for n, r in enumerate(rows)}
-        for case in cases:
-            case.tail_rank = float(ranks["hybrid"][by_user[case.user_id]])
-        lat_ms = 1000 * float(np.mean(latency)) if latency else 0.0
-        target_ids = [split.item_ids[targets[r]] for r in rows]
-        for src, label in SOURCE_LABELS.items():
-            results.append(
-                MethodResult(
-                    name=label,
-                    kind="retrieval",
-                    users=len(rows),
-                    test=summarize(ranks[src]),
-                    shortlist_recall=float(
-                        np.mean([t in sl for t, sl in zip(target_ids, lists[src], strict=True)])
-                    ),
-                    latency_ms=lat_ms,
-                    latency_kind="one Retriever.candidates call per user (all sources at once)",
-                    params={"shortlist": shortlist, "history_limit": HISTORY_LIMIT},
-                    note="past the shortlist: ranked by the source's base score",
-                )
+    lat_ms = 1000 * float(np.mean(latency)) if latency else 0.0
+    results: list[MethodResult] = []
+    params = {"shortlist": shortlist, "history_limit": HISTORY_LIMIT, "list_depth": pipeline_k}
+    for key in (*SOURCE_LABELS, HYBRID_FITTED, HYBRID_RRF):
+        ranks = ranks_from_lists(ranked[key], target_ids)
+        results.append(
+            MethodResult(
+                name=SOURCE_LABELS.get(key, key),
+                kind="retrieval",
+                users=len(rows),
+                test=summarize(ranks),
+                shortlist_recall=float(np.mean(ranks <= shortlist)),
+                latency_ms=lat_ms,
+                latency_kind="one Retriever.source_lists call per user (all sources at once)",
+                params=params,
+                note="ranked within the source's list (hybrid: the fused pool of all lists); "
+                "past it a miss",
             )
-    return RetrievalEval(results, cases, setup_s)
+        )
+        if key == HYBRID_FITTED and fitted is not None:
+            results[-1].params = {
+                **params,
+                "fusion": fitted.fusion.to_dict(),
+                "validation": {
+                    "equal_weight_rrf": fitted.baseline,
+                    "fitted": fitted.fitted,
+                    "two_fold_cross_fit": fitted.cross_fit,
+                },
+            }
+    ranks = ranks_from_lists(served, target_ids)
+    same = sum(a[:pipeline_k] == b for a, b in zip(ranked[HYBRID_FITTED], served, strict=True))
+    note = (
+        f"service.recommend.recommend(k={pipeline_k}, rerank={pipeline_rerank}) per user on a "
+        f"Recsmith over the eval's data dir (fusion: {status.state if status else 'n/a'}); "
+        f"items past the {pipeline_k} returned count as misses (MRR is a lower bound). "
+        f"{same} of {len(rows)} lists equal the fitted hybrid's top {pipeline_k}; "
+        f"{len(degraded)} degraded"
+    )
+    if degraded:
+        note += f" (first reason: {degraded[0][:160]})"
+    results.append(
+        MethodResult(
+            name=PIPELINE,
+            kind="retrieval" if pipeline_rerank == "none" else "rerank",
+            users=len(rows),
+            test=summarize(ranks),
+            shortlist_recall=float(np.mean(ranks <= shortlist)),
+            latency_ms=1000 * float(np.mean(served_s)) if served_s else 0.0,
+            latency_kind="one recommend() call per user (store reads, retrieval, rerank)",
+            params={
+                "k": pipeline_k,
+                "rerank": pipeline_rerank,
+                "fusion_status": status.state if status else None,
+                "fusion_reason": status.reason if status else None,
+                "same_as_fitted_hybrid": same,
+                "degraded": len(degraded),
+            },
+            note=note,
+        )
+    )
+    by_user = {split.users[r]: items for r, items in zip(rows, served, strict=True)}
+    return RetrievalEval(results, cases, setup_s, fitted, by_user)
 
 
 # -- LLM rerankers ------------------------------------------------------------------------
@@ -548,6 +604,9 @@ def run_ranking(
     reporter: Reporter | None = None,
     sensitivity: bool = True,
     ease_lambdas: Sequence[float] = EASE_LAMBDAS,
+    fit_fusion: bool = True,
+    pipeline_k: int = PIPELINE_K,
+    pipeline_rerank: str = "none",
 ) -> RankingRun:
     """rerankers: names for load_rerankers, or Reranker objects."""
     reporter = reporter or Reporter()
@@ -619,10 +678,35 @@ def run_ranking(
         )
         rerank_users_rows = {int(rows[i]) for i in rerank_rows}
         t0 = time.perf_counter()
-        rev = evaluate_recsmith(ds, split, rows, encoder, rerank_users_rows, reporter)
-        timings["recsmith_setup"] = rev.setup_s
+        rev = evaluate_recsmith(
+            ds,
+            split,
+            rows,
+            encoder,
+            rerank_users_rows,
+            reporter,
+            fit=fit_fusion,
+            pipeline_k=pipeline_k,
+            pipeline_rerank=pipeline_rerank,
+        )
+        timings["recsmith_setup_incl_fusion_fit"] = rev.setup_s
         timings["recsmith"] = time.perf_counter() - t0
         run.results.extend(rev.results)
+        if rev.fusion is not None:
+            f = rev.fusion
+            run.notes.append(
+                "Fusion fitted on the validation target (each user's second-to-last item; "
+                "source lists from a store of validation histories only), saved to the eval "
+                "data dir's artefacts/fusion.json and loaded by the Recsmith there: "
+                f"rank weights {_fmt(f.fusion.rank_weights)}, score weights "
+                f"{_fmt(f.fusion.score_weights) or 'none'}, rrf_k {f.fusion.rrf_k:g}. "
+                f"Validation NDCG@10 {f.baseline['ndcg@10']:.3f} (equal-weight RRF) → "
+                f"{f.fitted['ndcg@10']:.3f} fitted, {f.cross_fit['ndcg@10']:.3f} two-fold "
+                f"cross-fit; Recall@20 {f.baseline['recall@20']:.3f} → "
+                f"{f.fitted['recall@20']:.3f} ({f.cross_fit['recall@20']:.3f} cross-fit)."
+            )
+        else:
+            run.notes.append("Fusion not fitted this run: the service's default weights.")
         if specs:
             objs, notes = load_rerankers([s for s in specs if isinstance(s, str)], reporter)
             run.notes.extend(notes)
@@ -635,6 +719,10 @@ def run_ranking(
                     timings[f"rerank_{getattr(obj, 'name', 'x')}"] = time.perf_counter() - t0
     run.timings_s = {k: round(v, 2) for k, v in timings.items()}
     return run
+
+
+def _fmt(weights: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3g}" for k, v in sorted(weights.items()))
 
 
 def _same_sample_retrieval(cases: Sequence[RerankCase]) -> MethodResult:

@@ -141,10 +141,10 @@ def markdown(run: RankingRun, command: str = "") -> str:
         lines.append(
             "- recsmith retrieval rows: the service's `Retriever` over a temporary store "
             "holding every user's test history (never a test target), items already seen "
-            "excluded (passed as the user's purchases). Each source is scored on its own top "
-            "20; past the shortlist the ranking continues by the source's base score over the "
-            "whole catalogue (dense: cosine to the recency-weighted profile; co-interaction: "
-            "its normalised co-counts; hybrid: weighted RRF of both), which moves only MRR."
+            "excluded (stored as the user's purchases). Each source is scored on its own list "
+            "(the hybrid on the fused pool of all lists); a target past the list is a miss, "
+            "so MRR is a lower bound. `recsmith pipeline` calls `service.recommend.recommend`, "
+            "the function /v1/recommendations runs, on every user."
         )
     for note in run.notes:
         lines.append(f"- {note}")
@@ -166,8 +166,11 @@ def markdown(run: RankingRun, command: str = "") -> str:
                 f"(Δ {d_rec:+.3f})"
             )
 
-        # What the service serves is the hybrid shortlist (reranked when a reranker is on).
-        served = next((r for r in ours if "hybrid" in r.name and r.kind == "retrieval"), None)
+        # What the service serves: the `recsmith pipeline` row (recommend() itself) when the
+        # run has one, else the hybrid shortlist.
+        served = next((r for r in ours if r.name == "recsmith pipeline"), None) or next(
+            (r for r in ours if "hybrid" in r.name and r.kind == "retrieval"), None
+        )
         top = max(ours, key=lambda r: r.test["ndcg@10"])
         if served is not None:
             lines.append(f"- Verdict: the service's retrieval as configured ({served.name}) "

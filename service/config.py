@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # Retrieval
     shortlist_size: int = 20
     history_recency_half_life: float = 5.0  # in interactions: weight 0.5 ** (age / half_life)
+    # Learned source fusion (eval/fusion_fit.py); empty means data_dir/artefacts/fusion.json.
+    # Missing or unreadable: weighted RRF with default weights (a warning when unreadable);
+    # strict: an error at start-up instead.
+    fusion_path: Path | None = None
+    fusion_strict: bool = False
 
     # Copy
     banned_claims: list[str] = Field(
@@ -128,6 +133,10 @@ class Settings(BaseSettings):
         else:
             keys = [k.strip() for k in text.split(",")]
         return [k for k in keys if k]
+
+    @property
+    def fusion_file(self) -> Path:
+        return self.fusion_path or self.data_dir / "artefacts" / "fusion.json"
 
     @property
     def db_url(self) -> str:

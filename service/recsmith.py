@@ -12,6 +12,7 @@ from service.retrieval.cooccur import CoInteraction
 from service.retrieval.dense import DenseIndex
 from service.retrieval.encoder import Encoder, get_encoder
 from service.retrieval.filters import ProductMeta
+from service.retrieval.fusion import FusionStatus, load_fusion
 from service.retrieval.indexer import Indexer
 from service.retrieval.lexical import LexicalIndex
 from service.retrieval.retriever import Candidate, RetrievalRequest, Retriever
@@ -26,6 +27,10 @@ class Recsmith:
         self._co: CoInteraction | None = None
         self._synced = False
         self._verbalizer_llm = None
+        # How the retriever fuses its sources; strict settings fail here, at start-up.
+        self.fusion_status: FusionStatus | None = None
+        if self.settings.fusion_strict:
+            load_fusion(self.settings.fusion_file, strict=True)
 
     # -- parts, loaded on first use ---------------------------------------------------
     @cached_property
@@ -82,6 +87,10 @@ class Recsmith:
 
     @cached_property
     def retriever(self) -> Retriever:
+        s = self.settings
+        fusion, self.fusion_status = load_fusion(
+            s.fusion_file, s.fusion_strict, self.encoder.model_id
+        )
         return Retriever(
             lambda texts: self.encoder.encode_queries(texts),  # e5: "query: " prefix
             self.dense,
@@ -90,6 +99,7 @@ class Recsmith:
             co=self.co,
             sequential=self.sequential_model(),
             half_life=self.settings.history_recency_half_life,
+            fusion=fusion,
         )
 
     # -- operations -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from service.catalog.models import EVENT_WEIGHT
 from service.retrieval.cooccur import CoInteraction
 from service.retrieval.dense import DenseIndex
 from service.retrieval.filters import Filters, ProductMeta
+from service.retrieval.fusion import Fusion
 from service.retrieval.lexical import LexicalIndex
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: flattens the head, keeps the tail
@@ -64,6 +65,7 @@ class SourceWeights:
     dense: float = 1.0
     lexical: float = 1.0
     co_interaction: float = 1.0
+    item_knn: float = 1.0
     sequential: float = 1.5
     popularity: float = 0.2
 
@@ -79,6 +81,7 @@ class Retriever:
         sequential: SequenceScorer | None = None,
         weights: SourceWeights | None = None,
         half_life: float = 5.0,
+        fusion: Fusion | None = None,
     ) -> None:
         self.encode_query = encode_query
         self.dense = dense
@@ -88,6 +91,9 @@ class Retriever:
         self.sequential = sequential
         self.weights = weights or SourceWeights()
         self.half_life = half_life
+        # A fusion learned on the validation target (service.retrieval.fusion); None means
+        # weighted RRF with `weights`.
+        self.fusion = fusion
 
     def profile_weights(self, history: list[tuple[str, str]]) -> dict[str, float]:
         """(product_id, event) oldest first -> weight 0.5**(age/half_life) * event weight."""
@@ -106,6 +112,15 @@ class Retriever:
         purchased: set[str] | None = None,
     ) -> list[Candidate]:
         """history: (product_id, event) oldest first (from the store or the request)."""
+        return self.fuse(self.source_lists(req, history, purchased), req.k)
+
+    def source_lists(
+        self,
+        req: RetrievalRequest,
+        history: list[tuple[str, str]] | None = None,
+        purchased: set[str] | None = None,
+    ) -> dict[str, list[tuple[str, float]]]:
+        """Each source's ranked (product_id, score) list for the request, before fusion."""
         history = history if history is not None else [(p, "view") for p in req.history]
         f = req.filters
         excluded = set(f.exclude_ids)
@@ -134,8 +149,15 @@ class Retriever:
                 profile /= np.linalg.norm(profile) + 1e-12
                 ranked["dense_history"] = self.dense.search(profile, depth, mask)
             if self.co:
+                # Over-fetch past the excluded items too: a heavy user's own items fill the top.
+                fetch = depth * 3 + len(excluded)
                 ranked["co_interaction"] = [
-                    (p, s) for p, s in self.co.neighbours(item_weights, depth * 3) if allowed(p)
+                    (p, s) for p, s in self.co.neighbours(item_weights, fetch) if allowed(p)
+                ][:depth]
+                ranked["item_knn"] = [
+                    (p, s)
+                    for p, s in self.co.recent_neighbours([p for p, _ in history], fetch)
+                    if allowed(p)
                 ][:depth]
             if self.sequential is not None:
                 # A broken trained model must not break retrieval.
@@ -162,7 +184,7 @@ class Retriever:
             ranked["popularity"] = [
                 (p, s) for p, s in self.co.most_popular(depth * 5) if allowed(p)
             ][:depth]
-        return self.fuse(ranked, req.k)
+        return ranked
 
     def _weight(self, source: str) -> float:
         w = self.weights
@@ -172,6 +194,8 @@ class Retriever:
             return w.lexical
         if source.startswith("co_interaction"):
             return w.co_interaction
+        if source == "item_knn":
+            return w.item_knn
         if source == "sequential":
             return w.sequential
         return w.popularity
@@ -184,5 +208,8 @@ class Retriever:
                 c = by_id.setdefault(pid, Candidate(pid, 0.0))
                 c.score += w / (RRF_K + rank + 1)
                 c.sources[source] = round(float(score), 6)
+        if self.fusion is not None:
+            for pid, fused in self.fusion.scores(ranked, self._weight).items():
+                by_id[pid].score = fused
         out = sorted(by_id.values(), key=lambda c: (-c.score, c.product_id))
         return out[:k]

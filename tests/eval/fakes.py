@@ -19,7 +19,10 @@ class HashEncoder:
         self.model_calls = 0
 
     def encode(
-        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+        self,
+        texts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        kind: str = "passage",
     ) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for n, text in enumerate(texts):
@@ -31,3 +34,11 @@ class HashEncoder:
         if progress:
             progress(len(texts))
         return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts)
+
+    def encode_passages(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        return self.encode(texts, progress)

@@ -50,7 +50,8 @@ def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None: 
 
     names = [r.name for r in run.results]
     assert any(n.startswith("EASE") for n in names) and "popularity" in names
-    assert sum(r.kind == "retrieval" for r in run.results) == 4  # 3 sources + rerank sample
+    # 3 sources, the fitted and the equal-weight hybrid, the pipeline, the rerank sample
+    assert sum(r.kind == "retrieval" for r in run.results) == 7
     assert run.users_evaluated == 30
     for r in run.results:
         assert 0 <= r.test["ndcg@10"] <= r.test["recall@10"] <= r.test["recall@20"] <= 1
@@ -62,8 +63,18 @@ def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None: 
     assert none.users == rev.users == sample.users == 10
     assert none.test == sample.test  # retrieval order through the plug-in changes nothing
     assert rev.shortlist_recall == sample.shortlist_recall  # a permutation of the shortlist
-    hybrid = by["recsmith retrieval: hybrid (weighted RRF)"]
+    hybrid = by["recsmith retrieval: hybrid, fitted fusion"]
     assert hybrid.shortlist_recall == pytest.approx(hybrid.test["recall@20"])
+    # The pipeline row (recommend() itself, no rerank) serves the fitted hybrid's ranking.
+    pipeline = by["recsmith pipeline"]
+    assert pipeline.params["same_as_fitted_hybrid"] == 30
+    for m in ("ndcg@10", "recall@20"):
+        assert pipeline.test[m] == pytest.approx(hybrid.test[m])
+    # The service's item-kNN source is the strongest baseline's formula: same numbers.
+    knn = by["recsmith retrieval: item-kNN (last 20, 0.5^age)"]
+    base = by["item-kNN (last 20, 0.5^age)"]
+    assert knn.test["ndcg@10"] == pytest.approx(base.test["ndcg@10"])
+    assert knn.test["recall@20"] == pytest.approx(base.test["recall@20"])
 
     day = datetime.now(UTC).date().isoformat()
     assert paths["json"].name == f"{day}-ranking-ml-100k.json"
