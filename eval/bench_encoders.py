@@ -3,10 +3,11 @@
     python -m eval.bench_encoders [--encoders default,e5-small] [--no-ml100k] [--out FILE]
 
 (a) The demo catalogue (service/demo): 6 Chinese queries, each describing one of the 6
-    Chinese products; 3 Chinese queries for English-only products (cross-lingual); 22
-    English queries with an obvious right product set. Per encoder: hit@3 and MRR of the
-    dense ranking alone and of the service's hybrid shortlist (dense + BM25, as
-    `recsmith search` runs it), plus the BM25-only row (encoder-independent).
+    Chinese products; 6 more in words that share no character pair with their product
+    (only the encoder can find those); 3 Chinese queries for English-only products
+    (cross-lingual); 22 English queries with an obvious right product set. Per encoder:
+    hit@3 and MRR of the dense ranking alone and of the service's hybrid shortlist
+    (dense + BM25, as `recsmith search` runs it), and BM25 alone (encoder-independent).
 (b) MovieLens-100k, the "content only" baseline of eval/ranking.py (mean of the last 10
     item embeddings), run alone per encoder with the harness's own split and metrics.
 Encode speed: texts/s of the demo product texts, no cache, this process's torch threads.
@@ -37,6 +38,14 @@ ZH = {  # query → the product it describes (no query copies its product's titl
     "真丝枕套": {"bed-zh-01"},
     "学生看书用的护眼台灯": {"lig-zh-01"},
 }
+ZH_PARAPHRASE = {  # the same products in words that share no bigram with them: BM25 is blind
+    "煮粥的锅具": {"kit-zh-01"},
+    "中式炒菜锅": {"kit-zh-02"},
+    "泡茶的瓷器礼物": {"cof-zh-01"},
+    "春天采摘的新茶": {"cof-zh-02"},
+    "丝绸枕头套": {"bed-zh-01"},
+    "书桌照明灯": {"lig-zh-01"},
+}
 ZH_TO_EN = {  # Chinese queries for products described only in English
     "推荐一款咖啡机": {"cof-0001", "cof-0002", "cof-0003", "cof-0004", "cof-0011"},
     "防水登山夹克": {"out-0001", "out-0002", "out-0004", "out-0003"},
@@ -66,10 +75,11 @@ EN = {
     "monitor for a baby's room": {"bab-0006", "bab-0007"},
     "pushchair for rough paths": {"bab-0004"},
 }
-GROUPS = {"zh": ZH, "zh→en": ZH_TO_EN, "en": EN}
+GROUPS = {"zh": ZH, "zh-paraphrase": ZH_PARAPHRASE, "zh→en": ZH_TO_EN, "en": EN}
 SAMPLES = [
     "煮米饭的电饭锅",
     "送礼用的功夫茶具",
+    "春天采摘的新茶",
     "推荐一款咖啡机",
     "sharp japanese knife",
     "speaker for the beach",

@@ -71,14 +71,14 @@ SPECS = {
     "minilm": EncoderSpec("minilm"),
     "e5": EncoderSpec("e5", query_prefix="query: ", passage_prefix="passage: "),
 }
-_E5 = re.compile(r"(^|[-_/])e5([-_/]|$)")
+_E5 = re.compile(r"(^|[-_])e5([-_]|$)")
 
 
 def spec_for(model_id: str) -> EncoderSpec:
     """e5 by name (intfloat/multilingual-e5-small, a multilingual-e5-small folder) or by our
     manifest; anything else is treated like MiniLM (no prefixes)."""
     p = Path(model_id)
-    if _E5.search(p.name.lower()) or _E5.search(model_id.lower().rstrip("/")):
+    if _E5.search(p.name.lower()):  # the last part of a folder or of a hub id
         return SPECS["e5"]
     manifest = p / "manifest.json"
     if manifest.is_file() and '"encoder": "e5-' in manifest.read_text(errors="ignore"):

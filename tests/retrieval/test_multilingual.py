@@ -171,3 +171,19 @@ def test_failed_download_names_the_fix(tmp_path: Path) -> None:
 
 def test_minilm_default_still_resolves() -> None:
     assert Encoder("default").model_id == default_encoder_path()
+
+
+@pytest.mark.parametrize(
+    ("model_id", "family"),
+    [
+        ("intfloat/multilingual-e5-small", "e5"),
+        ("/srv/models/multilingual-e5-small", "e5"),
+        ("intfloat/e5-base-v2", "e5"),
+        ("/srv/e5-experiments/all-MiniLM-L6-v2", "minilm"),  # only the model's own name counts
+        ("sentence-transformers/all-MiniLM-L6-v2", "minilm"),
+    ],
+)
+def test_family_from_the_model_name(model_id: str, family: str) -> None:
+    from service.retrieval.encoder import spec_for
+
+    assert spec_for(model_id).family == family
