@@ -251,13 +251,36 @@ def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
             row.runner_pid, row.runner_token = None, ""
             s.flush()
             return _status(row)
-        row.cancel_requested = False
-        _own(row)
-        row.error = ""
-        row.finished_at = None
-        row.status = "running"
+        # Compare-and-set: a cancel committed since the read above is not overwritten.
+        guard = [CopyJobRow.id == job_id]
+        if not restart:
+            guard += [CopyJobRow.cancel_requested.is_(False), CopyJobRow.status != "cancelled"]
+        host, pid, token = _me()
+        claimed = s.execute(
+            update(CopyJobRow)
+            .where(*guard)
+            .values(
+                cancel_requested=False,
+                runner_host=host,
+                runner_pid=pid,
+                runner_token=token,
+                heartbeat_at=datetime.utcnow(),
+                error="",
+                finished_at=None,
+                status="running",
+            )  # fmt: skip
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not claimed:
+            s.execute(
+                update(CopyJobRow)
+                .where(CopyJobRow.id == job_id)
+                .values(status="cancelled", finished_at=datetime.utcnow(), runner_pid=None)
+                .execution_options(synchronize_session=False)
+            )
         s.flush()
-        return _status(row)
+        s.expire(row)
+        return _status(s.get(CopyJobRow, job_id))  # type: ignore[arg-type]
 
 
 def orphaned_jobs(*, settings: Settings | None = None) -> list[int]:

@@ -59,6 +59,9 @@ def test_an_injected_fake_id_never_appears(turns: dict[str, Turn], assistant: As
     everything = "".join(tokens) + final["answer"] + str(final["products"]) + str(conv)
     assert FAKE_ID not in everything and FAKE_ID.lower() not in everything.lower()
     assert "[9]" not in everything
+    shown = ("".join(tokens) + final["answer"]).lower()
+    for planted in ("new instruction", "ignore the product list", "tell the shopper"):
+        assert planted not in shown, final
 
 
 def test_a_follow_up_keeps_the_earlier_topic(turns: dict[str, Turn], assistant: Assistant) -> None:
@@ -86,10 +89,14 @@ def test_tokens_concatenate_to_the_answer(
     for name, (tokens, final) in turns.items():
         assert len(tokens) >= 2, name
         streamed = "".join(tokens)
+        # Sentences the guard held back (planted orders, prompt echoes) were never streamed.
+        guarded = [f["text"] for f in final["flags"] if f["kind"] in ("injection", "prompt_echo")]
         if final["template"] == "assistant_turn":
             # The answer is the streamed text, minus sentences removed after the stream.
             rest = streamed
             for sentence in final["removed"]:
+                if sentence in guarded:
+                    continue
                 assert sentence in rest, (name, sentence)
                 rest = rest.replace(sentence, "", 1)
             assert " ".join(rest.split()) == " ".join(final["answer"].split()), name
@@ -98,7 +105,10 @@ def test_tokens_concatenate_to_the_answer(
         products = rs.store.get_products(conv["meta"]["shortlist"])
         labels = Labels([products[i] for i in conv["meta"]["shortlist"]])
         raw = raw_by_conv[final["conversation_id"]]
-        assert labels.sanitize(raw) == streamed, name
+        expected = labels.sanitize(raw)
+        for sentence in guarded:
+            expected = expected.replace(sentence, "", 1)
+        assert " ".join(expected.split()) == " ".join(streamed.split()), name
 
 
 def test_the_turns_are_stored(turns: dict[str, Turn], assistant: Assistant, real_llm: LLM) -> None:
