@@ -165,6 +165,7 @@ def test_slow_rerank_is_cut_at_its_budget_and_blocks_no_reader(
         i["product_id"] for i in plain.json()["items"]
     ]  # the shortlist order
     served_after = out["done"] - t_model
+    print(f"readers done {readers_s:.2f} s, degraded answer {served_after:.2f} s after the call")
     assert served_after < RERANK_BUDGET_S + 5, served_after  # the budget, plus a margin
 
 
