@@ -86,6 +86,10 @@ def ranking(
         str,
         typer.Option(help="rerank of the `recsmith pipeline` row: none | verbalizer | reasoning"),
     ] = "none",
+    sequential_minutes: Annotated[
+        float,
+        typer.Option(min=0, help="train SASRec this long and serve it as a source (0: off)"),
+    ] = 0.0,
     out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
     tag: Annotated[str, typer.Option(help="suffix for the result file names")] = "",
 ) -> None:
@@ -139,6 +143,7 @@ def ranking(
             fit_fusion=fit_fusion,
             pipeline_k=pipeline_k,
             pipeline_rerank=pipeline_rerank,
+            sequential_minutes=sequential_minutes,
         )
         reporter.close()
     command = "recsmith eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -229,6 +234,7 @@ def report(
         fit_fusion=True,
         pipeline_k=50,
         pipeline_rerank="none",
+        sequential_minutes=0.0,
         out=out,
         tag="",
     )

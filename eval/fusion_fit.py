@@ -157,7 +157,7 @@ def ascend(
 @dataclass
 class FitResult:
     fusion: Fusion
-    baseline: dict[str, float]  # equal-weight RRF on the validation target
+    baseline: dict[str, float]  # the default RRF weights on the validation target
     fitted: dict[str, float]  # the fitted fusion, in-sample
     cross_fit: dict[str, float]  # two-fold: each half scored with weights fitted on the other
 
@@ -211,7 +211,7 @@ def fit_fusion(
             "users": data.n_users,
             "objective": f"NDCG@10 + {RECALL_WEIGHT} x Recall@20 on the fused pool",
             "validation": {
-                "equal_weight_rrf": _round(baseline),
+                "default_rrf": _round(baseline),
                 "fitted": _round(fitted),
                 "two_fold_cross_fit": _round(cross_fit),
             },

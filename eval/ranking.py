@@ -7,7 +7,7 @@ runs it, over temporary data directories:
    user; the source fusion fitted on the validation items (eval/fusion_fit.py) and saved
    as the artefact the service loads (`<data dir>/artefacts/fusion.json`);
 2. a store of test histories (never a test target) whose `Recsmith` loads that artefact;
-   each source and the fused hybrid (fitted, and today's equal-weight RRF) scored on its
+   each source and the fused hybrid (fitted, and today's default RRF weights) scored on its
    own list (past the list: a miss);
 3. the `recsmith pipeline` row: `service.recommend.recommend` — the function
    /v1/recommendations calls — per user, with the configured rerank.
@@ -262,19 +262,32 @@ SOURCE_LABELS = {
     "dense_history": "recsmith retrieval: dense history (MiniLM profile)",
     "co_interaction": "recsmith retrieval: co-interaction (window)",
     "item_knn": "recsmith retrieval: item-kNN (last 20, 0.5^age)",
+    "sequential": "recsmith retrieval: SASRec (sequential source)",
 }
 HYBRID_FITTED = "recsmith retrieval: hybrid, fitted fusion"
-HYBRID_RRF = "recsmith retrieval: hybrid, equal-weight RRF (before fitting)"
+HYBRID_RRF = "recsmith retrieval: hybrid, default RRF weights (before fitting)"
 PIPELINE = "recsmith pipeline"
 PIPELINE_K = 50  # items asked of recommend(); the rest of the catalogue counts as misses
 POOL = 10**9  # fuse() cut-off that keeps every candidate of every source
 
 
-def _recsmith_over(root: Path, encoder: Encoder, ds: Dataset, split: Split, target: Target) -> Any:
-    """A `Recsmith` over `root` holding every user's history for `target`."""
+def _recsmith_over(
+    root: Path,
+    encoder: Encoder,
+    ds: Dataset,
+    split: Split,
+    target: Target,
+    sequential: Path | None = None,
+) -> Any:
+    """A `Recsmith` over `root` holding every user's history for `target`; `sequential`: a
+    trained model folder put where the service loads it from (DATA_DIR/models/sequential)."""
+    import shutil
+
     from service.config import Settings
     from service.recsmith import Recsmith
 
+    if sequential is not None:
+        shutil.copytree(sequential, root / "models" / "sequential")
     rs = Recsmith(Settings(data_dir=root, database_url=""))
     rs.__dict__["encoder"] = encoder  # share the embedding cache with the content baseline
     _ingest_histories(rs, ds, split, target)
@@ -306,13 +319,14 @@ def fit_fusion_on_validation(
     encoder: Encoder,
     k: int = PIPELINE_K,
     reporter: Reporter | None = None,
+    sequential: Path | None = None,
 ) -> FitResult:
     """Source lists for each user's validation history (a store that never holds a
     validation or test item), then the fusion fitted on the validation items."""
     reporter = reporter or Reporter()
     with tempfile.TemporaryDirectory(prefix="recsmith-fusion-") as tmp:
         reporter.stage("fusion: ingest + index validation histories")
-        rs = _recsmith_over(Path(tmp), encoder, ds, split, "val")
+        rs = _recsmith_over(Path(tmp), encoder, ds, split, "val", sequential)
         reporter.stage("fusion: source lists on the validation target", len(rows))
         lists, _lat = _source_lists(rs, split, rows, "val", k, reporter)
         reporter.stage("fusion: fit")
@@ -330,6 +344,23 @@ def fit_fusion_on_validation(
         return fit_fusion(lists, targets, defaults, info)
 
 
+def _train_sequential(split: Split, root: Path, minutes: float, reporter: Reporter) -> Path:
+    """SASRec as `recsmith train retriever` trains it, on the split's sequences: it learns
+    from the items before each user's validation target and stops early on that target."""
+    from service.config import Settings
+    from service.training.sequential import SASRecConfig, model_dir, train_on_sequences
+
+    reporter.stage(f"SASRec: train (at most {minutes:g} min)")
+    settings = Settings(data_dir=root, database_url="")
+    n = sum(len(s) for s in split.sequences)
+    version = data_version("split", split.sequences, split.tie_break)
+    train_on_sequences(
+        split.item_ids, split.sequences, settings, version, n,
+        config=SASRecConfig(max_minutes=minutes), extra={"source": "eval ranking"},
+    )  # fmt: skip
+    return model_dir(settings)
+
+
 def evaluate_recsmith(
     ds: Dataset,
     split: Split,
@@ -342,20 +373,33 @@ def evaluate_recsmith(
     pipeline_k: int = PIPELINE_K,
     pipeline_rerank: str = "none",
     data_dir: Path | None = None,
+    sequential_minutes: float = 0.0,
 ) -> RetrievalEval:
     """Each retrieval source and the fused hybrid on their own lists, then the pipeline
     exactly as /v1/recommendations serves it (`service.recommend.recommend`), all over a
     `Recsmith` whose data dir holds the fusion fitted on the validation target.
     data_dir: keep that data dir there (an empty folder) instead of a temporary one, e.g. to
-    serve it afterwards."""
+    serve it afterwards. sequential_minutes > 0: train SASRec (service.training.sequential)
+    for that long on every user's items before the validation target, early-stopped on the
+    validation target, and serve it as the `sequential` source in both stores."""
     from service.recommend import recommend
 
     reporter = reporter or Reporter()
     t_setup = time.perf_counter()
     fitted: FitResult | None = None
-    if fit:
-        fitted = fit_fusion_on_validation(ds, split, rows, encoder, pipeline_k, reporter)
     with contextlib.ExitStack() as stack:
+        seq_dir: Path | None = None
+        if sequential_minutes > 0:
+            seq_dir = _train_sequential(
+                split,
+                Path(stack.enter_context(tempfile.TemporaryDirectory())),
+                sequential_minutes,
+                reporter,
+            )
+        if fit:
+            fitted = fit_fusion_on_validation(
+                ds, split, rows, encoder, pipeline_k, reporter, seq_dir
+            )
         root = data_dir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="recsmith-eval-"))
         )
@@ -364,7 +408,7 @@ def evaluate_recsmith(
 
             fitted.fusion.save(Settings(data_dir=root).fusion_file)
         reporter.stage("recsmith: ingest + index test histories")
-        rs = _recsmith_over(root, encoder, ds, split, "test")
+        rs = _recsmith_over(root, encoder, ds, split, "test", seq_dir)
         retriever = rs.retriever  # loads the artefact, as the service does at start-up
         status = rs.fusion_status
         plain = copy.copy(retriever)
@@ -421,7 +465,8 @@ def evaluate_recsmith(
     lat_ms = 1000 * float(np.mean(latency)) if latency else 0.0
     results: list[MethodResult] = []
     params = {"shortlist": shortlist, "history_limit": HISTORY_LIMIT, "list_depth": pipeline_k}
-    for key in (*SOURCE_LABELS, HYBRID_FITTED, HYBRID_RRF):
+    present = {src for src_lists in lists for src in src_lists}
+    for key in (*(s for s in SOURCE_LABELS if s in present), HYBRID_FITTED, HYBRID_RRF):
         ranks = ranks_from_lists(ranked[key], target_ids)
         results.append(
             MethodResult(
@@ -442,7 +487,7 @@ def evaluate_recsmith(
                 **params,
                 "fusion": fitted.fusion.to_dict(),
                 "validation": {
-                    "equal_weight_rrf": fitted.baseline,
+                    "default_rrf": fitted.baseline,
                     "fitted": fitted.fitted,
                     "two_fold_cross_fit": fitted.cross_fit,
                 },
@@ -607,6 +652,7 @@ def run_ranking(
     fit_fusion: bool = True,
     pipeline_k: int = PIPELINE_K,
     pipeline_rerank: str = "none",
+    sequential_minutes: float = 0.0,
 ) -> RankingRun:
     """rerankers: names for load_rerankers, or Reranker objects."""
     reporter = reporter or Reporter()
@@ -688,6 +734,7 @@ def run_ranking(
             fit=fit_fusion,
             pipeline_k=pipeline_k,
             pipeline_rerank=pipeline_rerank,
+            sequential_minutes=sequential_minutes,
         )
         timings["recsmith_setup_incl_fusion_fit"] = rev.setup_s
         timings["recsmith"] = time.perf_counter() - t0
@@ -700,7 +747,7 @@ def run_ranking(
                 "data dir's artefacts/fusion.json and loaded by the Recsmith there: "
                 f"rank weights {_fmt(f.fusion.rank_weights)}, score weights "
                 f"{_fmt(f.fusion.score_weights) or 'none'}, rrf_k {f.fusion.rrf_k:g}. "
-                f"Validation NDCG@10 {f.baseline['ndcg@10']:.3f} (equal-weight RRF) → "
+                f"Validation NDCG@10 {f.baseline['ndcg@10']:.3f} (default RRF weights) → "
                 f"{f.fitted['ndcg@10']:.3f} fitted, {f.cross_fit['ndcg@10']:.3f} two-fold "
                 f"cross-fit; Recall@20 {f.baseline['recall@20']:.3f} → "
                 f"{f.fitted['recall@20']:.3f} ({f.cross_fit['recall@20']:.3f} cross-fit)."

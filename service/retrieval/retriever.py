@@ -65,7 +65,9 @@ class SourceWeights:
     dense: float = 1.0
     lexical: float = 1.0
     co_interaction: float = 1.0
-    item_knn: float = 1.0
+    # Listed (in `sources`) but not fused unless a fitted fusion weighs it: on small logs
+    # (the demo's) two co-occurrence sources agreeing outvote the user's taste.
+    item_knn: float = 0.0
     sequential: float = 1.5
     popularity: float = 0.2
 

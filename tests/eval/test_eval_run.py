@@ -50,7 +50,7 @@ def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None: 
 
     names = [r.name for r in run.results]
     assert any(n.startswith("EASE") for n in names) and "popularity" in names
-    # 3 sources, the fitted and the equal-weight hybrid, the pipeline, the rerank sample
+    # 3 sources, the fitted and the default-weight hybrid, the pipeline, the rerank sample
     assert sum(r.kind == "retrieval" for r in run.results) == 7
     assert run.users_evaluated == 30
     for r in run.results:

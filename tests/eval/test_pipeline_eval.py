@@ -39,7 +39,7 @@ def test_pipeline_row_equals_the_api(
     assert artefact["info"]["fitted_on"].startswith("validation target")
     assert artefact["info"]["encoder_id"] == encoder.model_id
     assert artefact["info"]["data_version"].startswith("ml-100k:item_id:sha256:")
-    assert set(artefact["info"]["validation"]) >= {"equal_weight_rrf", "fitted"}
+    assert set(artefact["info"]["validation"]) >= {"default_rrf", "fitted"}
     pipe = next(r for r in rev.results if r.name == PIPELINE)
     assert pipe.users == len(rows) and pipe.params["fusion_status"] == "fitted"
     fitted = next(r for r in rev.results if "fitted fusion" in r.name)
