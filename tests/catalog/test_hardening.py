@@ -440,3 +440,35 @@ def test_upsert_and_append_counts_on_each_database(any_store: CatalogStore) -> N
     assert store.add_interactions(events) == 700
     assert store.add_interactions(events) == 0
     assert store.count_interactions() == 700
+
+
+def test_a_field_past_the_csv_limit_loses_only_its_row(store: CatalogStore, tmp_path: Path) -> None:
+    rows = good_products(3)
+    rows.insert(1, ["huge", "y" * (17 * 1024 * 1024), "1", "{}"])  # past the 16 MiB limit
+    path = write_csv(tmp_path / "p.csv", ["id", "title", "price", "attributes"], rows)
+    report = ingest_file(store, path, "products")
+    assert report.stored == 3
+    assert [(r.line, r.reason.split(":")[0]) for r in report.rejected] == [
+        (3, "unreadable CSV row")
+    ]
+
+
+def test_rows_the_database_refuses_are_rejected_alone(
+    store: CatalogStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    real = store.upsert_products
+
+    def refuse_one(products: list[Product]) -> tuple[int, int, list[str]]:
+        if any(p.id == "g-2" for p in products):
+            raise IntegrityError("INSERT ...", {}, Exception("CHECK constraint failed"))
+        return real(products)
+
+    monkeypatch.setattr(store, "upsert_products", refuse_one)
+    path = write_csv(tmp_path / "p.csv", ["id", "title", "price", "attributes"], good_products(6))
+    report = ingest_file(store, path, "products", batch_size=4)
+    assert report.stored == 5 and store.count_products() == 5
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (4, "the database refused it: CHECK constraint failed")
+    ]
