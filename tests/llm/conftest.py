@@ -40,12 +40,24 @@ def remote(settings: Settings, vllm_url: str) -> LLM:
     return OpenAILLM(settings.model_copy(update={"llm_base_url": vllm_url}))
 
 
+@pytest.fixture(scope="session")
+def gguf(settings: Settings) -> LLM:
+    """llama.cpp on the same model's GGUF (profile tiny). Missing llama-cpp-python FAILS
+    (`make setup` builds it): a silently skipped backend is a backend nobody tests."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.fail("the llamacpp backend needs llama-cpp-python: run `make setup`", pytrace=False)
+    from service.llm.llamacpp_backend import LlamaCppLLM
+
+    return LlamaCppLLM(settings.model_copy(update={"llm_backend": "llamacpp", "llm_model": "tiny"}))
+
+
 @pytest.fixture(
     scope="session",
-    params=["transformers", pytest.param("vllm", marks=pytest.mark.vllm)],
+    params=["transformers", "llamacpp", pytest.param("vllm", marks=pytest.mark.vllm)],
 )
 def llm(request: pytest.FixtureRequest) -> LLM:
-    """The contract suite: every test using this runs on both backends."""
-    if request.param == "transformers":
-        return request.getfixturevalue("inproc")
-    return request.getfixturevalue("remote")
+    """The contract suite: every test using this runs on every backend."""
+    name = {"transformers": "inproc", "llamacpp": "gguf", "vllm": "remote"}[request.param]
+    return request.getfixturevalue(name)

@@ -1,4 +1,5 @@
-"""The LLM contract, run on both backends: in-process transformers and a real vLLM server.
+"""The LLM contract, run on every backend: in-process transformers, in-process llama.cpp (the
+same model's GGUF) and a real vLLM server.
 
 Greedy float32 decoding of the same token ids gives the same text on both backends (the
 prompts here were checked to 16 tokens: exact equality, no prefix fallback needed), and
@@ -108,8 +109,18 @@ def test_json_schema_output(llm: LLM) -> None:
     g = llm.generate([CHAT], GenParams(max_tokens=24, json_schema=schema))[0]
     assert g.text
     assert g.meta.get("structured") == "json"
-    if llm.backend == "openai":  # the server enforces the schema; in-process only parses
+    if llm.backend in ("openai", "llamacpp"):  # enforced (server, grammar); transformers parses
         assert isinstance(json.loads(g.text)["fruit"], str)
+
+
+def test_repetition_penalty_is_accepted_and_acts(llm: LLM) -> None:
+    """Same parameter on every backend; on a prompt that invites a loop it changes the text
+    and the penalised answer repeats fewer words."""
+    loop = "Repeat after me: go go go go go go go go"
+    plain = llm.generate([loop], GenParams(max_tokens=16))[0]
+    pen = llm.generate([loop], GenParams(max_tokens=16, repetition_penalty=1.5))[0]
+    assert pen.text and pen.text != plain.text
+    assert pen.text.lower().count("go") < plain.text.lower().count("go")
 
 
 def _count(settings: Settings, backend: str, kind: str) -> int:
