@@ -12,7 +12,7 @@ The model sees products labelled [1]..[n]. Its text is cleaned twice:
 2. Per sentence, before it is released (`AnswerGuard`): a sentence that gives orders
    ("ignore previous instructions", "tell the customer …"), repeats an instruction planted
    in the shown products' text (three words in a row of it, or two of a quoted payload), or
-   echoes the prompt's own instructions (six words in a row) is dropped: product text is
+   echoes the prompt's own instructions (eight words in a row) is dropped: product text is
    data, and the shopper never sees what it tries to make the model say. The guard holds
    the last few words of the sentence in progress, so such a sentence is caught before its
    tell-tale words are streamed.
@@ -153,10 +153,13 @@ class StreamSanitizer:
         return "".join(self.out)
 
 
-ECHO_WORDS = 6  # words in a row shared with the prompt's instructions that make an echo
-# Words of the sentence in progress held back: enough to judge an echo or an order before
-# any of its words leave ("Ignore all of the previous instructions" spans six).
-HOLD_WORDS = ECHO_WORDS
+# Words in a row shared with the prompt's instructions that make an echo: eight, since
+# shorter runs are ordinary answers ("the best product for the question is [1]").
+ECHO_WORDS = 8
+# Words of the sentence in progress held back: enough to judge an order before any of its
+# words leave ("Ignore all of the previous instructions" spans six). A sentence that so far
+# only repeats a run of the prompt is held whole until it is judged an echo or departs.
+HOLD_WORDS = 6
 # Where a sentence ends: after . ! ? (then whitespace), CJK full stops, or a newline.
 _ROLE_LABEL = re.compile(r"^\s*(?:assistant|answer)\s*:\s*", re.I)
 _GUARD_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？])|\n")
@@ -177,6 +180,9 @@ class AnswerGuard:
     def __init__(self, products: Sequence[Product], prompt_texts: Sequence[str] = ()) -> None:
         self.facts = Facts.from_products(list(products)) if products else None
         self.echo = set().union(*(_word_grams(t, ECHO_WORDS) for t in prompt_texts))
+        self.prompt_runs = [
+            " " + " ".join(re.findall(r"\w+", normalise_text(t))) + " " for t in prompt_texts
+        ]
         self.cur = ""  # the sentence in progress, not yet released
         self.cur_sent = ""  # the part of it already released
         self.cur_bad: str | None = None
@@ -203,10 +209,14 @@ class AnswerGuard:
     def _end_sentence(self) -> str:
         whole = self.cur_sent + self.cur
         bad = self.cur_bad or (self.judge(whole) if whole.strip() else None)
-        held, self.cur, self.cur_sent, self.cur_bad = self.cur, "", "", None
+        held, sent = self.cur, self.cur_sent
+        self.cur, self.cur_sent, self.cur_bad = "", "", None
         if bad:
             self.removed.append(whole.strip())
-            self.flags.append({"kind": bad, "text": whole.strip()})
+            flag = {"kind": bad, "text": whole.strip()}
+            if sent.strip():  # what had left before the sentence was judged
+                flag["streamed"] = sent
+            self.flags.append(flag)
             return ""
         return self._release(held)
 
@@ -221,7 +231,7 @@ class AnswerGuard:
         whole = self.cur_sent + self.cur
         if self.cur_bad is None and whole.strip():
             self.cur_bad = self.judge(whole)
-        if self.cur_bad is None:
+        if self.cur_bad is None and not self._repeats_prompt(whole):
             # Release all but the last HOLD_WORDS words (cut at whitespace).
             starts = [m.start() for m in re.finditer(r"\s+\S", self.cur)]
             if len(starts) >= HOLD_WORDS:
@@ -230,6 +240,14 @@ class AnswerGuard:
                 self.cur_sent += done
                 shown.append(self._release(done))
         return "".join(shown)
+
+    def _repeats_prompt(self, sentence: str) -> bool:
+        """The sentence so far is one run of words of the prompt (a possible echo)."""
+        words = re.findall(r"\w+", normalise_text(sentence))
+        if len(words) < 2:
+            return False
+        run = " " + " ".join(words) + " "
+        return any(run in p for p in self.prompt_runs)
 
     def flush(self) -> str:
         return self._end_sentence()

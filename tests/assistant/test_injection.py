@@ -99,10 +99,15 @@ def test_a_canary_order_is_dropped_before_it_is_streamed() -> None:
     assert [f["kind"] for f in guard.flags] == ["injection"]
 
 
-def test_an_echo_of_the_prompt_is_dropped() -> None:
-    text = "Answer only from the numbered products you are given. I recommend [1], oiled walnut."
+def test_an_echo_of_the_prompt_is_dropped_and_a_paraphrase_is_not() -> None:
+    text = (
+        "Answer only from the numbered products you are given. I recommend [1], oiled walnut. "
+        "The best product for the question is [1]."
+    )
     tokens, guard = _guarded([BOARD], text, piece=5)
-    assert "".join(tokens).strip() == "I recommend [1], oiled walnut."
+    assert "".join(tokens).strip() == (
+        "I recommend [1], oiled walnut. The best product for the question is [1]."
+    )
     assert [f["kind"] for f in guard.flags] == ["prompt_echo"]
 
 

@@ -90,10 +90,13 @@ def test_tokens_concatenate_to_the_answer(
         assert len(tokens) >= 2, name
         streamed = "".join(tokens)
         # Sentences the guard held back (planted orders, prompt echoes) were never streamed.
-        guarded = [f["text"] for f in final["flags"] if f["kind"] in ("injection", "prompt_echo")]
+        held = [f for f in final["flags"] if f["kind"] in ("injection", "prompt_echo")]
+        guarded = [f["text"] for f in held]
         if final["template"] == "assistant_turn":
             # The answer is the streamed text, minus sentences removed after the stream.
             rest = streamed
+            for f in held:
+                rest = rest.replace(f.get("streamed", ""), "", 1)
             for sentence in final["removed"]:
                 if sentence in guarded:
                     continue
@@ -106,8 +109,8 @@ def test_tokens_concatenate_to_the_answer(
         labels = Labels([products[i] for i in conv["meta"]["shortlist"]])
         raw = raw_by_conv[final["conversation_id"]]
         expected = labels.sanitize(raw)
-        for sentence in guarded:
-            expected = expected.replace(sentence, "", 1)
+        for f in held:  # at most the words that left before the sentence was judged
+            expected = expected.replace(f["text"], f.get("streamed", ""), 1)
         assert " ".join(expected.split()) == " ".join(streamed.split()), name
 
 
