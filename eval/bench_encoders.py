@@ -152,6 +152,53 @@ def demo_run(encoder_model: str) -> dict[str, Any]:
         return out
 
 
+def lexical_before_after() -> dict[str, Any]:
+    """BM25 alone, the format-1 index (unicode61 only, as before the CJK table) vs now,
+    on the demo catalogue: no model involved."""
+    import re
+    import sqlite3
+
+    from service.catalog.models import Product
+    from service.retrieval.lexical import LexicalIndex
+
+    products = [Product(**json.loads(x)) for x in (DEMO / "products.jsonl").open()]
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "CREATE VIRTUAL TABLE docs USING fts5(id UNINDEXED, title, brand, category, "
+        "description, tags, tokenize='porter unicode61 remove_diacritics 2')"
+    )
+    db.executemany(
+        "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?)",
+        [(p.id, p.title, p.brand, p.category, p.description, " ".join(p.tags)) for p in products],
+    )
+
+    def before(q: str) -> list[str]:  # the format-1 LexicalIndex.search, verbatim
+        terms = [t for t in re.findall(r"\w+", q.lower()) if len(t) > 1 or not t.isascii()]
+        if not terms:
+            return []
+        match = " OR ".join(f'"{t}"' for t in dict.fromkeys(terms))
+        sql = (
+            "SELECT id, bm25(docs, 0.0, 6.0, 2.0, 2.0, 1.0, 3.0) AS s FROM docs "
+            "WHERE docs MATCH ? ORDER BY s LIMIT 20"
+        )
+        return [r[0] for r in db.execute(sql, (match,))]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lex = LexicalIndex(Path(tmp) / "lexical.sqlite")
+        lex.upsert(products)
+        out = {}
+        for group, queries in GROUPS.items():
+            old = {q: before(q) for q in queries}
+            new = {q: [p for p, _ in lex.search(q, 20)] for q in queries}
+            out[group] = {
+                "before": scores([first_hit(old[q], r) for q, r in queries.items()]),
+                "after": scores([first_hit(new[q], r) for q, r in queries.items()]),
+                "identical_top20_lists": sum(old[q] == new[q] for q in queries),
+                "n": len(queries),
+            }
+        return out
+
+
 def content_row(encoder_model: str, kind: str = "passage") -> dict[str, Any]:
     """The ML-100k content-only baseline with one encoder (the harness's split, metrics)."""
     from eval.baselines import ContentMean
@@ -186,6 +233,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result: dict[str, Any] = {"uptime_before": load, "demo": {}, "ml100k": []}
+    result["bm25_before_after"] = lexical_before_after()
+    print(json.dumps(result["bm25_before_after"], ensure_ascii=False))
     for name in [] if args.no_demo else args.encoders.split(","):
         result["demo"][name] = demo_run(name)
         print(json.dumps({name: result["demo"][name]["groups"]}, ensure_ascii=False))

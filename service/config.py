@@ -30,8 +30,11 @@ class Settings(BaseSettings):
     # SQLAlchemy URL; empty means SQLite inside data_dir.
     database_url: str = ""
 
-    # Encoder: any local folder or hub id; "default" means the packaged all-MiniLM-L6-v2.
-    encoder_model: str = "default"
+    # Encoder: "e5-small" = multilingual-e5-small, rebuilt once into models_dir by
+    # `recsmith models prepare --encoder e5-small` (reads Chinese; chosen by the numbers in
+    # eval/results/2026-11-30-encoders.md); "default" = the packaged all-MiniLM-L6-v2
+    # (English only, 3.5x faster; the test suite's encoder); or any local folder or hub id.
+    encoder_model: str = "e5-small"
     encoder_batch_size: int = 64
     encoder_max_length: int = 256
 

@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 # is shared: Settings.models_dir comes from this variable (the Makefile sets it too).
 os.environ.setdefault("RECSMITH_MODELS_DIR", str(REPO / "var" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The service default is multilingual-e5-small; tests index with MiniLM (3.5x faster), as
+# they use the tiny LLM. tests/retrieval/test_multilingual.py runs e5 through the service.
+os.environ.setdefault("RECSMITH_ENCODER_MODEL", "default")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
