@@ -18,7 +18,7 @@ from service.db import get_engine, session_scope
 
 log = logging.getLogger(__name__)
 
-# Rows per INSERT statement: far below SQLite's 32,766 bound variables at 13 columns.
+# Ids per SELECT ... IN (...) when comparing stored rows (well under any bound-variable limit).
 _CHUNK = 500
 
 
@@ -82,23 +82,30 @@ class CatalogStore:
         ids = sorted(by_id)
         now = datetime.utcnow()
 
-        def values(pid: str) -> dict[str, Any]:
-            p = by_id[pid]
-            return {**p.model_dump(), "content_hash": p.content_hash(), "updated_at": now}
-
+        rows: dict[str, dict[str, Any]] = {
+            pid: {**p.model_dump(), "content_hash": p.content_hash(), "updated_at": now}
+            for pid, p in by_id.items()
+        }
         insert = self._insert()
-        inserted: set[str] = set()
+        add_new = (
+            insert(ProductRow)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(ProductRow.id)
+        )
+        upsert = insert(ProductRow)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                c.name: upsert.excluded[c.name]
+                for c in ProductRow.__table__.columns
+                if c.name != "id"
+            },
+        )
         updated: list[str] = []
         with session_scope(self.engine) as s:
-            for i in range(0, len(ids), _CHUNK):
-                rows = [values(pid) for pid in ids[i : i + _CHUNK]]
-                stmt = (
-                    insert(ProductRow)
-                    .values(rows)
-                    .on_conflict_do_nothing(index_elements=["id"])
-                    .returning(ProductRow.id)
-                )
-                inserted.update(s.scalars(stmt))
+            # A list of parameter sets: SQLAlchemy sends multi-row INSERT ... RETURNING
+            # batches from one cached statement ("insertmanyvalues").
+            inserted = set(s.scalars(add_new, [rows[pid] for pid in ids]))
             rest = [pid for pid in ids if pid not in inserted]
             for i in range(0, len(rest), _CHUNK):
                 chunk = rest[i : i + _CHUNK]
@@ -106,19 +113,10 @@ class CatalogStore:
                 if self.engine.dialect.name == "postgresql":
                     query = query.with_for_update()
                 stored = {r.id: _row_to_product(r) for r in s.scalars(query)}
-                # A row deleted since the insert above (PostgreSQL) is written again below.
-                changed = [pid for pid in chunk if stored.get(pid) != by_id[pid]]
-                if not changed:
-                    continue
-                stmt = insert(ProductRow).values([values(pid) for pid in changed])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={c: stmt.excluded[c] for c in values(changed[0]) if c != "id"},
-                )
-                s.execute(stmt)
-                updated.extend(changed)
-            # The ORM identity map holds the rows read above in their old state.
-            s.expire_all()
+                # A row deleted since the insert above (PostgreSQL) is written again here.
+                updated += [pid for pid in chunk if stored.get(pid) != by_id[pid]]
+            if updated:
+                s.execute(upsert, [rows[pid] for pid in updated])
         written = inserted | set(updated)
         return len(inserted), len(updated), [pid for pid in ids if pid in written]
 
@@ -195,17 +193,13 @@ class CatalogStore:
         ]
         # Counted from RETURNING: the rows this statement inserted, whatever other writers
         # append at the same time (a before/after count of the table would include theirs).
-        added = 0
+        stmt = (
+            self._insert()(InteractionRow)
+            .on_conflict_do_nothing(index_elements=["user_id", "product_id", "event", "ts"])
+            .returning(InteractionRow.id)
+        )
         with session_scope(self.engine) as s:
-            for i in range(0, len(rows), _CHUNK):
-                stmt = (
-                    self._insert()(InteractionRow)
-                    .values(rows[i : i + _CHUNK])
-                    .on_conflict_do_nothing(index_elements=["user_id", "product_id", "event", "ts"])
-                    .returning(InteractionRow.id)
-                )
-                added += len(s.scalars(stmt).all())
-        return added
+            return len(s.scalars(stmt, rows).all())
 
     def user_history(self, user_id: str, limit: int = 200) -> list[tuple[str, str, datetime]]:
         """(product_id, event, ts) oldest first, the most recent `limit` events."""
