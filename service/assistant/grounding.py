@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.catalog.models import Product
-from service.copy.checks import Facts, check_injection, looks_like_instruction, normalise_text
+from service.copy.checks import (
+    Facts,
+    injection_grams,
+    looks_like_instruction,
+    normalise_text,
+    repeated_injection,
+)
 
 _LABEL = r"\s*\[\s*(?P<nums>\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]"
 _ID = (
@@ -178,7 +184,9 @@ class AnswerGuard:
     was dropped and why (kind "injection" or "prompt_echo")."""
 
     def __init__(self, products: Sequence[Product], prompt_texts: Sequence[str] = ()) -> None:
-        self.facts = Facts.from_products(list(products)) if products else None
+        facts = Facts.from_products(list(products)) if products else None
+        # What a sentence must not repeat of the instructions planted in the products' text.
+        self.planted = injection_grams(facts) if facts is not None and facts.injected else None
         self.echo = set().union(*(_word_grams(t, ECHO_WORDS) for t in prompt_texts))
         self.prompt_runs = [
             " " + " ".join(re.findall(r"\w+", normalise_text(t))) + " " for t in prompt_texts
@@ -195,7 +203,7 @@ class AnswerGuard:
         sentence = _ROLE_LABEL.sub("", sentence)  # "Assistant: I recommend [1]" is an answer
         if looks_like_instruction(sentence):
             return "injection"
-        if self.facts is not None and not check_injection(sentence, self.facts).ok:
+        if self.planted is not None and repeated_injection(sentence, self.planted):
             return "injection"
         if self.echo and _word_grams(sentence, ECHO_WORDS) & self.echo:
             return "prompt_echo"
@@ -221,6 +229,8 @@ class AnswerGuard:
         return self._release(held)
 
     def feed(self, text: str) -> str:
+        if not text:
+            return ""
         shown: list[str] = []
         self.cur += text
         while m := _GUARD_END.search(self.cur):
