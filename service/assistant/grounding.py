@@ -162,13 +162,24 @@ class StreamSanitizer:
 # Words in a row shared with the prompt's instructions that make an echo: eight, since
 # shorter runs are ordinary answers ("the best product for the question is [1]").
 ECHO_WORDS = 8
-# Words of the sentence in progress held back: enough to judge an order before any of its
-# words leave ("Ignore all of the previous instructions" spans six). A sentence that so far
-# only repeats a run of the prompt is held whole until it is judged an echo or departs.
+# How far back a word that could start an order is held: enough to judge the order before
+# any of its words leave ("Ignore all of the previous instructions" spans six). Ordinary
+# words stream at once (the last word waits for the next); a sentence that so far only
+# repeats a run of the prompt is held whole until it is judged an echo or departs.
 HOLD_WORDS = 6
+# Words an order (see copy.checks.looks_like_instruction) starts with.
+_ORDER_STARTS = frozenset({
+    "ignore", "disregard", "forget", "override", "you", "system", "new", "assistant", "tell",
+    "inform", "remind", "instruct", "to", "repeat", "reveal", "print", "忽略",
+})  # fmt: skip
 # Where a sentence ends: after . ! ? (then whitespace), CJK full stops, or a newline.
 _ROLE_LABEL = re.compile(r"^\s*(?:assistant|answer)\s*:\s*", re.I)
 _GUARD_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？])|\n")
+
+
+def _normal_word(token: str) -> str:
+    words = re.findall(r"\w+", normalise_text(token))
+    return words[0] if words else ""
 
 
 def _word_grams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -188,6 +199,9 @@ class AnswerGuard:
         # What a sentence must not repeat of the instructions planted in the products' text.
         self.planted = injection_grams(facts) if facts is not None and facts.injected else None
         self.echo = set().union(*(_word_grams(t, ECHO_WORDS) for t in prompt_texts))
+        self.risky = set(_ORDER_STARTS)
+        if self.planted is not None:
+            self.risky |= {g[0] for grams in self.planted for g in grams}
         self.prompt_runs = [
             " " + " ".join(re.findall(r"\w+", normalise_text(t))) + " " for t in prompt_texts
         ]
@@ -242,10 +256,16 @@ class AnswerGuard:
         if self.cur_bad is None and whole.strip():
             self.cur_bad = self.judge(whole)
         if self.cur_bad is None and not self._repeats_prompt(whole):
-            # Release all but the last HOLD_WORDS words (cut at whitespace).
-            starts = [m.start() for m in re.finditer(r"\s+\S", self.cur)]
-            if len(starts) >= HOLD_WORDS:
-                cut = starts[-HOLD_WORDS]
+            # Release up to the last word, or up to a word that could start an order or a
+            # planted phrase within the last HOLD_WORDS words (cut at whitespace).
+            words = list(re.finditer(r"\S+", self.cur))
+            hold = len(words) - 1  # the first word held (with the whitespace before it)
+            for j in range(max(0, len(words) - HOLD_WORDS), len(words)):
+                if _normal_word(words[j].group(0)) in self.risky:
+                    hold = min(hold, j)
+                    break
+            cut = words[hold - 1].end() if hold > 0 else 0
+            if cut > 0:
                 done, self.cur = self.cur[:cut], self.cur[cut:]
                 self.cur_sent += done
                 shown.append(self._release(done))
