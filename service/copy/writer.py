@@ -203,9 +203,11 @@ class CopyWriter:
         return [products[pid].title for pid in recent if pid in products]
 
     def fit_scores(self, headline: str, products: Sequence[Product]) -> list[float]:
-        """Cosine between the headline and each item's text (the encoder normalises)."""
+        """Cosine between the headline and each item's text (the encoder normalises), on
+        MiniLM's scale: e5's cosines all sit above 0.7, so its spec rescales them."""
         vecs = np.asarray(self.encoder.encode([headline] + [p.embedding_text() for p in products]))
-        return [float(v) for v in vecs[1:] @ vecs[0]]
+        spec = getattr(self.encoder, "spec", None)
+        return [spec.calibrated(float(v)) if spec else float(v) for v in vecs[1:] @ vecs[0]]
 
     def recheck(self, copy_id: int, text: str) -> dict[str, dict[str, Any]]:
         """The writer's own checks on a person's text, against the row's product data

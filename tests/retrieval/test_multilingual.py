@@ -187,3 +187,22 @@ def test_family_from_the_model_name(model_id: str, family: str) -> None:
     from service.retrieval.encoder import spec_for
 
     assert spec_for(model_id).family == family
+
+
+def test_calibrated_cosines_keep_minilm_thresholds_meaningful(e5: Encoder) -> None:
+    """The headline fit drops items under 0.2 on MiniLM's scale; raw e5 cosines of
+    unrelated texts are ~0.72-0.77, which would keep everything."""
+    from service.catalog.models import Product
+
+    demo = {
+        p["id"]: Product(**p)
+        for p in map(json.loads, (DEMO / "products.jsonl").read_text().splitlines())
+    }
+    headline = "Brew café-quality espresso at home"
+    ids = ["cof-0001", "cof-0003", "pet-0003", "bab-0003", "off-0001"]
+    v = e5.encode([headline] + [demo[i].embedding_text() for i in ids])
+    raw = v[1:] @ v[0]
+    fit = [e5.spec.calibrated(float(c)) for c in raw]
+    assert raw.min() > 0.2  # why calibration is needed at all
+    assert min(fit[:2]) >= 0.2 > max(fit[2:]), dict(zip(ids, fit, strict=True))
+    assert Encoder("default").spec.calibrated(0.3) == 0.3
