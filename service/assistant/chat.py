@@ -87,10 +87,11 @@ def card(p: Product, label: int) -> dict[str, Any]:
 
 
 def prompt_instructions() -> list[str]:
-    """The prompt's own instruction text (no product data, no question): an answer that
-    repeats it is an echo of the prompt, not an answer."""
-    turn = render(TURN_TEMPLATE, question="", products=[], context=[]).text
-    return [render(SYSTEM_TEMPLATE).text, turn]
+    """The assistant's standing instructions (the system prompt: no product data, no
+    question): an answer that repeats them leaks the prompt rather than answering. The
+    turn's own request line is left out: "the best product for the question is [1]" is a
+    fair answer, not a leak."""
+    return [render(SYSTEM_TEMPLATE).text]
 
 
 class Assistant:

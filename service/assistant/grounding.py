@@ -12,7 +12,7 @@ The model sees products labelled [1]..[n]. Its text is cleaned twice:
 2. Per sentence, before it is released (`AnswerGuard`): a sentence that gives orders
    ("ignore previous instructions", "tell the customer …"), repeats an instruction planted
    in the shown products' text (three words in a row of it, or two of a quoted payload), or
-   echoes the prompt's own instructions (eight words in a row) is dropped: product text is
+   echoes the system prompt's instructions (six words in a row) is dropped: product text is
    data, and the shopper never sees what it tries to make the model say. The guard holds
    the last few words of the sentence in progress, so such a sentence is caught before its
    tell-tale words are streamed.
@@ -159,9 +159,8 @@ class StreamSanitizer:
         return "".join(self.out)
 
 
-# Words in a row shared with the prompt's instructions that make an echo: eight, since
-# shorter runs are ordinary answers ("the best product for the question is [1]").
-ECHO_WORDS = 8
+# Words in a row shared with the system prompt's instructions that make an echo.
+ECHO_WORDS = 6
 # How far back a word that could start an order is held: enough to judge the order before
 # any of its words leave ("Ignore all of the previous instructions" spans six). Ordinary
 # words stream at once (the last word waits for the next); a sentence that so far only
