@@ -1,33 +1,36 @@
-"""The `recsmith` command line."""
+"""The `recsmith` command line: thin adapters over the Application (built once per
+command), sharing service/cli_support.py (errors, progress, terminal-safe text)."""
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from eval.cli import eval_app  # the stage CLIs are mounted as sub-apps at the bottom
 from service.catalog.ingest import (
     IngestError,
     check_map_columns,
     count_rows,
     detect_format,
-    ingest_file,
     parse_column_map,
 )
-from service.catalog.store import NotFound
+from service.cli_support import PARTIAL, clear_errors, fail, out, printable, progress_bar
 from service.config import ConfigError, get_settings
+from service.copy.cli import copy_app
+from service.db_cli import db_app
+from service.llm.cli import models_app, vllm_app
+from service.retrieval.filters import Filters
+from service.training.cli import train_app
+from service.vocab import RerankMode
+
+if TYPE_CHECKING:
+    from service.application import Application, Scored
 
 app = typer.Typer(
     help="recsmith: product recommendations and copy written by a language model.",
@@ -41,63 +44,18 @@ demo_app = typer.Typer(help="The bundled demo catalogue.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(demo_app, name="demo")
 
-console = Console(stderr=True)
-out = Console()
+
+def _application() -> Application:
+    # Imported here: the models' libraries (torch, transformers) add seconds to --help.
+    from service.application import Application
+
+    return Application(get_settings())
 
 
-# C0/C1 controls (ESC sequences recolour or rewrite the terminal), zero-width characters and
-# bidi overrides (they reorder what is shown). Product data is anyone's text.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
-def printable(value: Any) -> str:
-    """Text safe for a terminal: control characters shown as escapes (\\x1b, \\u202e)."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    # The message may quote input (an id, a file name): escaped, never read as rich markup.
-    console.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def clear_errors() -> Iterator[None]:
-    """Bad input becomes one readable line and a non-zero exit, not a traceback."""
-    try:
-        yield
-    except NotFound as e:
-        raise fail(str(e)) from None
-    except (IngestError, FileNotFoundError) as e:
-        raise fail(str(e)) from None
-    except ValidationError as e:
-        msg = "; ".join(
-            f"{'.'.join(map(str, x['loc'])) or 'input'}: {x['msg']}" for x in e.errors()
-        )
-        raise fail(msg) from None
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _recsmith():  # noqa: ANN202 - imported lazily: torch/transformers load takes seconds
-    from service.recsmith import Recsmith
-
-    return Recsmith(get_settings())
-
-
-def _sync(rs, quiet: bool = False) -> dict[str, int]:  # noqa: ANN001
+def _sync(application: Application, quiet: bool = False) -> dict[str, int]:
     with progress_bar() as bar:
         task = bar.add_task("indexing", total=None, visible=not quiet)
-        report = rs.sync_index(
+        report = application.sync_index(
             progress=lambda n: bar.advance(task, n), on_total=lambda t: bar.update(task, total=t)
         )
     return report.as_dict()
@@ -114,7 +72,7 @@ def _ingest(
 ) -> None:
     with clear_errors():
         column_map = parse_column_map(mapping, kind)  # type: ignore[arg-type]
-        rs = _recsmith()
+        application = _application()
         fmt = detect_format(file, fmt) if file.exists() else fmt
         if not file.exists():
             raise IngestError(f"no such file: {file}")
@@ -122,18 +80,17 @@ def _ingest(
         total = count_rows(file, fmt or "jsonl")
         with progress_bar() as bar:
             task = bar.add_task(f"ingest {kind}", total=total)
-            report = ingest_file(
-                rs.store,
+            report = application.ingest(
                 file,
                 kind,
-                fmt,
-                rejects_dir=rs.settings.data_dir / "rejects",
+                fmt=fmt,
+                rejects_dir=application.settings.data_dir / "rejects",
                 progress=lambda n: bar.advance(task, n),
                 column_map=column_map,
             )
         result: dict[str, Any] = report.as_dict()
         if index and report.stored:
-            result["index"] = _sync(rs, quiet=as_json)
+            result["index"] = _sync(application, quiet=as_json)
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -153,7 +110,7 @@ def _ingest(
             )
     # Bad rows are reported, good ones stored: exit 1 tells scripts that some rows failed.
     if report.rejected:
-        raise typer.Exit(1)
+        raise typer.Exit(PARTIAL)
 
 
 FileArg = Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file")]
@@ -195,8 +152,7 @@ def ingest_interactions(
 @app.command()
 def index(as_json: JsonOpt = False) -> None:
     """Bring the dense and lexical indexes in step with the catalogue (incremental)."""
-    rs = _recsmith()
-    report = _sync(rs, quiet=as_json)
+    report = _sync(_application(), quiet=as_json)
     if as_json:
         out.print_json(json.dumps(report))
     else:
@@ -213,9 +169,7 @@ def _filters(
     max_price: float | None,
     in_stock: bool,
     exclude_purchased: bool = True,
-):  # noqa: ANN202
-    from service.retrieval.filters import Filters
-
+) -> Filters:
     return Filters(
         categories=category or [],
         min_price=min_price,
@@ -225,7 +179,7 @@ def _filters(
     )
 
 
-def _show(rs, rows: list[dict[str, Any]], as_json: bool, title: str) -> None:  # noqa: ANN001
+def _show(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         out.print_json(json.dumps(rows, ensure_ascii=False))
         return
@@ -249,26 +203,20 @@ def _show(rs, rows: list[dict[str, Any]], as_json: bool, title: str) -> None:  #
     out.print(table)
 
 
-def _rows(rs, cands, reasons: dict[str, str] | None = None) -> list[dict[str, Any]]:  # noqa: ANN001
-    products = rs.store.get_products([c.product_id for c in cands])
-    rows = []
-    for c in cands:
-        p = products.get(c.product_id)
-        if p is None:
-            continue
-        rows.append(
-            {
-                "product_id": c.product_id,
-                "title": p.title,
-                "category": p.category,
-                "price": p.price,
-                "currency": p.currency,
-                "score": c.score,
-                "sources": c.sources,
-                "why": (reasons or {}).get(c.product_id),
-            }
-        )
-    return rows
+def _rows(items: list[Scored]) -> list[dict[str, Any]]:
+    return [
+        {
+            "product_id": i.product.id,
+            "title": i.product.title,
+            "category": i.product.category,
+            "price": i.product.price,
+            "currency": i.product.currency,
+            "score": i.candidate.score,
+            "sources": i.candidate.sources,
+            "why": None,
+        }
+        for i in items
+    ]
 
 
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=500, help="how many results")]
@@ -291,16 +239,12 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Free-text search: dense + BM25, fused."""
-    from service.retrieval.retriever import RetrievalRequest
-
     with clear_errors():
         if not query.strip():
             raise fail("the query is empty")
-        rs = _recsmith()
-        req = RetrievalRequest(
-            query=query, k=k, filters=_filters(category, min_price, max_price, in_stock)
-        )
-        _show(rs, _rows(rs, rs.candidates(req)), as_json, f"search: {query}")
+        filters = _filters(category, min_price, max_price, in_stock)
+        items = _application().search(query, k, filters)
+        _show(_rows(items), as_json, f"search: {query}")
 
 
 @app.command()
@@ -312,15 +256,11 @@ def similar(
     as_json: JsonOpt = False,
 ) -> None:
     """Products similar to PRODUCT_ID (content + co-interaction)."""
-    from service.retrieval.retriever import RetrievalRequest
-
     with clear_errors():
-        rs = _recsmith()
-        rs.store.get_product(product_id)  # NotFound -> clear error
-        req = RetrievalRequest(
-            seed_product_id=product_id, k=k, filters=_filters(category, None, None, in_stock)
-        )
-        _show(rs, _rows(rs, rs.candidates(req)), as_json, f"similar to {product_id}")
+        application = _application()
+        application.get_product(product_id)  # NotFound -> clear error
+        result = application.similar(product_id, k, category, in_stock)
+        _show(_rows(result.items), as_json, f"similar to {product_id}")
 
 
 @app.command()
@@ -332,18 +272,14 @@ def recommend(
     min_price: MinOpt = None,
     max_price: MaxOpt = None,
     in_stock: StockOpt = False,
-    rerank: Annotated[str, typer.Option(help="none|verbalizer|reasoning")] = "none",
+    rerank: Annotated[RerankMode, typer.Option(help="how the LLM reorders the list")] = (
+        RerankMode.none
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """Personalised recommendations: retrieval shortlist, optionally reranked by the LLM."""
-    from service.recommend import recommend as run
-
     with clear_errors():
-        if rerank not in {"none", "verbalizer", "reasoning"}:
-            raise fail(f"unknown rerank mode {rerank!r}: use none, verbalizer or reasoning")
-        rs = _recsmith()
-        result = run(
-            rs,
+        result = _application().recommend(
             user_id=user,
             query=query,
             k=k,
@@ -367,7 +303,7 @@ def recommend(
         for i in result.items
     ]
     state = f"DEGRADED: {result.degraded_reason}" if result.degraded else "ok"
-    _show(rs, rows, False, f"for {user} (rerank: {result.rerank}, {state})")
+    _show(rows, False, f"for {user} (rerank: {result.rerank}, {state})")
 
 
 # -- demo and serve ---------------------------------------------------------------------
@@ -380,18 +316,19 @@ def demo_files() -> tuple[Path, Path]:
 def demo_load() -> None:
     """Load the demo catalogue and interaction log, then index it (idempotent)."""
     products, interactions = demo_files()
-    rs = _recsmith()
+    application = _application()
     with clear_errors():
-        p = ingest_file(rs.store, products, "products")
-        i = ingest_file(rs.store, interactions, "interactions")
-    report = _sync(rs)
+        p = application.ingest(products, "products")
+        i = application.ingest(interactions, "interactions")
+    report = _sync(application)
     out.print(
         f"demo: {p.stored} products stored ({p.unchanged} unchanged), {i.stored} interactions "
         f"added; index: {report['total']} products, {report['encoded']} encoded"
     )
     if p.rejected or i.rejected:
         raise fail(
-            f"the demo data has bad rows: {[r.reason for r in p.rejected + i.rejected][:3]}", 1
+            f"the demo data has bad rows: {[r.reason for r in p.rejected + i.rejected][:3]}",
+            PARTIAL,
         )
 
 
@@ -412,20 +349,9 @@ def serve(
     )
 
 
-def _mount_optional() -> None:
-    """Stage CLIs live beside their stage; each is a Typer app of its own."""
-    from eval.cli import eval_app
-    from service.copy.cli import copy_app
-    from service.db_cli import db_app
-    from service.llm.cli import models_app, vllm_app
-    from service.training.cli import train_app
-
-    app.add_typer(models_app, name="models")
-    app.add_typer(vllm_app, name="vllm")
-    app.add_typer(copy_app, name="copy")
-    app.add_typer(eval_app, name="eval")
-    app.add_typer(train_app, name="train")
-    app.add_typer(db_app, name="db")
-
-
-_mount_optional()
+app.add_typer(models_app, name="models")
+app.add_typer(vllm_app, name="vllm")
+app.add_typer(copy_app, name="copy")
+app.add_typer(eval_app, name="eval")
+app.add_typer(train_app, name="train")
+app.add_typer(db_app, name="db")

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # strict: an error at start-up instead.
     fusion_path: Path | None = None
     fusion_strict: bool = False
+    # Every trained artefact (fusion, SASRec source, reranker adapter; service/artefacts.py):
+    # a missing or unusable one is an error at start-up instead of a warning and the default.
+    artefacts_strict: bool = False
 
     # Copy
     banned_claims: list[str] = Field(

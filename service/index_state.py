@@ -1,4 +1,5 @@
-"""Keeping the indexes in step with API writes, without blocking readers needlessly.
+"""Keeping the indexes in step with writes, without blocking readers needlessly (owned by
+the Application; the API's concurrent requests are why it exists).
 
 Readers (search, similar, recommendations) share the indexes; an index sync replaces
 arrays under them, so syncs take the lock exclusively. Product writes sync at once (the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from service.recsmith import Recsmith
@@ -66,9 +67,13 @@ class IndexState:
         self._last_sync = 0.0
         self._flag = threading.Lock()
 
-    def sync(self) -> IndexReport:
+    def sync(
+        self,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> IndexReport:
         with self.lock.write():
-            report = self.rs.sync_index()
+            report = self.rs.sync_index(progress, on_total)
             with self._flag:
                 self._stale = False
                 self._last_sync = time.monotonic()

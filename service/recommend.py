@@ -1,4 +1,5 @@
-"""One recommendation request, top to bottom: retrieve → rerank → (explain) → respond.
+"""The recommendation stages: retrieve (`shortlist`) → rerank (`rank_shortlist`) → explain
+(`source_reason`). service/application.py runs them for one request, with the headline.
 
 A failed or slow LLM never fails a recommendation: the shortlist order is served and the
 response says it is degraded and why (a fixed phrase; the exception goes to the log).
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from service.catalog.models import Product
+from service.llm.base import LLM
+from service.ranking.base import UserContext, retrieval_order
+from service.ranking.common import RerankTimeout, call_with_budget
+from service.ranking.factory import get_reranker
 from service.recsmith import Recsmith
 from service.retrieval.filters import Filters
 from service.retrieval.retriever import Candidate, RetrievalRequest
+from service.vocab import RerankMode
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,26 @@ def public_reason(stage: str, raw: str | None) -> str:
     return f"{stage}: model unavailable"
 
 
+# Why an item is on the list when no model wrote a reason: the retrieval source that found
+# it. Shown to shoppers, not a prompt.
+SOURCE_REASONS = {
+    "dense_history": "similar to items you looked at",
+    "co_interaction": "often chosen together with items you looked at",
+    "sequential": "what shoppers like you picked next",
+    "dense_query": "matches what you asked for",
+    "lexical": "matches the words you searched for",
+    "popularity": "popular with other shoppers",
+}
+
+
+def source_reason(sources: dict[str, float]) -> str | None:
+    # The strongest source first: a history match says more than popularity.
+    for key in SOURCE_REASONS:
+        if key in sources:
+            return SOURCE_REASONS[key]
+    return None
+
+
 @dataclass
 class RecommendedItem:
     product_id: str
@@ -43,6 +70,19 @@ class RecommendedItem:
     retrieval_score: float
     sources: dict[str, float]
     why: str | None = None
+    fit: float | None = None  # how well it fits the headline, when one was written
+
+
+@dataclass
+class ListHeadline:
+    """The headline written for a list, and each item's fit to it."""
+
+    text: str
+    model_id: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+    flagged: bool = False
+    fit: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +97,8 @@ class Recommendation:
     template: str | None = None
     template_version: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    headline: ListHeadline | None = None
+    degraded_stages: list[str] = field(default_factory=list)  # e.g. ["rerank", "headline"]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +111,7 @@ class Shortlist:
 
     candidates: list[Candidate]
     products: dict[str, Product]
-    context: Any  # service.ranking.base.UserContext
+    context: UserContext
     k: int
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -83,9 +125,7 @@ def shortlist(
     filters: Filters | None = None,
     size: int | None = None,
 ) -> Shortlist:
-    """Retrieval: the only part that reads the indexes."""
-    from service.ranking.base import UserContext
-
+    """Retrieval: the only part that reads the indexes (unknown ids: NotFound)."""
     n_short = max(size or rs.settings.shortlist_size, k)
     t0 = time.perf_counter()
     req = RetrievalRequest(
@@ -103,31 +143,36 @@ def shortlist(
     return Shortlist(cands, products, ctx, k, {"retrieve": ms})
 
 
+def default_ranker_llm(rs: Recsmith, rerank: str) -> LLM:
+    """The verbalizer's model is the configured one with the LoRA adapter when one is
+    saved (the adapter was tuned on the verbalizer's prompt only); others use the base."""
+    base = rs.llm()
+    return rs.artefacts.ranker_llm(base) if rerank == RerankMode.verbalizer else base
+
+
 def rank_shortlist(
     rs: Recsmith,
     sl: Shortlist,
     rerank: str = "none",
     timeout_s: float | None = None,
+    llm: Callable[[str], LLM] | None = None,
 ) -> Recommendation:
     """The model stage, within `timeout_s` (settings.rerank_timeout_s when None): past it
     the shortlist order is served, degraded, and the model call is abandoned in its worker
-    thread. Needs no index lock."""
-    from service.ranking.base import retrieval_order
-    from service.ranking.common import RerankTimeout, call_with_budget
-
+    thread. Needs no index lock. `llm(rerank)` gives the model (default_ranker_llm)."""
+    model = llm or (lambda mode: default_ranker_llm(rs, mode))
     cands, products = sl.candidates, sl.products
     timings = dict(sl.timings_ms)
     stages = ["retrieve"]
     order = [(c.product_id, c.score) for c in cands]
     result = None
-    if rerank != "none" and len(cands) > 1:
-        from service.ranking.factory import get_reranker
-
+    degraded_stages: list[str] = []
+    if rerank != RerankMode.none and len(cands) > 1:
         budget = rs.settings.rerank_timeout_s if timeout_s is None else timeout_s
         t1 = time.perf_counter()
         try:
             # Loaded lazily inside rank(): a model that fails to load degrades the answer.
-            reranker = get_reranker(rerank, lambda: rs.reranker_llm(rerank), timeout_s=budget)
+            reranker = get_reranker(rerank, lambda: model(rerank), timeout_s=budget)
             # The reranker keeps its own deadline per model call; this outer one also
             # bounds whatever runs around them (a slow load, a custom reranker).
             result = call_with_budget(lambda: reranker.rank(sl.context, cands, products),
@@ -137,6 +182,7 @@ def rank_shortlist(
         except Exception as e:  # noqa: BLE001 - degrade, never fail the request
             result = retrieval_order(cands, rerank, reason=f"{type(e).__name__}: {e}")
         if result.degraded:
+            degraded_stages.append("rerank")
             # The raw reason (URLs, paths, model text) is for the log; clients get a phrase.
             logger.warning("rerank %s degraded: %s", rerank, result.reason)
             result.reason = public_reason("rerank", result.reason)
@@ -174,6 +220,7 @@ def rank_shortlist(
         template=result.template if result else None,
         template_version=result.template_version if result else None,
         timings_ms={k: round(v, 2) for k, v in timings.items()},
+        degraded_stages=degraded_stages,
     )
 
 
@@ -187,6 +234,9 @@ def recommend(
     rerank: str = "none",
     shortlist_size: int | None = None,
     timeout_s: float | None = None,
+    llm: Callable[[str], LLM] | None = None,
 ) -> Recommendation:
+    """Retrieve and rerank, without the index lock or the headline (the evaluation's entry
+    point; the service goes through Application.recommend)."""
     sl = shortlist(rs, user_id, history, query, k, filters, shortlist_size)
-    return rank_shortlist(rs, sl, rerank, timeout_s)
+    return rank_shortlist(rs, sl, rerank, timeout_s, llm)

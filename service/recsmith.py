@@ -1,36 +1,52 @@
-"""The composition root: one object that wires the store, encoder, indexes and retriever
-from settings. The CLI and the API both start here; heavy parts load on first use."""
+"""The retrieval engine: the catalogue store, encoder, indexes and retriever, wired from
+settings (heavy parts load on first use). service/application.py builds one per process
+and composes it with the model stages; trained artefacts come through service/artefacts.py.
+Seams (an encoder, a fusion, the artefact loader) are constructor parameters."""
 
 from __future__ import annotations
 
 import threading
 from functools import cached_property
 
+from service.artefacts import Artefacts
 from service.catalog.store import CatalogStore, NotFound
 from service.config import Settings, get_settings
+from service.llm.base import LLM
+from service.llm.factory import get_llm
 from service.retrieval.cooccur import CoInteraction
 from service.retrieval.dense import DenseIndex
 from service.retrieval.encoder import Encoder, get_encoder
 from service.retrieval.filters import ProductMeta
-from service.retrieval.fusion import FusionStatus, load_fusion
+from service.retrieval.fusion import Fusion, FusionStatus
 from service.retrieval.indexer import Indexer
 from service.retrieval.lexical import LexicalIndex
 from service.retrieval.retriever import Candidate, RetrievalRequest, Retriever
+from service.retrieval.sequential import SequentialScorer
 
 
 class Recsmith:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        encoder: Encoder | None = None,
+        fusion: Fusion | None = None,
+        artefacts: Artefacts | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
         self.settings.ensure_dirs()
         self.store = CatalogStore(self.settings.db_url)
+        self.artefacts = artefacts or Artefacts(self.settings)
         self._lock = threading.RLock()
         self._co: CoInteraction | None = None
         self._synced = False
-        self._verbalizer_llm = None
+        if encoder is not None:  # a caller's encoder (e.g. one sharing an embedding cache)
+            self.__dict__["encoder"] = encoder
+        self._fusion = fusion  # a caller's fusion replaces the fitted artefact
         # How the retriever fuses its sources; strict settings fail here, at start-up.
         self.fusion_status: FusionStatus | None = None
-        if self.settings.fusion_strict:
-            load_fusion(self.settings.fusion_file, strict=True)
+        if fusion is None and (self.settings.fusion_strict or self.artefacts.strict):
+            self.artefacts.fusion()
 
     # -- parts, loaded on first use ---------------------------------------------------
     @cached_property
@@ -78,19 +94,16 @@ class Recsmith:
             self._co = CoInteraction.build(self.store.all_interactions())
         return self._co
 
-    def sequential_model(self):  # noqa: ANN201 - optional trained retriever (issue 7)
-        try:
-            from service.training.sequential import load_sequential
-        except ImportError:
-            return None
-        return load_sequential(self.settings, self.store)
+    def sequential_model(self) -> SequentialScorer | None:  # optional trained source
+        return self.artefacts.sequential(self.store)
 
     @cached_property
     def retriever(self) -> Retriever:
-        s = self.settings
-        fusion, self.fusion_status = load_fusion(
-            s.fusion_file, s.fusion_strict, self.encoder.model_id
-        )
+        if self._fusion is not None:
+            fusion = self._fusion
+            self.fusion_status = FusionStatus("fitted", "given by the caller", None)
+        else:
+            fusion, self.fusion_status = self.artefacts.fusion(self.encoder.model_id)
         return Retriever(
             lambda texts: self.encoder.encode_queries(texts),  # e5: "query: " prefix
             self.dense,
@@ -122,37 +135,36 @@ class Recsmith:
 
     def candidates(self, req: RetrievalRequest) -> list[Candidate]:
         self.ensure_ready()
+        self.check_ids(req)
         history: list[tuple[str, str]] = []
         purchased: set[str] = set()
         if req.user_id:
-            cold = not (req.history or req.query or req.seed_product_id)
-            if cold and not self.store.has_user(req.user_id):
-                raise NotFound(f"unknown user id {req.user_id!r} (no interactions stored)")
             history = self.history(req.user_id)
             purchased = self.store.purchased(req.user_id)
         if req.history:
-            unknown = [p for p in req.history if p not in self.dense.row]
-            if unknown:
-                raise NotFound(f"unknown product id(s) in history: {', '.join(unknown[:5])}")
             history = history + [(p, "view") for p in req.history]
-        if req.seed_product_id and req.seed_product_id not in self.dense.row:
-            raise NotFound(f"unknown product id {req.seed_product_id!r}")
         return self.retriever.candidates(req, history=history, purchased=purchased)
 
-    def llm(self):  # noqa: ANN201 - the configured LLM backend (loaded on first use)
-        from service.llm.factory import get_llm
+    def check_ids(self, req: RetrievalRequest) -> None:
+        """The one check of a request's ids: an unknown one is the caller's mistake (a
+        NotFound naming the field), not a degraded list. A user without interactions is
+        fine when a query, history or seed gives retrieval something to go on."""
+        if req.history:
+            missing = [(n, p) for n, p in enumerate(req.history) if p not in self.dense.row]
+            if missing:
+                raise NotFound(
+                    f"unknown product id(s) in history: {', '.join(p for _, p in missing[:5])}",
+                    fields=[(f"history[{n}]", "unknown product id") for n, _ in missing[:20]],
+                )
+        cold = not (req.history or req.query or req.seed_product_id)
+        if req.user_id and cold and not self.store.has_user(req.user_id):
+            raise NotFound(
+                f"unknown user id {req.user_id!r} (no interactions stored); "
+                "send a query or history for a new user",
+                fields=[("user_id", "unknown user")],
+            )
+        if req.seed_product_id and req.seed_product_id not in self.dense.row:
+            raise NotFound(f"unknown product id {req.seed_product_id!r}")
 
+    def llm(self) -> LLM:  # the configured LLM backend (loaded on first use)
         return get_llm(self.settings)
-
-    def reranker_llm(self, rerank: str):  # noqa: ANN201
-        """The verbalizer uses the LoRA-tuned adapter when one is saved (`recsmith train
-        reranker`); loaded once per process. Other rerankers use the base model, since the
-        adapter was tuned on the verbalizer's prompt only."""
-        if rerank != "verbalizer":
-            return self.llm()
-        with self._lock:
-            if self._verbalizer_llm is None:
-                from service.training.lora import reranker_llm
-
-                self._verbalizer_llm = reranker_llm(self.settings)
-            return self._verbalizer_llm

@@ -1,14 +1,14 @@
 """The FastAPI application: `create_app(settings)` (uvicorn runs it with --factory).
 
-The lifespan builds the Recsmith, brings the indexes in step with the catalogue and warms
-the encoder before the first request; the LLM loads in the background (readyz reports it,
-and until it is there model stages degrade instead of blocking startup).
+The lifespan builds the Application (service/application.py: every service, once), brings
+the indexes in step with the catalogue and warms the encoder before the first request; the
+LLM loads in the background (readyz reports it, and until it is there model stages degrade
+instead of blocking startup). Routes reach the Application through one dependency.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -17,14 +17,20 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service.api import metrics
+from service.api import metrics, web
 from service.api.deps import require_api_key
 from service.api.errors import error_responses, install_error_handlers
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
-from service.api.state import IndexState
+from service.api.routes import (
+    assistant,
+    copy,
+    health,
+    interactions,
+    products,
+    recommendations,
+)
+from service.application import Application
 from service.config import Settings, get_settings
-from service.llm.log import prune_llm_calls
-from service.recsmith import Recsmith
 
 logger = logging.getLogger("service.api")
 
@@ -39,62 +45,26 @@ TAGS = [
 ]
 
 
-class LlmWarm:
-    """Loads the configured LLM once, off the request path, and remembers how it went."""
-
-    def __init__(self, rs: Recsmith) -> None:
-        self.rs = rs
-        self.status = "loading"
-        self.error: str | None = None
-        self.llm: Any = None
-        self.thread = threading.Thread(target=self._run, name="llm-warm", daemon=True)
-
-    def start(self) -> LlmWarm:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            self.llm = self.rs.llm()
-            self.status = "ready"
-        except Exception as e:  # noqa: BLE001 - reported by /readyz; requests degrade
-            self.error = f"{type(e).__name__}: {e}"[:500]
-            self.status = "failed"
-            logger.warning("LLM did not load: %s", self.error)
-
-
-def _boot(settings: Settings) -> Recsmith:
-    rs = Recsmith(settings)
-    rs.encoder.encode(["warm up"])  # loads the weights and runs one batch
-    report = rs.sync_index()
-    logger.info("index in step: %s", report.as_dict())
-    try:  # shoppers' prompts are kept llm_log_retention_days, no longer
-        prune_llm_calls(settings)
-    except Exception:  # noqa: BLE001 - a log that cannot be pruned must not stop the API
-        logger.warning("could not prune llm_calls", exc_info=True)
-    return rs
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+
+    def boot() -> Application:
+        application = Application(settings, **app.state.seams)
+        application.start()
+        return application
+
     try:
-        rs = await run_in_threadpool(_boot, settings)
+        application = await run_in_threadpool(boot)
     except Exception as e:
         app.state.startup_error = f"{type(e).__name__}: {e}"
         raise
-    app.state.recsmith = rs
-    app.state.index = IndexState(rs)
+    app.state.application = application
     app.state.index_ready = True
-    app.state.llm_warm = LlmWarm(rs).start()
-    from service.api.jobs import resume_jobs  # copy jobs a dead process left running/queued
-
-    await run_in_threadpool(resume_jobs, app)
     yield
     app.state.index_ready = False
-    runner = getattr(app.state, "copy_jobs", None)
-    if runner is not None:  # stop batch jobs between batches; they resume when restarted
-        await run_in_threadpool(runner.shutdown, 30.0)
+    # Stop batch jobs between batches; they resume when restarted.
+    await run_in_threadpool(application.close, 30.0)
 
 
 def _version() -> str:
@@ -104,7 +74,9 @@ def _version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, **seams: Any) -> FastAPI:
+    """`seams` go to the Application's constructor (encoder, fusion, writer_llm,
+    ranker_llm): tests and benchmarks swap parts there, never by patching attributes."""
     settings = settings or get_settings()
     app = FastAPI(
         title="recsmith",
@@ -120,17 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.seams = seams
     install_error_handlers(app)
     metrics.listen_llm_calls()
-
-    from service.api.routes import (
-        assistant,
-        copy,
-        health,
-        interactions,
-        products,
-        recommendations,
-    )
 
     # Every /v1 router carries the prefix itself; the key check and the common error
     # responses are added here, once.
@@ -140,8 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             r, dependencies=[Depends(require_api_key)], responses=error_responses(401, 413, 422)
         )
     app.include_router(health.router)
-
-    from service.api import web
 
     web.install(app)
 

@@ -1,4 +1,4 @@
-"""Dependencies: the API key check and the shared Recsmith (built once by the lifespan)."""
+"""Dependencies: the API key check and the Application (built once by the lifespan)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
-from service.api.state import IndexState
-from service.config import Settings
-from service.recsmith import Recsmith
+from service.application import Application
 
 # Every versioned route lives under this prefix (routers carry it, so metrics see full
 # route templates).
@@ -22,15 +20,11 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="A
 bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def get_recsmith(request: Request) -> Recsmith:
-    rs = getattr(request.app.state, "recsmith", None)
-    if rs is None:  # the lifespan has not run (or failed): not ready to serve
+def get_application(request: Request) -> Application:
+    application = getattr(request.app.state, "application", None)
+    if application is None:  # the lifespan has not run (or failed): not ready to serve
         raise ApiError(503, "the service is starting; try again shortly", code="starting")
-    return rs
+    return application
 
 
 def key_matches(given: str, keys: list[str]) -> bool:
@@ -88,15 +82,7 @@ def require_api_key(
         raise err
 
 
-RS = Annotated[Recsmith, Depends(get_recsmith)]
-
-
-def get_index_state(request: Request) -> IndexState:
-    get_recsmith(request)  # same readiness answer
-    return request.app.state.index
-
-
-Index = Annotated[IndexState, Depends(get_index_state)]
+App = Annotated[Application, Depends(get_application)]
 
 
 def request_id(request: Request) -> str:

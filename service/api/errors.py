@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.protocol import ErrorBody, ErrorResponse, FieldError
-from service.catalog.store import NotFound
+from service.errors import DomainError, Invalid, NotFound, TooBusy
 from service.llm.base import LLMError
 
 logger = logging.getLogger("service.api")
@@ -138,8 +138,18 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=headers)
 
 
-async def _not_found_handler(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(404, "not_found", str(exc))
+async def _domain_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The application's domain errors: unknown id 404, unusable input 422, busy 429."""
+    assert isinstance(exc, DomainError)
+    fields = [FieldError(field=f, problem=p) for f, p in exc.fields]
+    if isinstance(exc, NotFound):
+        return error_response(404, "not_found", exc.message, fields)
+    if isinstance(exc, TooBusy):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return error_response(429, "too_many_requests", exc.message, fields, headers)
+    if isinstance(exc, Invalid):
+        return error_response(422, "invalid_request", exc.message, fields)
+    return error_response(400, "bad_request", exc.message, fields)
 
 
 def _rid(request: Request) -> str:
@@ -168,7 +178,7 @@ async def _bug_handler(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
-    app.add_exception_handler(NotFound, _not_found_handler)
+    app.add_exception_handler(DomainError, _domain_handler)
     app.add_exception_handler(LLMError, _llm_handler)
     app.add_exception_handler(Exception, _bug_handler)
 

@@ -83,16 +83,3 @@ class JobRunner:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
-
-
-def resume_jobs(app: Any) -> list[int]:
-    """At API start-up: resume the copy jobs a dead process left behind, on the app's job
-    runner (made here if no request made one yet). Never fails the start-up."""
-    from service.api.routes.copy import make_runner
-
-    try:
-        runner = getattr(app.state, "copy_jobs", None) or make_runner(app)
-        return runner.resume_orphans()
-    except Exception:  # noqa: BLE001 - a job left behind must not stop the API starting
-        logger.warning("could not resume copy jobs", exc_info=True)
-        return []

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.application import Appended, Page, Scored, Similar, Upserted
 from service.catalog.models import ID_PATTERN, Interaction, Product
 from service.copy.tasks import (
     CopyOptions,
@@ -28,7 +29,9 @@ from service.copy.tasks import (
     JobStatus,
     ProductTask,
 )
+from service.recommend import ListHeadline, Recommendation, RecommendedItem
 from service.retrieval.filters import Filters
+from service.vocab import RerankMode
 
 # -- limits -------------------------------------------------------------------------------
 MAX_K = 100
@@ -97,6 +100,17 @@ class UpsertResult(BaseModel):
     )
     index: IndexReportOut | None = None
 
+    @classmethod
+    def from_domain(cls, u: Upserted, received: int, errors: list[ItemError]) -> UpsertResult:
+        return cls(
+            received=received,
+            inserted=u.inserted,
+            updated=u.updated,
+            unchanged=u.unchanged,
+            errors=errors,
+            index=IndexReportOut(**u.index.as_dict()) if u.index else None,
+        )
+
 
 class ProductPage(BaseModel):
     items: list[Product]
@@ -104,6 +118,10 @@ class ProductPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None = None
+
+    @classmethod
+    def from_domain(cls, page: Page) -> ProductPage:
+        return cls(**vars(page))
 
 
 class ScoredProduct(BaseModel):
@@ -119,16 +137,31 @@ class ScoredProduct(BaseModel):
         default_factory=dict, description="Score per retrieval source that found it"
     )
 
+    @classmethod
+    def from_domain(cls, s: Scored) -> ScoredProduct:
+        p = s.product
+        return cls(
+            product_id=p.id,
+            title=p.title,
+            category=p.category,
+            brand=p.brand,
+            price=p.price,
+            currency=p.currency,
+            in_stock=p.in_stock,
+            score=round(float(s.candidate.score), 6),
+            sources=s.candidate.sources,
+        )
+
 
 class SimilarResponse(BaseModel):
     product_id: str
     items: list[ScoredProduct]
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
-
-class SearchResponse(BaseModel):
-    query: str
-    items: list[ScoredProduct]
+    @classmethod
+    def from_domain(cls, s: Similar) -> SimilarResponse:
+        items = [ScoredProduct.from_domain(i) for i in s.items]
+        return cls(product_id=s.product_id, items=items, timings_ms=s.timings_ms)
 
 
 # -- interactions -------------------------------------------------------------------------
@@ -141,6 +174,12 @@ class AppendResult(BaseModel):
     added: int = Field(description="New events (exact duplicates are skipped)")
     errors: list[ItemError] = Field(default_factory=list)
 
+    @classmethod
+    def from_domain(cls, a: Appended, events: list[Interaction]) -> AppendResult:
+        problem = [FieldError(field="product_id", problem="unknown product id")]
+        errors = [ItemError(index=n, id=events[n].product_id, fields=problem) for n in a.unknown]
+        return cls(received=len(events), added=a.added, errors=errors)
+
 
 # -- recommendations ----------------------------------------------------------------------
 class FiltersIn(Filters):
@@ -150,9 +189,6 @@ class FiltersIn(Filters):
 
     categories: list[ShortText] = Field(default_factory=list, max_length=50)
     exclude_ids: list[ProductId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
-
-
-RerankMode = Literal["none", "verbalizer", "reasoning"]
 
 
 class RecommendationRequest(_Strict):
@@ -170,7 +206,7 @@ class RecommendationRequest(_Strict):
     k: int = Field(default=10, ge=1, le=MAX_K)
     filters: FiltersIn = Field(default_factory=FiltersIn)
     rerank: RerankMode = Field(
-        default="none",
+        default=RerankMode.none,
         description="none: retrieval order; verbalizer: one LLM pass per pair; "
         "reasoning: the LLM writes a ranking with reasons",
     )
@@ -196,6 +232,21 @@ class RecommendedItemOut(BaseModel):
     why: str | None = Field(default=None, description="Present when explain=true")
     fit: float | None = Field(default=None, description="Headline fit score, when headline=true")
 
+    @classmethod
+    def from_domain(cls, i: RecommendedItem) -> RecommendedItemOut:
+        return cls(
+            product_id=i.product_id,
+            title=i.title,
+            category=i.category,
+            price=i.price,
+            currency=i.currency,
+            score=round(float(i.score), 6),
+            retrieval_score=round(float(i.retrieval_score), 6),
+            sources=i.sources,
+            why=i.why,
+            fit=i.fit,
+        )
+
 
 class HeadlineOut(BaseModel):
     text: str
@@ -204,6 +255,10 @@ class HeadlineOut(BaseModel):
     template_version: str | None = None
     flagged: bool = False
     fit: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def from_domain(cls, h: ListHeadline) -> HeadlineOut:
+        return cls(**vars(h))
 
 
 class RecommendationResponse(BaseModel):
@@ -221,6 +276,23 @@ class RecommendationResponse(BaseModel):
     template: str | None = None
     template_version: str | None = None
     timings_ms: dict[str, float]
+
+    @classmethod
+    def from_domain(cls, rec: Recommendation, request_id: str) -> RecommendationResponse:
+        return cls(
+            request_id=request_id,
+            items=[RecommendedItemOut.from_domain(i) for i in rec.items],
+            stages=rec.stages,
+            rerank=rec.rerank,
+            degraded=rec.degraded,
+            degraded_reason=rec.degraded_reason,
+            rationale=rec.rationale,
+            headline=HeadlineOut.from_domain(rec.headline) if rec.headline else None,
+            model_id=rec.model_id,
+            template=rec.template,
+            template_version=rec.template_version,
+            timings_ms=rec.timings_ms,
+        )
 
 
 # -- health -------------------------------------------------------------------------------
@@ -392,6 +464,11 @@ class CopyJobCreate(CopyOptions):
 class CopyJob(JobStatus, _UtcTimes):
     progress: float = Field(description="(done + failed) / total, 0..1")
     queued: bool = Field(default=False, description="Waiting for the job runner")
+
+    @classmethod
+    def from_domain(cls, s: JobStatus, queued: bool = False) -> CopyJob:
+        progress = (s.done + s.failed) / s.total if s.total else 1.0
+        return cls(**s.model_dump(), progress=round(progress, 4), queued=queued)
 
 
 class CopyPage(BaseModel):

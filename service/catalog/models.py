@@ -7,10 +7,11 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.vocab import Event
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 
@@ -163,13 +164,6 @@ class Product(BaseModel):
         return hashlib.sha256(self.embedding_text().encode("utf-8")).hexdigest()
 
 
-class Event(StrEnum):
-    view = "view"
-    cart = "cart"
-    purchase = "purchase"
-    rating = "rating"
-
-
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -188,7 +182,12 @@ def _from_unix(x: float) -> datetime:
 
 
 # How much each event says about interest; used for profiles and co-interaction.
-EVENT_WEIGHT: dict[str, float] = {"view": 1.0, "cart": 2.0, "rating": 2.0, "purchase": 3.0}
+EVENT_WEIGHT: dict[str, float] = {
+    Event.view: 1.0,
+    Event.cart: 2.0,
+    Event.rating: 2.0,
+    Event.purchase: 3.0,
+}
 
 
 class Interaction(BaseModel):

@@ -15,18 +15,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from service.catalog.models import Interaction, Product
 from service.catalog.tables import InteractionRow, ProductRow
 from service.db import get_engine, session_scope
+from service.errors import NotFound  # noqa: F401 - raised here, re-exported
 
 log = logging.getLogger(__name__)
 
 # Ids per SELECT ... IN (...) when comparing stored rows (well under any bound-variable limit).
 _CHUNK = 500
-
-
-class NotFound(KeyError):
-    """An id that is not in the catalogue."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
-        return str(self.args[0]) if self.args else "not found"
 
 
 def _row_to_product(row: ProductRow) -> Product:

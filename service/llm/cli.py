@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.cli_support import fail
+
 models_app = typer.Typer(help="Prepare and inspect the generative models.", no_args_is_help=True)
 vllm_app = typer.Typer(
     help="Run a local vLLM server with the prepared model.", no_args_is_help=True
@@ -49,8 +51,7 @@ def models_prepare(
             model, settings=get_settings(), force=force, install=install, gguf_only=gguf_only
         )
     except PrepareError as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
-        raise typer.Exit(1) from e
+        raise fail(str(e), 1) from e
     m = read_manifest(folder) or {}
     console.print(
         f"[green]ready[/] {folder}  (gguf sha256 {m.get('gguf_sha256', '?')[:12]}…, "
@@ -123,13 +124,11 @@ def models_health(
     from service.llm.prepare import PrepareError
 
     if role not in ("writer", "ranker"):
-        console.print(f"[red]error:[/] role must be writer or ranker, not {role!r}")
-        raise typer.Exit(2)
+        raise fail(f"role must be writer or ranker, not {role!r}")
     try:
         health = get_llm(role=role).health()  # type: ignore[arg-type]
     except (LLMError, PrepareError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
-        raise typer.Exit(1) from e
+        raise fail(str(e), 1) from e
     console.print_json(json.dumps(health, default=str))
 
 
@@ -179,8 +178,7 @@ def vllm_serve(
     try:
         server.start()
     except VLLMUnavailable as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+        raise fail(str(e), 1) from e
     console.print(
         f"[green]vLLM serving[/] {server.served_name} at {server.base_url} "
         f"(pid {server.proc.pid if server.proc else '?'}, log {server.log_path})"

@@ -68,10 +68,3 @@ def get_llm(settings: Settings | None = None, role: Role | None = None) -> LLM:
                 llm = TransformersLLM(s)
             _cache[key] = llm
         return llm
-
-
-def clear_cache() -> None:
-    with _lock:
-        for llm in _cache.values():
-            llm.close()
-        _cache.clear()

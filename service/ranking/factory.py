@@ -8,11 +8,15 @@ from typing import Any
 
 from service.catalog.models import Product
 from service.llm.base import LLM
+from service.llm.factory import get_llm
 from service.ranking.base import RankResult, Reranker, UserContext, retrieval_order
 from service.ranking.common import dedupe
+from service.ranking.reasoning import ReasoningReranker
+from service.ranking.verbalizer import VerbalizerReranker
 from service.retrieval.retriever import Candidate
+from service.vocab import RerankMode
 
-RERANKERS = ("none", "verbalizer", "reasoning")
+RERANKERS = tuple(m.value for m in RerankMode)
 
 
 class NoRerank(Reranker):
@@ -42,17 +46,11 @@ def get_reranker(name: str = "none", llm: LLM | None = None, **opts: Any) -> Rer
         return NoRerank()
     source: Any = llm if llm is not None else _default_llm
     if name == "verbalizer":
-        from service.ranking.verbalizer import VerbalizerReranker
-
         return VerbalizerReranker(source, **opts)
     if name == "reasoning":
-        from service.ranking.reasoning import ReasoningReranker
-
         return ReasoningReranker(source, **opts)
     raise ValueError(f"unknown reranker {name!r}; choose one of {', '.join(RERANKERS)}")
 
 
 def _default_llm() -> LLM:
-    from service.llm.factory import get_llm
-
     return get_llm()

@@ -7,22 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
+
+from service.cli_support import console, fail, out, progress_bar
 
 train_app = typer.Typer(
     help="Train the sequential retriever and the LoRA reranker.", no_args_is_help=True
 )
-console = Console(stderr=True)
-out = Console()
 
 DatasetOpt = Annotated[
     str | None,
@@ -35,18 +26,6 @@ TieOpt = Annotated[
     str, typer.Option(help="--dataset only: order of equal timestamps, item_id | original")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the metrics as JSON")]
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _settings(data_dir: Path | None) -> Any:
@@ -63,11 +42,6 @@ def _settings(data_dir: Path | None) -> Any:
     return s
 
 
-def _fail(msg: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {msg}")
-    return typer.Exit(2)
-
-
 def _load_dataset(name: str, tie_break: str) -> tuple[Any, Any]:
     from eval.datasets import DatasetError, load
     from eval.split import leave_last_two_out
@@ -77,7 +51,7 @@ def _load_dataset(name: str, tie_break: str) -> tuple[Any, Any]:
     try:
         ds = load(name)
     except DatasetError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     return ds, leave_last_two_out(ds, tie_break)  # type: ignore[arg-type]
 
 
@@ -137,7 +111,7 @@ def retriever(
         seed=seed,
         threads=threads,
     )
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("loading the interaction log", total=epochs)
 
         def report(r: EpochReport) -> None:
@@ -168,11 +142,11 @@ def retriever(
 
                 rows = CatalogStore(settings.db_url).all_interactions()
                 if not rows:
-                    raise _fail("the store has no interactions: `recsmith ingest interactions …`")
+                    raise fail("the store has no interactions: `recsmith ingest interactions …`")
                 bar.update(task, description=f"training on the store's log ({len(rows)} rows)")
                 metrics = train_sequential(rows, settings, report, cfg)
         except SequentialModelError as e:
-            raise _fail(str(e)) from None
+            raise fail(str(e)) from None
         bar.update(task, completed=metrics["epochs_run"], total=metrics["epochs_run"])
     if as_json:
         out.print_json(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
@@ -245,7 +219,7 @@ def reranker(
         device=device,
         threads=threads,
     )
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("building prompts", total=None)
         try:
             if dataset:
@@ -274,7 +248,7 @@ def reranker(
                 extra={"candidates_from": source},
             )
         except AdapterError as e:
-            raise _fail(str(e)) from None
+            raise fail(str(e)) from None
     if as_json:
         out.print_json(json.dumps({k: v for k, v in metrics.items() if k != "losses"}))
         return
@@ -375,7 +349,7 @@ def evaluate(
     settings = _settings(data_dir)
     ds, split = _load_dataset(dataset, tie_break)
 
-    with _progress() as bar:
+    with progress_bar() as bar:
 
         class _Rep(Reporter):
             task: Any = None
@@ -390,7 +364,7 @@ def evaluate(
         try:
             run = run_learned(ds, split, settings, rerank_users, seed, _Rep(), tuned)
         except (SequentialModelError, AdapterError) as e:
-            raise _fail(str(e)) from None
+            raise fail(str(e)) from None
     run["command"] = "recsmith train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     run["training_commands"] = [c for c in command.split(";") if c.strip()]
     run["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -28,8 +28,6 @@ served under its usual name and `load_adapter_into(OpenAILLM)` asks for model "r
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -37,7 +35,6 @@ import math
 import os
 import random
 import shutil
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,16 +49,22 @@ if TYPE_CHECKING:
     from service.config import Settings
     from service.llm.base import LLM
 
+# The inference side (adapter format, loading onto the base model) is the serving module's.
+from service.artefacts import Artefacts  # noqa: E402
+from service.config import get_settings  # noqa: E402
+from service.llm.factory import get_llm  # noqa: E402
+from service.ranking.adapter import (  # noqa: E402
+    ADAPTER_FILES,
+    FORMAT_VERSION,
+    SERVED_NAME,
+    AdapterError,
+    adapter_dir,  # noqa: F401 - re-exported for the training CLI and tests
+    base_fingerprint,
+    load_adapter_into,  # noqa: F401 - re-exported for the training CLI and tests
+    read_manifest,  # noqa: F401 - re-exported for the training CLI and tests
+)
+
 logger = logging.getLogger(__name__)
-
-ADAPTER_DIR = "reranker-lora"
-FORMAT_VERSION = 1
-SERVED_NAME = "reranker"  # the adapter's model name on vLLM (--lora-modules reranker=PATH)
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-class AdapterError(RuntimeError):
-    """No usable adapter (missing, corrupted, or made for another base model)."""
 
 
 @dataclass
@@ -215,29 +218,6 @@ def answer_logits(model: Any, seqs: Sequence[Sequence[int]], pad: int, device: s
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1
     )
     return out.logits[:, -1, :].float()
-
-
-def base_fingerprint(model_path: str) -> str:
-    """What identifies the base weights: the prepared folder's source GGUF sha256 when
-    recsmith prepared it, else config.json's sha256 and the weight files' sizes."""
-    p = Path(model_path)
-    man = p / "manifest.json"
-    if man.exists():
-        with contextlib.suppress(OSError, ValueError):
-            sha = json.loads(man.read_text()).get("gguf_sha256")
-            if sha:
-                return f"gguf:{sha}"
-    h = hashlib.sha256()
-    if (p / "config.json").exists():
-        h.update((p / "config.json").read_bytes())
-        for w in sorted(p.glob("*.safetensors")):
-            h.update(f"{w.name}:{w.stat().st_size}".encode())
-        return f"config:{h.hexdigest()}"
-    return f"id:{model_path}"
-
-
-def adapter_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "models" / ADAPTER_DIR
 
 
 def _evaluate(
@@ -526,97 +506,11 @@ def save_adapter(model: Any, out: Path, metrics: dict[str, Any], manifest: dict[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# -- serving ---------------------------------------------------------------------------------
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The adapter's manifest after checking its files; AdapterError says what is wrong."""
-    if not (path / "manifest.json").exists():
-        raise AdapterError(f"no reranker adapter in {path}: run `recsmith train reranker`")
-    try:
-        man = json.loads((path / "manifest.json").read_text())
-        if man.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format version {man.get('format_version')!r}")
-        for name, digest in man["sha256"].items():
-            if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:
-                raise ValueError(f"{name} does not match its checksum")
-    except Exception as e:  # noqa: BLE001
-        raise AdapterError(
-            f"the reranker adapter in {path} is unusable ({type(e).__name__}: {e}); "
-            "retrain with `recsmith train reranker` or delete the folder"
-        ) from e
-    return man
-
-
-_merged: dict[tuple[str, str, str], Any] = {}
-_merged_lock = threading.Lock()
-
-
-def load_adapter_into(llm: LLM, path: str | Path) -> LLM:
-    """A backend that answers with the tuned adapter; `llm` itself is left as it is (it is
-    shared through service.llm.factory's cache by copy writing and the assistant).
-
-    transformers: the LoRA weights merged into a private copy of the base model (cached
-    per adapter, so repeated calls cost nothing; merged = no adapter overhead per call).
-    openai (vLLM): the same client with model name "reranker", which vLLM serves when
-    started with `--enable-lora --lora-modules reranker=PATH`.
-    Raises AdapterError when the adapter is missing, corrupted, or for another base model.
-    """
-    path = Path(path)
-    man = read_manifest(path)
-    if llm.backend == "openai":
-        from service.llm.openai_backend import OpenAILLM
-
-        return OpenAILLM(llm.settings, base_url=llm.base_url, model=SERVED_NAME)  # type: ignore[attr-defined]
-    if llm.backend != "transformers":
-        raise AdapterError(f"cannot load a LoRA adapter into a {llm.backend!r} backend")
-    from service.llm.transformers_backend import LoadedModel
-
-    base_path = llm.model_path  # type: ignore[attr-defined]
-    if base_fingerprint(base_path) != man.get("base_fingerprint"):
-        raise AdapterError(
-            f"the adapter in {path} was trained on {man.get('base_model')!r}, not on the "
-            f"configured model {llm.model_id!r}: retrain with `recsmith train reranker`"
-        )
-    key = (base_path, str(path.resolve()), man["sha256"]["adapter_model.safetensors"])
-    with _merged_lock:
-        loaded = _merged.get(key)
-        if loaded is None:
-            from peft import PeftModel
-
-            m = llm.m  # type: ignore[attr-defined]
-            try:
-                with m.lock:
-                    private = copy.deepcopy(m.model)
-                tuned = PeftModel.from_pretrained(private, str(path)).merge_and_unload()
-            except Exception as e:  # noqa: BLE001
-                raise AdapterError(f"could not apply the adapter in {path}: {e}") from e
-            tuned.eval()
-            loaded = LoadedModel(
-                tuned, m.tokenizer, m.path, m.dtype, threading.Lock(), m.supports_logits_to_keep
-            )
-            _merged[key] = loaded
-    new = copy.copy(llm)
-    new.m = loaded  # type: ignore[attr-defined]
-    new.model_id = f"{llm.model_id}+{ADAPTER_DIR}@{key[2][:8]}"
-    return new
-
-
 def reranker_llm(settings: Settings | None = None) -> LLM:
-    """The verbalizer's backend: the configured LLM with the tuned adapter when one is
-    saved in DATA_DIR/models/reranker-lora and fits it; otherwise the base LLM (a broken
-    or mismatched adapter is logged, never fatal)."""
-    from service.config import get_settings
-    from service.llm.factory import get_llm
-
+    """The verbalizer's backend as the service loads it (service/artefacts.py): the
+    configured LLM with the tuned adapter when one is saved and fits it, else the base."""
     s = settings or get_settings()
-    base = get_llm(s)
-    path = adapter_dir(s)
-    if not (path / "manifest.json").exists():
-        return base
-    try:
-        return load_adapter_into(base, path)
-    except AdapterError as e:
-        logger.warning("verbalizer uses the base model: %s", e)
-        return base
+    return Artefacts(s, strict=False).ranker_llm(get_llm(s))
 
 
 def tuned_verbalizer(settings: Settings | None = None, **opts: Any) -> Any:

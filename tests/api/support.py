@@ -128,7 +128,8 @@ def quiesce(app: FastAPI | None = None, timeout_s: float = 600) -> None:
     """Let model work started by requests finish before the process may exit: a thread
     still inside torch when the interpreter shuts down aborts the process. A client that
     leaves a stream early (the fuzzer does) stops generation at the next token."""
-    runner = getattr(app.state, "copy_jobs", None) if app is not None else None
+    application = getattr(app.state, "application", None) if app is not None else None
+    runner = application.jobs if application is not None else None
     if runner is not None:
         runner.shutdown(timeout_s=timeout_s)
     end = time.monotonic() + timeout_s

@@ -18,18 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.api.app import create_app
-from service.api.jobs import JobRunner
-from service.catalog.store import CatalogStore
 from service.config import Settings
 from service.copy import batch as jobs
 from service.copy.tables import CopyJobRow
 from service.copy.tasks import CopyOptions
-from service.copy.writer import CopyWriter
 from service.db import get_engine, session_scope
 from tests.api.support import AUTH, app_settings, fresh_copy, quiesce
 from tests.copy.test_copy_hardening import BANNED, TitleLLM
@@ -51,20 +47,12 @@ def _settings(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory, **kw: ob
     )
 
 
-def _fake_writers(app: FastAPI, s: Settings) -> None:
-    """The app's copy writer and job runner, writing with the fake model."""
-    make = lambda: CopyWriter(s, llm=TitleLLM(), catalog=CatalogStore(s.db_url))  # noqa: E731
-    app.state.copy_writer = make()
-    app.state.copy_jobs = JobRunner(s, make)
-
-
 @pytest.fixture
 def hard_client(
     demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TestClient, Settings]]:
     s = _settings(demo_dir, tmp_path_factory, copy_max_active_jobs=2)
-    app = create_app(s)
-    _fake_writers(app, s)
+    app = create_app(s, writer_llm=TitleLLM())  # copy writer and job runner write with it
     with TestClient(app, headers=AUTH) as c:
         yield c, s
         quiesce(app, timeout_s=60)
@@ -120,7 +108,7 @@ def test_identical_job_requests_share_a_job_and_active_jobs_are_capped(
 ) -> None:
     c, s = hard_client
     held: list[int] = []
-    runner = c.app.state.copy_jobs  # type: ignore[attr-defined]
+    runner = c.app.state.application.jobs  # type: ignore[attr-defined]
     runner.submit = held.append  # jobs stay queued: the runner is busy elsewhere
     body = {"task": "title", "category": "Kitchen", "limit": 3, "batch_size": 1}
     a = c.post("/v1/copy/jobs", json=body)
@@ -155,8 +143,7 @@ def test_start_up_resumes_a_job_a_dead_process_left_running(
             .where(CopyJobRow.id == job.id)
             .values(runner_pid=dead.pid, runner_host=socket.gethostname(), runner_token="1")
         )
-    app = create_app(s)
-    _fake_writers(app, s)
+    app = create_app(s, writer_llm=TitleLLM())  # copy writer and job runner write with it
     with TestClient(app, headers=AUTH) as c:
         final = _wait(c, job.id)
         texts = c.get("/v1/copy", params={"job_id": job.id}).json()["items"]

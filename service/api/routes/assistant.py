@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -13,8 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api import metrics
-from service.api.deps import V1, Index, request_id
-from service.api.errors import ApiError, error_payload, error_responses
+from service.api.deps import V1, App, request_id
+from service.api.errors import error_payload, error_responses
 from service.api.protocol import (
     CONVERSATION_ID_PATTERN,
     ChatFinal,
@@ -22,11 +21,9 @@ from service.api.protocol import (
     Conversation,
 )
 from service.recommend import public_reason
-from service.recsmith import Recsmith
 
 logger = logging.getLogger("service.api")
 router = APIRouter(prefix=f"{V1}/assistant", tags=["assistant"])
-_lock = threading.Lock()
 
 SSE_DOC = (
     "A `text/event-stream`. Events, in order: any number of `token` "
@@ -52,20 +49,6 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
         "retry": {"type": "integer"},
     },
 }
-
-
-def assistant_for(request: Request, rs: Recsmith) -> Any:
-    """One Assistant per app (imports LangChain, so built on first use)."""
-    a = getattr(request.app.state, "assistant", None)
-    if a is None:
-        with _lock:
-            a = getattr(request.app.state, "assistant", None)
-            if a is None:
-                from service.assistant.chat import Assistant
-
-                a = Assistant(rs)
-                request.app.state.assistant = a
-    return a
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -119,21 +102,13 @@ def _events(events: Iterator[dict[str, Any]], rid: str = "") -> Iterator[bytes]:
         **error_responses(400, 401, 404, 413, 422),
     },
 )
-async def chat(body: ChatRequest, index: Index, request: Request) -> Any:
+async def chat(body: ChatRequest, app: App, request: Request) -> Any:
     def start() -> Iterator[dict[str, Any]]:
         # Retrieval and the conversation lookup run before the first byte, so their errors
         # (unknown conversation or user) are ordinary 4xx responses.
-        with index.reading() as rs:
-            a = assistant_for(request, rs)
-            try:
-                return a.stream(
-                    body.message,
-                    body.conversation_id,
-                    filters=body.filters,
-                    user_id=body.user_id,
-                )
-            except ValueError as e:
-                raise ApiError(422, str(e), fields=[("message", str(e))]) from None
+        return app.chat(
+            body.message, body.conversation_id, filters=body.filters, user_id=body.user_id
+        )
 
     events = await run_in_threadpool(start)
     if not body.stream:
@@ -164,8 +139,6 @@ async def chat(body: ChatRequest, index: Index, request: Request) -> Any:
 )
 def conversation(
     conversation_id: Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN)],
-    index: Index,
-    request: Request,
+    app: App,
 ) -> Conversation:
-    a = assistant_for(request, index.rs)
-    return Conversation.model_validate(a.conversation(conversation_id))
+    return Conversation.model_validate(app.conversation(conversation_id))

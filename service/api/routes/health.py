@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import has_valid_key
 from service.api.metrics import REGISTRY
 from service.api.protocol import Health, Readiness
+from service.application import Application, LlmWarm
 
 logger = logging.getLogger("service.api")
 router = APIRouter(tags=["health"])
@@ -49,22 +50,24 @@ def _check(fn: Any) -> dict[str, Any]:
 )
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state
-    rs = getattr(state, "recsmith", None)
+    application: Application | None = getattr(state, "application", None)
     checks: dict[str, dict[str, Any]] = {}
-    if rs is None:
+    if application is None:
         failed = getattr(state, "startup_error", None) is not None
         checks["startup"] = {"ok": False, "state": "failed" if failed else "starting"}
         return JSONResponse(Readiness(ready=False, checks=checks).model_dump(), status_code=503)
-    checks["store"] = _check(lambda: {"products": rs.store.count_products()})
-    # cached_property: present in __dict__ only once loaded (reading .encoder would load it).
-    enc = rs.__dict__.get("encoder")
+    checks["store"] = _check(lambda: {"products": application.catalog.count_products()})
+    enc = application.encoder_loaded
     checks["encoder"] = _check(
         lambda: {"ok": enc is not None, "model_id": getattr(enc, "model_id", None)}
     )
     checks["index"] = _check(
-        lambda: {"ok": bool(getattr(state, "index_ready", False)), "products": len(rs.dense)}
+        lambda: {
+            "ok": bool(getattr(state, "index_ready", False)),
+            "products": len(application.engine.dense),
+        }
     )
-    checks["llm"] = _llm_check(state)
+    checks["llm"] = _llm_check(application.llm_warm)
     ready = all(checks[k]["ok"] for k in ("store", "encoder", "index"))
     if not has_valid_key(request):  # model ids can be filesystem paths: only the states
         checks = {
@@ -74,8 +77,7 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-def _llm_check(state: Any) -> dict[str, Any]:
-    warm = getattr(state, "llm_warm", None)
+def _llm_check(warm: LlmWarm | None) -> dict[str, Any]:
     status = warm.status if warm else "not started"
     if status != "ready":
         error = "the model did not load (see the server log)" if status == "failed" else None

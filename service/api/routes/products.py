@@ -3,62 +3,30 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import ValidationError
 
-from service.api.deps import V1, Index
+from service.api.deps import V1, App
 from service.api.errors import ApiError, error_responses, validation_fields
 from service.api.protocol import (
     MAX_K,
     MAX_PAGE,
     MAX_QUERY_CHARS,
     FieldError,
-    IndexReportOut,
     ItemError,
     ProductPage,
     ProductsUpsert,
-    ScoredProduct,
     SimilarResponse,
     UpsertResult,
 )
 from service.catalog.models import ID_PATTERN, Product
-from service.catalog.store import NotFound
-from service.recsmith import Recsmith
-from service.retrieval.filters import Filters
-from service.retrieval.retriever import Candidate, RetrievalRequest
 
 router = APIRouter(prefix=f"{V1}/products", tags=["products"])
 
 PathId = Annotated[str, Path(pattern=ID_PATTERN, description="Product id")]
 Category = Annotated[str | None, Query(max_length=128, description="Only this category")]
-# Search pages come from one ranked shortlist; the retriever returns at most this many.
-MAX_SEARCH_DEPTH = 500
-
-
-def scored(rs: Recsmith, cands: list[Candidate]) -> list[ScoredProduct]:
-    products = rs.store.get_products([c.product_id for c in cands])
-    out = []
-    for c in cands:
-        p = products.get(c.product_id)
-        if p is None:  # deleted since it was indexed
-            continue
-        out.append(
-            ScoredProduct(
-                product_id=p.id,
-                title=p.title,
-                category=p.category,
-                brand=p.brand,
-                price=p.price,
-                currency=p.currency,
-                in_stock=p.in_stock,
-                score=round(float(c.score), 6),
-                sources=c.sources,
-            )
-        )
-    return out
 
 
 def _validate_item(i: int, item: Any) -> tuple[Product | None, ItemError | None]:
@@ -91,7 +59,8 @@ def _fe(field: str, problem: str) -> FieldError:
     "the answer is 422.",
     responses=error_responses(400, 401, 413, 422),
 )
-def upsert_products(body: ProductsUpsert, index: Index) -> UpsertResult:
+def upsert_products(body: ProductsUpsert, app: App) -> UpsertResult:
+    # Each item is parsed on its own here (the protocol's job); the good ones are stored.
     good: list[Product] = []
     errors: list[ItemError] = []
     for i, item in enumerate(body.products):
@@ -103,17 +72,7 @@ def upsert_products(body: ProductsUpsert, index: Index) -> UpsertResult:
     if not good:
         fields = [(f"products[{e.index}].{f.field}", f.problem) for e in errors for f in e.fields]
         raise ApiError(422, "no product in the request is valid", fields=fields[:50])
-    inserted, updated, changed = index.rs.store.upsert_products(good)
-    report = index.sync() if changed else None
-    unique = len({p.id for p in good})
-    return UpsertResult(
-        received=len(body.products),
-        inserted=inserted,
-        updated=updated,
-        unchanged=unique - inserted - updated,
-        errors=errors,
-        index=IndexReportOut(**report.as_dict()) if report else None,
-    )
+    return UpsertResult.from_domain(app.upsert_products(good), len(body.products), errors)
 
 
 @router.get(
@@ -125,41 +84,15 @@ def upsert_products(body: ProductsUpsert, index: Index) -> UpsertResult:
     responses=error_responses(401, 422),
 )
 def list_products(
-    index: Index,
+    app: App,
     q: Annotated[str | None, Query(max_length=MAX_QUERY_CHARS, description="Search text")] = None,
     category: Category = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> ProductPage:
     if q and q.strip():
-        if offset >= MAX_SEARCH_DEPTH:
-            return ProductPage(items=[], total=None, limit=limit, offset=offset)
-        depth = min(offset + limit, MAX_SEARCH_DEPTH)
-        filters = Filters(categories=[category] if category else [], exclude_purchased=False)
-        with index.reading() as rs:
-            cands = rs.candidates(RetrievalRequest(query=q, k=depth, filters=filters))
-            page_ids = [c.product_id for c in cands[offset : offset + limit]]
-            found = rs.store.get_products(page_ids)
-        items = [found[i] for i in page_ids if i in found]
-        more = len(cands) == depth and depth < MAX_SEARCH_DEPTH
-        return ProductPage(
-            items=items,
-            total=None,
-            limit=limit,
-            offset=offset,
-            next_offset=offset + limit if more else None,
-        )
-    store = index.rs.store
-    total = store.count_products() if not category else None
-    items = list(store.iter_products(category=category, limit=limit + 1, offset=offset))
-    more = len(items) > limit
-    return ProductPage(
-        items=items[:limit],
-        total=total,
-        limit=limit,
-        offset=offset,
-        next_offset=offset + limit if more else None,
-    )
+        return ProductPage.from_domain(app.search_page(q, category, limit, offset))
+    return ProductPage.from_domain(app.list_products(category, limit, offset))
 
 
 @router.get(
@@ -168,8 +101,8 @@ def list_products(
     summary="Get one product",
     responses=error_responses(401, 404, 422),
 )
-def get_product(product_id: PathId, index: Index) -> Product:
-    return index.rs.store.get_product(product_id)
+def get_product(product_id: PathId, app: App) -> Product:
+    return app.get_product(product_id)
 
 
 @router.delete(
@@ -179,9 +112,8 @@ def get_product(product_id: PathId, index: Index) -> Product:
     summary="Delete a product (and its interactions)",
     responses=error_responses(401, 404, 422),
 )
-def delete_product(product_id: PathId, index: Index) -> Response:
-    index.rs.store.delete_product(product_id)
-    index.sync()
+def delete_product(product_id: PathId, app: App) -> Response:
+    app.delete_product(product_id)
     return Response(status_code=204)
 
 
@@ -194,21 +126,9 @@ def delete_product(product_id: PathId, index: Index) -> Response:
 )
 def similar_products(
     product_id: PathId,
-    index: Index,
+    app: App,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     category: Category = None,
     in_stock_only: bool = False,
 ) -> SimilarResponse:
-    t0 = time.perf_counter()
-    filters = Filters(
-        categories=[category] if category else [],
-        in_stock_only=in_stock_only,
-        exclude_purchased=False,
-    )
-    with index.reading() as rs:
-        if not rs.store.has_product(product_id):
-            raise NotFound(f"unknown product id {product_id!r}")
-        req = RetrievalRequest(seed_product_id=product_id, k=k, filters=filters)
-        items = scored(rs, rs.candidates(req))
-    ms = round((time.perf_counter() - t0) * 1000, 2)
-    return SimilarResponse(product_id=product_id, items=items, timings_ms={"retrieve": ms})
+    return SimilarResponse.from_domain(app.similar(product_id, k, category, in_stock_only))
