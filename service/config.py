@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     ranker_model: str = ""
     llm_n_ctx: int = 4096  # llamacpp context window (prompt + answer), in tokens
     llm_served_name: str = "recsmith-default"
+    # One server, or several vLLM replicas comma-separated (http://a:8000/v1,http://b:8000/v1):
+    # per-server circuit breakers, least-busy balancing, failover (service/llm/pool.py).
     llm_base_url: str = "http://127.0.0.1:8008/v1"
     llm_api_key: str = "EMPTY"
     llm_timeout_s: float = 60.0
@@ -118,6 +120,13 @@ class Settings(BaseSettings):
     # order (or no headline) is served, degraded, and the model call is abandoned.
     rerank_timeout_s: float = Field(default=30.0, gt=0)
     headline_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_base_urls(cls, v: str) -> str:
+        from service.llm.pool import parse_base_urls  # light: no model or HTTP imports
+
+        return ",".join(parse_base_urls(v))
 
     @field_validator("api_keys", mode="before")
     @classmethod

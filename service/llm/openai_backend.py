@@ -4,12 +4,19 @@
   message lists to `/v1/chat/completions` (concurrent requests, one per prompt).
 - Structured output uses vLLM's `structured_outputs` ({"choice": [...]} / {"json": schema});
   the old `guided_*` fields are silently ignored by current vLLM, so we never send them.
+- Several servers: llm_base_url takes one URL or several, comma-separated (vLLM replicas
+  serving the same model under the same served name, and the same LoRA adapter). Each has
+  its own circuit breaker; calls go to the least busy server whose breaker is closed
+  (service/llm/pool.py). Choice scoring tokenises and scores on one server per call.
 - Failures: connection errors and 5xx are retried with exponential backoff (bounded by
-  llm_max_retries); read timeouts are NOT retried (the server may still be working, and a
-  retry would double both the load and the wait). Every failed attempt feeds a circuit
-  breaker: after llm_circuit_failures consecutive failures calls fail fast with LLMError
-  for llm_circuit_reset_s, then one half-open probe decides. A dead server therefore costs
-  one bounded attempt, not one timeout per request.
+  llm_max_retries), on another server first (no wait) when there is one; read timeouts
+  are NOT retried (the server may still be working, and a retry would double both the
+  load and the wait). Every failed attempt feeds that server's breaker: after
+  llm_circuit_failures consecutive failures it gets no calls for llm_circuit_reset_s, then
+  the next call first probes its /health (2 s at most) and a server that answers is back.
+  A dead server therefore costs one bounded attempt, not one timeout per request; with
+  every breaker open, calls fail fast with CircuitOpenError. A stream fails over only up
+  to its first token.
 
 Choice scoring is exact and uses the same definition as the in-process backend: the
 prompt is tokenised by the server (`/tokenize`, so the chat template and special tokens
@@ -26,7 +33,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,76 +42,30 @@ import httpx
 
 from service.config import Settings, get_settings
 from service.llm.base import LLM, Generation, GenParams, LLMError, Prompt
+from service.llm.pool import (
+    CircuitBreaker,
+    CircuitOpenError,
+    Server,
+    ServerPool,
+    error_kind,
+    parse_base_urls,
+)
 from service.llm.transformers_backend import extract_json
 
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
-
-
-class CircuitOpenError(LLMError):
-    """Failing fast: the server failed repeatedly and the reset period has not passed."""
-
-
-class CircuitBreaker:
-    """closed → (N consecutive failures) → open → (reset_s) → half-open: one probe decides."""
-
-    def __init__(
-        self, failures: int = 3, reset_s: float = 30.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.threshold = max(1, failures)
-        self.reset_s = reset_s
-        self.clock = clock
-        self.state = "closed"
-        self.failures = 0
-        self.opened_at = 0.0
-        self.probe_in_flight = False
-        self.last_error = ""
-        self._lock = threading.Lock()
-
-    def before(self) -> None:
-        """Raises CircuitOpenError instead of letting a call through to a dead server."""
-        with self._lock:
-            if self.state == "closed":
-                return
-            if self.state == "open":
-                left = self.reset_s - (self.clock() - self.opened_at)
-                if left > 0:
-                    raise CircuitOpenError(
-                        f"LLM server circuit open for {left:.1f} s more "
-                        f"after {self.failures} failures; last: {self.last_error}"
-                    )
-                self.state = "half_open"
-                self.probe_in_flight = True
-                return  # this caller is the probe
-            if self.probe_in_flight:  # half-open: only one probe at a time
-                raise CircuitOpenError("LLM server circuit half-open; a probe is in flight")
-            self.probe_in_flight = True
-
-    def success(self) -> None:
-        with self._lock:
-            self.state, self.failures, self.probe_in_flight = "closed", 0, False
-
-    def failure(self, error: str = "") -> None:
-        with self._lock:
-            self.failures += 1
-            self.last_error = error[:500]
-            if self.state == "half_open" or self.failures >= self.threshold:
-                self.state, self.opened_at, self.probe_in_flight = "open", self.clock(), False
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            left = max(0.0, self.reset_s - (self.clock() - self.opened_at))
-            return {
-                "state": self.state,
-                "consecutive_failures": self.failures,
-                "threshold": self.threshold,
-                "reset_s": self.reset_s,
-                "retry_in_s": round(left, 2) if self.state == "open" else 0.0,
-                "last_error": self.last_error,
-            }
+__all__ = ["CircuitBreaker", "CircuitOpenError", "OpenAILLM"]  # the breaker lives in pool.py
 
 
 class _Retryable(Exception):
-    pass
+    """Connection trouble or a 5xx: worth another attempt, preferably on another server."""
+
+
+class _Timeout(LLMError):
+    """A read timeout: counted against the server, never retried (it may still be working)."""
+
+
+class _Refused(LLMError):
+    """A 4xx: our request's fault, and proof that the server is alive."""
 
 
 class OpenAILLM(LLM):
@@ -120,9 +80,12 @@ class OpenAILLM(LLM):
         backoff_s: float = 0.25,
     ) -> None:
         self.settings = settings or get_settings()
-        self.base_url = (base_url or self.settings.llm_base_url).rstrip("/")
-        # vLLM's own endpoints (/health, /tokenize) live at the server root.
-        self.root_url = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        try:
+            urls = parse_base_urls(base_url or self.settings.llm_base_url)
+        except ValueError as e:
+            raise LLMError(f"RECSMITH_LLM_BASE_URL: {e}") from None
+        # One string, as given (several comma-joined): load_adapter_into passes it on.
+        self.base_url = ",".join(urls)
         self.model = model or self.settings.llm_served_name
         self.model_id = self.model
         self.max_retries = max(0, self.settings.llm_max_retries)
@@ -134,24 +97,76 @@ class OpenAILLM(LLM):
             headers={"Authorization": f"Bearer {self.settings.llm_api_key}"},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
-        self.breaker = CircuitBreaker(
-            self.settings.llm_circuit_failures, self.settings.llm_circuit_reset_s
+        self.probe_timeout_s = min(2.0, t)
+        self.pool = ServerPool(
+            urls,
+            failures=self.settings.llm_circuit_failures,
+            reset_s=self.settings.llm_circuit_reset_s,
+            probe=self._probe,
         )
-        self._choice_tokens: dict[str, list[int]] = {}
+        # Choice token ids per (server, choice): replicas should share a tokenizer, but a
+        # score is only exact with the ids of the server that computes it.
+        self._choice_tokens: dict[tuple[str, str], list[int]] = {}
+
+    @property
+    def servers(self) -> list[Server]:
+        return self.pool.servers
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The first server's breaker (the only one with a single URL)."""
+        return self.pool.servers[0].breaker
+
+    @property
+    def root_url(self) -> str:
+        return self.pool.servers[0].root_url
 
     # ---- transport ----------------------------------------------------------------------
-    def _attempts(self, call: Callable[[], Any], what: str) -> Any:
+    def _probe(self, server: Server) -> str | None:
+        """A half-open breaker's probe: GET /health, short timeout. Any answer below 500
+        means the server is up (a non-vLLM server may have no /health)."""
+        try:
+            r = self.client.get(f"{server.root_url}/health", timeout=self.probe_timeout_s)
+        except httpx.HTTPError as e:
+            return f"{type(e).__name__}: {e}"
+        return None if r.status_code < 500 else f"HTTP {r.status_code} from /health"
+
+    def _backoff(self, attempt: int) -> None:
+        time.sleep(min(4.0, self.backoff_s * 2**attempt) * (0.8 + 0.4 * random.random()))
+
+    def _on_a_server(self, call: Callable[[Server], Any], what: str, keep: bool = False) -> Any:
+        """Runs call(server) on a leased server; connection trouble and 5xx move the call to
+        another server (no wait) or, all tried, back to one after a backoff, within
+        llm_max_retries retries. Every outcome feeds that server's breaker. keep: the lease
+        outlives the call (a stream): returns (server, result), the caller calls done()."""
         last = ""
+        tried: list[Server] = []
         for attempt in range(self.max_retries + 1):
-            self.breaker.before()
+            server = self.pool.lease(tried, fresh_only=True)
+            if server is None:  # every usable server failed once in this call: wait
+                self._backoff(attempt - 1)
+                server = self.pool.lease(tried)
+                assert server is not None
+            tried.append(server)
             try:
-                return call()
+                out = call(server)
             except _Retryable as e:
                 last = str(e)
-                self.breaker.failure(last)
-            if attempt < self.max_retries:
-                delay = min(4.0, self.backoff_s * 2**attempt) * (0.8 + 0.4 * random.random())
-                time.sleep(delay)
+                self.pool.done(server, False, last)
+                continue
+            except _Timeout as e:
+                self.pool.done(server, False, str(e))
+                raise
+            except _Refused:
+                self.pool.done(server, True)
+                raise
+            except BaseException:
+                self.pool.done(server, None)
+                raise
+            if keep:
+                return server, out
+            self.pool.done(server, True)
+            return out
         raise LLMError(f"{what} failed after {self.max_retries + 1} attempts: {last}")
 
     def _classify(self, e: httpx.HTTPError, url: str) -> Exception:
@@ -159,31 +174,33 @@ class OpenAILLM(LLM):
         if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | httpx.RemoteProtocolError):
             return _Retryable(f"{type(e).__name__} on {url}: {e}")
         if isinstance(e, httpx.TimeoutException):
-            self.breaker.failure(f"timeout on {url}")
-            return LLMError(f"timeout after {self.settings.llm_timeout_s} s on {url}")
+            return _Timeout(f"timeout after {self.settings.llm_timeout_s} s on {url}")
         return _Retryable(f"{type(e).__name__} on {url}: {e}")
 
-    def _check(self, r: httpx.Response, url: str) -> None:
+    @staticmethod
+    def _check(r: httpx.Response, url: str) -> None:
         if r.status_code >= 500:
             raise _Retryable(f"HTTP {r.status_code} from {url}: {r.text[:300]}")
-        # A 4xx is our request's fault, and proof that the server is alive.
-        self.breaker.success()
         if r.status_code >= 400:
-            raise LLMError(f"HTTP {r.status_code} from {url}: {r.text[:500]}")
+            raise _Refused(f"HTTP {r.status_code} from {url}: {r.text[:500]}")
 
-    def _post(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
-        def call() -> dict[str, Any]:
-            try:
-                r = self.client.post(url, json=payload)
-            except httpx.HTTPError as e:
-                raise self._classify(e, url) from e
-            self._check(r, url)
-            try:
-                return r.json()
-            except ValueError as e:
-                raise LLMError(f"non-JSON answer from {url}: {r.text[:300]}") from e
+    def _request(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One POST, no retry (the caller's _on_a_server decides)."""
+        try:
+            r = self.client.post(url, json=payload)
+        except httpx.HTTPError as e:
+            raise self._classify(e, url) from e
+        self._check(r, url)
+        try:
+            return r.json()
+        except ValueError as e:
+            raise LLMError(f"non-JSON answer from {url}: {r.text[:300]}") from e
 
-        return self._attempts(call, f"POST {url}")
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST base_url/path on whichever server the pool gives, with failover."""
+        return self._on_a_server(
+            lambda s: self._request(f"{s.base_url}{path}", payload), f"POST {path}"
+        )
 
     # ---- request building ---------------------------------------------------------------
     def _sampling(self, params: GenParams) -> dict[str, Any]:
@@ -240,7 +257,7 @@ class OpenAILLM(LLM):
                 "prompt": [prompts[i] for i in texts],
                 "return_token_ids": True,  # per-prompt token counts (usage is per request)
             }
-            data = self._post(f"{self.base_url}/completions", payload)
+            data = self._post("/completions", payload)
             dt = time.perf_counter() - t0
             for ch in data.get("choices", []):
                 i = texts[ch["index"]]
@@ -255,7 +272,7 @@ class OpenAILLM(LLM):
 
         def chat(i: int) -> None:
             payload = {**self._sampling(params), "messages": prompts[i]}
-            data = self._post(f"{self.base_url}/chat/completions", payload)
+            data = self._post("/chat/completions", payload)
             ch = data["choices"][0]
             usage = data.get("usage") or {}
             out[i] = self._generation(
@@ -270,8 +287,9 @@ class OpenAILLM(LLM):
         if len(chats) == 1:
             chat(chats[0])
         elif chats:
-            with ThreadPoolExecutor(max_workers=min(16, len(chats))) as pool:
-                list(pool.map(chat, chats))  # re-raises the first error
+            # One request per chat, each leased on its own: they spread over the servers.
+            with ThreadPoolExecutor(max_workers=min(16, len(chats))) as threads:
+                list(threads.map(chat, chats))  # re-raises the first error
         missing = [i for i, g in enumerate(out) if g is None]
         if missing:
             raise LLMError(f"server returned no answer for prompts {missing}")
@@ -280,47 +298,71 @@ class OpenAILLM(LLM):
     def stream(self, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
         params = params or GenParams()
         chat = not isinstance(prompt, str)
-        url = f"{self.base_url}/{'chat/completions' if chat else 'completions'}"
+        path = "/chat/completions" if chat else "/completions"
         key = "messages" if chat else "prompt"
         payload = {**self._sampling(params), key: prompt, "stream": True}
 
-        def open_stream() -> tuple[Any, httpx.Response]:
+        def open_stream(server: Server) -> tuple[Any, str | None, Iterator[str]]:
+            url = f"{server.base_url}{path}"
             ctx = self.client.stream("POST", url, json=payload)
             try:
                 r = ctx.__enter__()
             except httpx.HTTPError as e:
                 raise self._classify(e, url) from e
-            if r.status_code >= 400:
-                r.read()
+            try:
+                if r.status_code >= 400:
+                    r.read()
+                self._check(r, url)
+                pieces = self._pieces(r, chat)
+                # Up to the first token a broken stream fails over like a refused connection.
+                first = next(pieces, None)
+            except httpx.HTTPError as e:
                 ctx.__exit__(None, None, None)
-            self._check(r, url)
-            return ctx, r
+                raise self._classify(e, url) from e
+            except BaseException:
+                ctx.__exit__(None, None, None)
+                raise
+            return ctx, first, pieces
 
-        # Retries cover only the opening; once text has flowed, a break is final.
-        ctx, r = self._attempts(open_stream, f"POST {url} (stream)")
+        server, (ctx, first, pieces) = self._on_a_server(
+            open_stream, f"POST {path} (stream)", keep=True
+        )
+        ok: bool | None = None
+        error = ""
         try:
-            for line in r.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    raise LLMError(f"server error mid-stream: {event['error']}")
-                for ch in event.get("choices", []):
-                    piece = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
-                    if piece:
-                        yield piece
+            if first is not None:
+                yield first
+            yield from pieces  # once text has flowed, a break is final
+            ok = True
         except httpx.HTTPError as e:
-            self.breaker.failure(str(e))
-            raise LLMError(f"stream from {url} broke: {e}") from e
+            ok, error = False, f"{type(e).__name__} mid-stream on {server.base_url}: {e}"
+            raise LLMError(f"stream from {server.base_url} broke: {e}") from e
         finally:
             ctx.__exit__(None, None, None)
+            self.pool.done(server, ok, error)
+
+    @staticmethod
+    def _pieces(r: httpx.Response, chat: bool) -> Iterator[str]:
+        for line in r.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if "error" in event:
+                raise LLMError(f"server error mid-stream: {event['error']}")
+            for ch in event.get("choices", []):
+                piece = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
+                if piece:
+                    yield piece
 
     # ---- choice scoring -----------------------------------------------------------------
-    def tokenize(self, prompt: Prompt, add_special_tokens: bool | None = None) -> list[int]:
-        """Token ids as the server makes them (vLLM's /tokenize; chat template included)."""
+    def tokenize(
+        self, prompt: Prompt, add_special_tokens: bool | None = None, server: Server | None = None
+    ) -> list[int]:
+        """Token ids as the server makes them (vLLM's /tokenize; chat template included);
+        on `server` when given (scoring pins one), else on any."""
         payload: dict[str, Any] = {"model": self.model}
         if isinstance(prompt, str):
             payload["prompt"] = prompt
@@ -328,15 +370,21 @@ class OpenAILLM(LLM):
                 payload["add_special_tokens"] = add_special_tokens
         else:
             payload.update(messages=prompt, add_generation_prompt=True)
-        return list(self._post(f"{self.root_url}/tokenize", payload)["tokens"])
+        if server is None:
+            return self._on_a_server(
+                lambda s: self.tokenize(prompt, add_special_tokens, s), "POST /tokenize"
+            )
+        return list(self._request(f"{server.root_url}/tokenize", payload)["tokens"])
 
-    def _choice_ids(self, choice: str) -> list[int]:
-        if choice not in self._choice_tokens:
-            ids = self.tokenize(choice, add_special_tokens=False)
+    def _choice_ids(self, choice: str, server: Server | None = None) -> list[int]:
+        server = server or self.servers[0]
+        key = (server.base_url, choice)
+        if key not in self._choice_tokens:
+            ids = self.tokenize(choice, add_special_tokens=False, server=server)
             if not ids:
                 raise LLMError(f"choice {choice!r} tokenises to nothing")
-            self._choice_tokens[choice] = ids
-        return self._choice_tokens[choice]
+            self._choice_tokens[key] = ids
+        return self._choice_tokens[key]
 
     def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
         return self.choice_logprobs_batch([prompt], choices)[0]
@@ -347,8 +395,16 @@ class OpenAILLM(LLM):
         choices = list(dict.fromkeys(choices))
         if not choices:
             raise LLMError("choice_logprobs needs at least one choice")
-        c_ids = {c: self._choice_ids(c) for c in choices}
-        p_ids = [self.tokenize(p) for p in prompts]
+        # Tokenising and scoring on one server (token ids are only meaningful to the
+        # tokenizer that made them); a failure moves the whole batch to another server.
+        return self._on_a_server(lambda s: self._score(s, list(prompts), choices), "choice scoring")
+
+    def _score(
+        self, server: Server, prompts: list[Prompt], choices: list[str]
+    ) -> list[dict[str, float]]:
+        url = f"{server.base_url}/completions"
+        c_ids = {c: self._choice_ids(c, server) for c in choices}
+        p_ids = [self.tokenize(p, server=server) for p in prompts]
         out: list[dict[str, float]] = [{} for _ in p_ids]
         todo: list[tuple[int, str]] = []  # (prompt index, choice) still to score exactly
         if all(len(ids) == 1 for ids in c_ids.values()):
@@ -361,13 +417,13 @@ class OpenAILLM(LLM):
                 "return_tokens_as_token_ids": True,
             }
             try:
-                data = self._post(f"{self.base_url}/completions", payload)
-            except LLMError as e:
+                data = self._request(url, payload)
+            except _Refused as e:
                 # A server started without --max-logprobs refuses more than 20: use 20.
                 if self.top_logprobs <= TOP_LOGPROBS or "logprobs" not in str(e).lower():
                     raise
                 self.top_logprobs = payload["logprobs"] = TOP_LOGPROBS
-                data = self._post(f"{self.base_url}/completions", payload)
+                data = self._request(url, payload)
             for ch in data["choices"]:
                 i = ch["index"]
                 top = ch["logprobs"]["top_logprobs"][0]
@@ -381,8 +437,8 @@ class OpenAILLM(LLM):
             todo = [(i, c) for i in range(len(p_ids)) for c in choices]
         if todo:
             seqs = [p_ids[i] + c_ids[c] for i, c in todo]
-            data = self._post(
-                f"{self.base_url}/completions",
+            data = self._request(
+                url,
                 {
                     "model": self.model,
                     "prompt": seqs,
@@ -402,25 +458,43 @@ class OpenAILLM(LLM):
         return [{c: d[c] for c in choices} for d in out]
 
     # ---- health -------------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        """Breaker state plus a quick /health probe (not counted by the breaker)."""
-        server_ok = False
-        detail = ""
+    def _server_up(self, server: Server) -> tuple[bool, str]:
         try:
-            r = self.client.get(f"{self.root_url}/health", timeout=2.0)
-            server_ok = r.status_code == 200
-            detail = f"HTTP {r.status_code}"
+            r = self.client.get(f"{server.root_url}/health", timeout=2.0)
         except httpx.HTTPError as e:
-            detail = f"{type(e).__name__}: {e}"
-        breaker = self.breaker.snapshot()
+            return False, f"{type(e).__name__}: {e}"
+        return r.status_code == 200, f"HTTP {r.status_code}"
+
+    def health(self) -> dict[str, Any]:
+        """Each server's breaker plus a quick /health probe (not counted by the breakers).
+        ok: at least one server answers and its breaker is not open."""
+        if len(self.servers) == 1:
+            probes = [self._server_up(self.servers[0])]
+        else:  # in parallel: a readiness check waits ~2 s at most, not 2 s per server
+            with ThreadPoolExecutor(max_workers=min(8, len(self.servers))) as threads:
+                probes = list(threads.map(self._server_up, self.servers))
+        servers = self.pool.snapshot()
+        for snap, (up, detail) in zip(servers, probes, strict=True):
+            snap["server"] = "up" if up else "down"
+            snap["probe"] = error_kind(detail)  # "HTTP 200", "ConnectError": no raw text
+            snap["ok"] = up and snap["circuit"]["state"] != "open"
+        states = [s.breaker.state for s in self.servers]
+        if len(self.servers) == 1:
+            circuit = self.breaker.snapshot()
+            server_detail = probes[0][1]
+        else:
+            best = next(st for st in ("closed", "half_open", "open") if st in states)
+            circuit = {"state": best, "closed": states.count("closed"), "servers": len(states)}
+            server_detail = f"{sum(up for up, _ in probes)}/{len(probes)} servers up"
         return {
             "backend": self.backend,
             "model_id": self.model_id,
             "base_url": self.base_url,
-            "ok": server_ok and breaker["state"] != "open",
-            "server": "up" if server_ok else "down",
-            "server_detail": detail,
-            "circuit": breaker,
+            "ok": any(s["ok"] for s in servers),
+            "server": "up" if any(up for up, _ in probes) else "down",
+            "server_detail": server_detail,
+            "circuit": circuit,
+            "servers": servers,
         }
 
     def close(self) -> None:
