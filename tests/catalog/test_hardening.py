@@ -382,7 +382,7 @@ def test_cli_tables_escape_control_characters(monkeypatch: pytest.MonkeyPatch) -
         "sources": {"dense": 1},
         "why": "[/]",  # markup that used to raise MarkupError
     }
-    cli._show(None, [row], False, "search: \x1b]0;owned\x07")
+    cli._show([row], False, "search: \x1b]0;owned\x07")
     printed = buf.getvalue()
     assert not any(c in printed for c in "\x1b\u202e\x07\r")
     assert "\\x1b[31mRED" in printed and "\\u202e" in printed and "[bold]x[/]" in printed
