@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from service.cli_support import fail
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 models_app = typer.Typer(help="Prepare and inspect the generative models.", no_args_is_help=True)
 vllm_app = typer.Typer(
@@ -132,15 +136,47 @@ def models_health(
     console.print_json(json.dumps(health, default=str))
 
 
-def _pid_file() -> Path:
+DEFAULT_PORT = 8008
+
+
+def _pid_file(port: int = DEFAULT_PORT) -> Path:
+    """One pid file per port, so several replicas can run from one data dir."""
     from service.config import get_settings
 
-    return Path(get_settings().data_dir) / "vllm.pid"
+    name = "vllm.pid" if port == DEFAULT_PORT else f"vllm-{port}.pid"
+    return Path(get_settings().data_dir) / name
+
+
+def _lora_args(settings: Settings) -> list[str]:
+    """vLLM flags serving the trained reranker adapter as model 'reranker' (what the
+    verbalizer asks every replica for); a missing or corrupt adapter is one line."""
+    from service.ranking.adapter import SERVED_NAME, AdapterError, adapter_dir, read_manifest
+
+    path = adapter_dir(settings)
+    try:
+        read_manifest(path)
+        r = int(json.loads((path / "adapter_config.json").read_text()).get("r", 8))
+    except (AdapterError, OSError, ValueError) as e:
+        raise fail(f"--lora: {e}", 1) from e
+    rank = 8
+    while rank < r:  # vLLM takes powers of two (8, 16, 32, …)
+        rank *= 2
+    return [
+        "--enable-lora",
+        "--lora-modules",
+        f"{SERVED_NAME}={path.resolve()}",
+        "--max-lora-rank",
+        str(rank),
+    ]
 
 
 @vllm_app.command("serve")
 def vllm_serve(
-    port: int = typer.Option(8008, help="Port on 127.0.0.1."),
+    port: int = typer.Option(DEFAULT_PORT, help="Port (one pid file per port: replicas)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 for other hosts."),
+    lora: bool = typer.Option(
+        False, help="Also serve the trained reranker adapter as model 'reranker' (every replica)."
+    ),
     model: str = typer.Option("", help="Model key, folder or hub id (default: settings)."),
     foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops the server."),
     python: str = typer.Option(
@@ -156,21 +192,23 @@ def vllm_serve(
     s = get_settings()
     if model:
         s = s.model_copy(update={"llm_model": model})
-    pid_file = _pid_file()
+    pid_file = _pid_file(port)
     info = read_pid_file(pid_file)
     if info and pid_alive(int(info["pid"])):
         console.print(
             f"[yellow]vLLM already running[/] (pid {info['pid']}, port {info['port']}); "
-            "`recsmith vllm stop` first"
+            f"`recsmith vllm stop --port {port}` first"
         )
         raise typer.Exit(1)
     s.data_dir.mkdir(parents=True, exist_ok=True)
     server = VLLMServer(
         resolve_model_path(s),
         port=port,
+        host=host,
         served_name=s.llm_served_name,
         python=python or None,
-        log_path=s.data_dir / "vllm.log",
+        log_path=s.data_dir / pid_file.with_suffix(".log").name,
+        extra_args=_lora_args(s) if lora else None,
         pid_file=pid_file,
         startup_timeout_s=timeout,
         progress=console.print,
@@ -196,24 +234,28 @@ def vllm_serve(
 
 
 @vllm_app.command("stop")
-def vllm_stop() -> None:
+def vllm_stop(
+    port: int = typer.Option(DEFAULT_PORT, help="The port it was started on."),
+) -> None:
     """Stop the server started by `recsmith vllm serve` (SIGTERM to its group, then SIGKILL)."""
     from service.llm.vllm_server import stop_from_pid_file
 
-    if stop_from_pid_file(_pid_file()):
+    if stop_from_pid_file(_pid_file(port)):
         console.print("[green]vLLM stopped[/]")
     else:
         console.print("no vLLM server recorded in the pid file")
 
 
 @vllm_app.command("status")
-def vllm_status() -> None:
+def vllm_status(
+    port: int = typer.Option(DEFAULT_PORT, help="The port it was started on."),
+) -> None:
     """Whether the recorded server process lives and answers /health."""
     import httpx
 
     from service.llm.vllm_server import pid_alive, read_pid_file
 
-    info = read_pid_file(_pid_file())
+    info = read_pid_file(_pid_file(port))
     if not info:
         console.print("not running (no pid file)")
         raise typer.Exit(1)

@@ -177,10 +177,13 @@ class OpenAILLM(LLM):
             return _Timeout(f"timeout after {self.settings.llm_timeout_s} s on {url}")
         return _Retryable(f"{type(e).__name__} on {url}: {e}")
 
-    @staticmethod
-    def _check(r: httpx.Response, url: str) -> None:
+    def _check(self, r: httpx.Response, url: str) -> None:
         if r.status_code >= 500:
             raise _Retryable(f"HTTP {r.status_code} from {url}: {r.text[:300]}")
+        if r.status_code == 404 and "does not exist" in r.text and self.model in r.text:
+            # A replica started without this model (say, without --enable-lora for the
+            # reranker): its breaker opens for this client and the others answer.
+            raise _Retryable(f"HTTP 404 from {url}: it does not serve model {self.model!r}")
         if r.status_code >= 400:
             raise _Refused(f"HTTP {r.status_code} from {url}: {r.text[:500]}")
 

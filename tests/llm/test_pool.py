@@ -39,8 +39,16 @@ class FakeVLLM:
     tokenizer is refused with a 400 — scoring that mixes servers cannot pass unnoticed."""
 
     def __init__(
-        self, name: str, *, port: int = 0, offset: int = 1000, mode: str = "ok", delay_s=0.0
+        self,
+        name: str,
+        *,
+        port: int = 0,
+        offset: int = 1000,
+        mode: str = "ok",
+        delay_s: float = 0.0,
+        models: tuple[str, ...] = ("recsmith-default",),
     ) -> None:
+        self.models = models
         self.name, self.port, self.offset, self.mode, self.delay_s = (
             name,
             port,
@@ -82,6 +90,9 @@ class FakeVLLM:
                 time.sleep(fake.delay_s)
                 if self.path == "/tokenize":
                     return self._send(200, {"tokens": fake.tokens(body)})
+                if body.get("model") not in fake.models:  # vLLM's answer, word for word
+                    msg = f"The model `{body.get('model')}` does not exist."
+                    return self._send(404, {"object": "error", "message": msg, "code": 404})
                 if body.get("stream"):
                     return self._stream(body)
                 if self.path == "/v1/chat/completions":
@@ -316,6 +327,62 @@ def test_base_url_list_from_the_environment(
     assert parse_base_urls(["http://x/v1", "http://x/v1/"]) == ["http://x/v1"]
     with pytest.raises(ValueError, match="no server URL"):
         parse_base_urls(" , ")
+
+
+def test_a_replica_without_the_adapter_is_skipped_for_the_ranker_only(
+    tmp_path: Path, fakes: list[FakeVLLM]
+) -> None:
+    with_lora = _start(fakes, "lora", models=("recsmith-default", "reranker"))
+    plain = _start(fakes, "plain")  # started without --enable-lora
+    writer = _client(tmp_path, [with_lora.url, plain.url])
+    ranker = OpenAILLM(writer.settings, base_url=writer.base_url, model="reranker")  # as
+    # service/ranking/adapter.load_adapter_into builds it: same servers, the adapter's name
+    for _ in range(6):
+        assert ranker.generate(["hi"], GenParams(max_tokens=2))[0].text == "ok from lora"
+    assert _server(ranker, plain.url)["circuit"]["state"] == "open"
+    assert _server(ranker, plain.url)["last_error_kind"] == "HTTP 404"
+    texts = {writer.generate(["hi"], GenParams(max_tokens=2))[0].text for _ in range(4)}
+    assert texts == {"ok from lora", "ok from plain"}  # the writer still uses both
+
+
+def _fake_adapter(data_dir: Path, r: int) -> Path:
+    import hashlib
+
+    path = data_dir / "models" / "reranker-lora"
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"r": r}))
+    (path / "adapter_model.safetensors").write_bytes(b"weights")
+    sha = {n: hashlib.sha256((path / n).read_bytes()).hexdigest() for n in
+           ("adapter_config.json", "adapter_model.safetensors")}  # fmt: skip
+    (path / "manifest.json").write_text(json.dumps({"format_version": 1, "sha256": sha}))
+    return path
+
+
+def test_vllm_serve_lora_serves_the_adapter_under_the_rankers_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.llm.cli import _lora_args
+    from service.llm.vllm_server import VLLMServer
+    from service.ranking.adapter import SERVED_NAME
+
+    monkeypatch.setenv("RECSMITH_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        # No adapter: one line, exit 1, nothing started.
+        r = CliRunner().invoke(app, ["vllm", "serve", "--lora", "--port", str(free_port())])
+        assert r.exit_code == 1 and "--lora: no reranker adapter in" in r.output, r.output
+        assert not list(tmp_path.glob("vllm*.pid"))
+        path = _fake_adapter(tmp_path, r=12)
+        flags = _lora_args(get_settings())
+        assert flags == ["--enable-lora", "--lora-modules", f"{SERVED_NAME}={path.resolve()}",
+                         "--max-lora-rank", "16"]  # fmt: skip
+        cmd = VLLMServer(tmp_path, port=8009, extra_args=flags).command()
+        assert cmd[-len(flags) :] == flags and "--served-model-name" in cmd
+    finally:
+        get_settings.cache_clear()
 
 
 @pytest.mark.vllm
