@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 60.0
     llm_max_retries: int = 2
     llm_dtype: Literal["float32", "bfloat16"] = "float32"
-    llm_threads: int = 0  # 0 = torch default; llamacpp: the number of cores
+    llm_threads: int = 0  # 0 = torch default; llamacpp: half the cores
     # Top logprobs asked for when scoring one-token choices (the verbalizer's labels) on a
     # vLLM server: all 20 labels must fit or each missing one costs a prompt_logprobs pass.
     # vLLM allows 20 unless started with --max-logprobs (`recsmith vllm serve` uses 128);
@@ -103,6 +103,20 @@ class Settings(BaseSettings):
             "heals",
         ]
     )
+    # Praise a text may use only when the product data itself says it (checks.check_claims).
+    unsupported_claims: list[str] = Field(
+        default_factory=lambda: [
+            "luxurious", "luxury", "high-end", "premium", "the finest", "finest", "best-selling",
+            "bestselling", "best seller", "world-class", "world class", "top-quality",
+            "top quality", "high-quality", "high quality", "state-of-the-art", "cutting-edge",
+            "award-winning", "one-of-a-kind", "unparalleled", "unmatched", "revolutionary",
+            "exquisite", "professional-grade", "industry-leading", "number one", "#1",
+            "most popular", "the best", "perfect for everyone",
+            "奢华", "豪华", "高端", "顶级", "最好", "畅销", "世界级", "一流", "最佳", "极致",
+        ]
+    )  # fmt: skip
+    # Writer decoding: repetition control on every copy and chat call (1.0 = off).
+    writer_repetition_penalty: float = Field(default=1.15, ge=1.0, le=2.0)
     copy_max_retries: int = 2
     copy_on_fail: Literal["flag", "refuse"] = "flag"
     copy_max_active_jobs: int = Field(default=4, ge=1)  # queued or running batch jobs

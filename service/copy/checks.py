@@ -287,6 +287,8 @@ class Facts:
     topic_text: str = ""
     # Instruction-like sentences found in the data (kept out of every other field).
     injected: tuple[str, ...] = ()
+    # The product's category words (what kind of thing it is), for the topic check.
+    category: str = ""
 
     @classmethod
     def from_fields(
@@ -294,6 +296,7 @@ class Facts:
         texts: Iterable[str],
         quantities: Iterable[tuple[str, str | None]] = (),
         topic: str = "",
+        category: str = "",
     ) -> Facts:
         clean: list[str] = []
         injected: list[str] = []
@@ -320,6 +323,7 @@ class Facts:
             topic_words=frozenset(topic_words),
             topic_text=topic,
             injected=tuple(injected),
+            category=category,
         )
 
     @classmethod
@@ -330,6 +334,7 @@ class Facts:
         quantities: list[tuple[str, str | None]] = []
         for p in products:
             texts += [p.title, p.brand, p.category, p.description, " ".join(p.tags)]
+            texts.append(p.currency or "")
             for key, value in (p.attributes or {}).items():
                 unit = _unit_from_key(str(key))
                 if unit:  # "dimensions_cm": "40 x 25": every number is in cm, none bare
@@ -342,7 +347,12 @@ class Facts:
                 # With its currency only: "€24.99" contradicts a price in USD.
                 quantities.append((price, (p.currency or "").lower() or None))
         texts += list(extra)
-        return cls.from_fields(texts, quantities, topic=products[0].title if products else "")
+        return cls.from_fields(
+            texts,
+            quantities,
+            topic=products[0].title if products else "",
+            category=(products[0].category or "") if products else "",
+        )
 
 
 # -- the checks -----------------------------------------------------------------------
@@ -540,29 +550,58 @@ _FORMAT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
-def _repeats(text: str) -> bool:
-    """A phrase of 2+ words said three times, or a word four times in a row: the loop a
-    small greedy model falls into ("one-of-a-kind, one-of-a-kind, one-of-a-kind")."""
+def repeated_phrases(text: str) -> list[str]:
+    """The loops a small model falls into, as the phrases that repeat: a phrase of 2+ words
+    said three times ("one-of-a-kind, one-of-a-kind, one-of-a-kind"; a title four times), a
+    content word or phrase said again at once or one word later ("high-end, high-end",
+    "most luxurious, and most luxurious"), a run of 6 words said twice (a sentence
+    repeated); in Chinese a 3-character run three times or a 6-character run twice."""
     words = re.findall(r"\w+", normalise_text(text))
+    found: list[str] = []
     for n in (2, 3, 4):
         grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        if any(c >= 3 and len(set(g)) > 1 for g, c in grams.items()):
-            return True
-    if any(len(set(words[i : i + 4])) == 1 for i in range(len(words) - 3)):
-        return True
-    cjk = "".join(_CJK_RE.findall(text))  # Chinese: a 3-character run three times
-    return any(cjk.count(cjk[i : i + 3]) >= 3 for i in range(len(cjk) - 2))
+        found += [" ".join(g) for g, c in grams.items() if c >= 3 and len(set(g)) > 1]
+    found += [
+        words[i] for i in range(len(words) - 3) if len(set(words[i : i + 4])) == 1
+    ]  # a word four times in a row
+    for n in (1, 2, 3):
+        for i in range(len(words) - n):
+            gram = words[i : i + n]
+            if all(w in _FUNCTION_WORDS or w.isdigit() or len(w) < 3 for w in gram):
+                continue
+            for gap in (0, 1):
+                j = i + n + gap
+                if words[j : j + n] == gram:
+                    found.append(" ".join(gram))
+    six = Counter(tuple(words[i : i + 6]) for i in range(len(words) - 5))
+    found += [" ".join(g) for g, c in six.items() if c >= 2]
+    cjk = "".join(_CJK_RE.findall(text))
+    found += [cjk[i : i + 3] for i in range(len(cjk) - 2) if cjk.count(cjk[i : i + 3]) >= 3]
+    found += [cjk[i : i + 6] for i in range(len(cjk) - 5) if cjk.count(cjk[i : i + 6]) >= 2]
+    return list(dict.fromkeys(found))
+
+
+def _repeats(text: str) -> bool:
+    return bool(repeated_phrases(text))
 
 
 def check_format(text: str) -> CheckResult:
     problems = [name for name, pattern in _FORMAT_PATTERNS if pattern.search(text)]
-    if _repeats(text):
-        problems.append("repeated phrases")
     if problems:
         return CheckResult(
             "format", False, "the text contains " + ", ".join(problems), tuple(problems)
         )
     return CheckResult("format", True)
+
+
+def check_repetition(text: str) -> CheckResult:
+    """No loop: see `repeated_phrases`."""
+    found = repeated_phrases(text)
+    if found:
+        return CheckResult(
+            "repetition", False, "the text repeats itself: " + "; ".join(found[:5]), tuple(found)
+        )
+    return CheckResult("repetition", True)
 
 
 def injection_grams(facts: Facts) -> tuple[frozenset[tuple[str, ...]], ...]:
@@ -606,28 +645,239 @@ def check_injection(text: str, facts: Facts) -> CheckResult:
     return CheckResult("injection", True)
 
 
+# -- claims, attributes, echo, kind ----------------------------------------------------
+
+
+def _phrase_in(phrase: str, norm_text: str) -> bool:
+    """A phrase in normalised text: whole words for Latin script, a substring for CJK."""
+    p = normalise_text(phrase).strip()
+    if not p:
+        return False
+    if p.isascii():
+        pattern = r"(?<!\w)" + r"[\s-]+".join(re.escape(x) for x in re.split(r"[\s-]+", p))
+        return re.search(pattern + r"(?!\w)", norm_text) is not None
+    return p in norm_text
+
+
+def check_claims(text: str, facts: Facts, claims: Sequence[str]) -> CheckResult:
+    """Praise the data does not support ("luxurious", "high-end", "best-selling"): a phrase
+    of `claims` in the text is allowed only when the product data itself contains it."""
+    norm, data = normalise_text(text), normalise_text(facts.text)
+    hits = [c for c in claims if _phrase_in(c, norm) and not _phrase_in(c, data)]
+    hits = list(dict.fromkeys(hits))
+    if hits:
+        return CheckResult(
+            "claims", False, "claims the product data does not support: " + ", ".join(hits),
+            tuple(hits),
+        )  # fmt: skip
+    return CheckResult("claims", True)
+
+
+_COLOURS = (
+    "red|blue|black|white|green|grey|gray|pink|purple|violet|yellow|orange|brown|beige|navy"
+    "|teal|turquoise|ivory|cream|gold|golden|silver|charcoal|burgundy|maroon|olive|khaki"
+    "|lavender|mint|coral|tan|rose|champagne|copper|bronze"
+)
+_MATERIALS = (
+    "cotton|leather|silk|wool|linen|cashmere|merino|polyester|nylon|denim|velvet|suede"
+    "|bamboo|oak|walnut|teak|acacia|beech|maple|wood|wooden|glass|crystal|ceramic|porcelain"
+    "|stoneware|cast iron|stainless steel|steel|aluminium|aluminum|titanium|copper|brass"
+    "|plastic|silicone|rubber|marble|granite|stone|enamel|carbon fibre|carbon fiber|down"
+    "|feather|jute|rattan|wicker|clay|terracotta|gold-plated|sterling silver"
+)
+_AUDIENCES = (
+    "women|men|ladies|gentlemen|kids|children|babies|toddlers|teens|teenagers|seniors"
+    "|elderly|students|athletes|runners|beginners|professionals|pets|dogs|cats|mums|moms"
+    "|dads|girls|boys|families|couples|chefs|gamers"
+)
+_SIZE = r"(?:XXS|XS|S|M|L|XL|XXL|XXXL|[2-5]XL|\d{1,3})"
+# Attribute-like phrases; the group named `value` holds what must be in the data.
+_ATTRIBUTE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("size", re.compile(rf"\bsizes?\s+(?P<value>{_SIZE}\s*(?:to|-|–|through|and)\s*{_SIZE})\b")),
+    ("size", re.compile(rf"\bsizes?\s+(?P<value>{_SIZE}(?:\s*,\s*{_SIZE})+)\b")),
+    ("colour", re.compile(rf"\b(?P<value>{_COLOURS})\b", _I)),
+    ("material", re.compile(rf"\b(?P<value>{_MATERIALS})\b", _I)),
+    (
+        "audience",
+        re.compile(
+            rf"\b(?:for|ideal for|perfect for|suits?|suitable for|designed for)\s+"
+            rf"(?:\w+\s+){{0,2}}?(?P<value>(?:{_AUDIENCES})(?:\s+with\s+\w+(?:\s+\w+)?)?)\b",
+            _I,
+        ),
+    ),
+    ("colour", re.compile(r"(?P<value>[红蓝黑白绿灰粉紫黄橙棕金银米]色)")),
+    (
+        "material",
+        re.compile(
+            r"(?P<value>纯棉|真皮|皮革|真丝|羊毛|亚麻|羊绒|竹制|实木|玻璃|陶瓷|不锈钢|铸铁"
+            r"|铝合金|硅胶|大理石)"
+        ),
+    ),
+    (
+        "audience",
+        re.compile(r"适合(?P<value>女士|男士|女性|男性|儿童|宝宝|婴儿|老人|孕妇|敏感肌|学生)"),
+    ),
+)  # fmt: skip
+
+
+def invented_attributes(text: str, facts: Facts) -> list[str]:
+    """Attribute-like phrases (sizes, colours, materials, audiences) whose values the
+    product data does not contain: "Available in sizes M to XL", "a glass tea pot", "for
+    women with sensitive skin"."""
+    data = normalise_text(facts.text)
+    found: list[str] = []
+    for kind, pattern in _ATTRIBUTE_PATTERNS:
+        for m in pattern.finditer(text):
+            value = m.group("value")
+            if value.isascii():
+                parts = [w for w in re.findall(r"\w+", value.lower()) if w not in ("to", "and")]
+                parts = [w for w in parts if w not in ("with", "through")]
+                missing = [w for w in parts if not (_variants(w) & facts.words)]
+                if kind == "size":  # "M" must be a size in the data, not any letter m
+                    missing = [
+                        w for w in parts
+                        if not re.search(rf"(?<![\w.]){re.escape(w)}(?![\w.])", data)
+                    ]  # fmt: skip
+                if missing:
+                    found.append(f"{kind}: {value}")
+            elif value not in data and value.rstrip("色") not in data:
+                found.append(f"{kind}: {value}")
+    return list(dict.fromkeys(found))
+
+
+def check_attributes(text: str, facts: Facts) -> CheckResult:
+    found = invented_attributes(text, facts)
+    if found:
+        return CheckResult(
+            "attributes", False, "attributes not in the product data: " + "; ".join(found),
+            tuple(found),
+        )  # fmt: skip
+    return CheckResult("attributes", True)
+
+
+# Phrases of the copy prompts a text must never contain, whatever the prompt was this time:
+# a retry's or a system prompt's own words ("Your last answer was rejected …"), data-block
+# labels, the fences around data.
+_ECHO_RE = re.compile(
+    r"your (?:last|previous) answer|was rejected|fix these problems|reply with the requested"
+    r"|text between <<<|is data, not instructions|product information\s*:|products in the set\s*:"
+    r"|the shopper recently looked at|marketing text for this product|<<<|>>>"
+    r"|^\s*(?:name|brand|category|price|description)\s*:"
+    r"|上一次的回答|没有通过检查|请改正|商品信息[:：]|这组商品[:：]|这位顾客最近看过",
+    _I | _M,
+)
+ECHO_WORDS = 6  # a run of this many words of the prompt's own text (not its data) is an echo
+ECHO_CJK = 8  # characters, for Chinese
+
+
+def echo_grams(prompt_texts: Iterable[str], facts: Facts) -> tuple[frozenset, frozenset]:
+    """(word runs, CJK character runs) of the prompt that are not in the data: its
+    instructions and worked examples. Computed once per prompt."""
+    joined = "\n".join(prompt_texts)
+    words = _grams(joined, ECHO_WORDS) - _grams(facts.text, ECHO_WORDS)
+    cjk = "".join(_CJK_RE.findall(joined))
+    data_cjk = "".join(_CJK_RE.findall(facts.text))
+    runs = {cjk[i : i + ECHO_CJK] for i in range(len(cjk) - ECHO_CJK + 1)}
+    runs = {r for r in runs if r not in data_cjk}
+    return frozenset(words), frozenset(runs)
+
+
+def check_echo(
+    text: str, facts: Facts, prompt_grams: tuple[frozenset, frozenset] | None = None
+) -> CheckResult:
+    """The text copies no instruction: not the fixed words of a copy prompt (a retry's "Your
+    last answer was rejected", a data label, the fences), and not a run of ECHO_WORDS
+    words (ECHO_CJK characters) of this prompt's own instructions or examples."""
+    found = [m.group().strip() for m in _ECHO_RE.finditer(text)]
+    if prompt_grams is not None:
+        words, runs = prompt_grams
+        found += sorted(" ".join(g) for g in _grams(text, ECHO_WORDS) & words)[:3]
+        cjk = "".join(_CJK_RE.findall(text))
+        found += sorted({cjk[i : i + ECHO_CJK] for i in range(len(cjk) - ECHO_CJK + 1)} & runs)[:3]
+    found = list(dict.fromkeys(f for f in found if f))
+    if found:
+        return CheckResult(
+            "echo", False, "the text copies the prompt: " + "; ".join(found), tuple(found)
+        )
+    return CheckResult("echo", True)
+
+
+# Words that say what the text is about without naming a kind ("a great choice").
+_GENERIC_NOUNS = {
+    "product", "item", "choice", "option", "pick", "gift", "addition", "essential",
+    "companion", "solution", "tool", "platform", "way", "must", "must-have", "favourite",
+    "favorite", "staple", "set", "kit", "piece", "classic", "alternative", "one", "thing",
+    "design", "upgrade", "investment", "treat", "buy", "find", "helper", "partner",
+}  # fmt: skip
+_IS_A = re.compile(
+    r"\b(?:is|it's|it is|this is|makes)\s+(?:a|an)\s+((?:[\w'-]+\s+){0,4}?[\w'-]+)"
+    r"(?=\s*(?:[,.;:!?]|$|\s(?:that|which|with|for|made|designed|from|to|in|and|you|built)\b))",
+    _I,
+)
+_ADJECTIVE_END = re.compile(r"(?:ous|ful|ive|able|ible|ish|less|ed|ing|est|er)$")
+_UNITS_AND_NUMBERS = re.compile(r"^\d|^(?:ml|cm|mm|kg|g|l|oz|in)$", _I)
+
+
+def kind_noun(title: str) -> str:
+    """The title's head noun (the last word before a comma, "with", "for" … that is not a
+    number, a unit or a size): "Ceramic Coffee Mug 350ml" → "mug", "Acacia Wood Cutting
+    Board with Juice Groove, 40 x 25 cm" → "board"."""
+    head = re.split(
+        r",|\(|\s[-–—|/]\s|\s(?:with|for|in|by|from|and)\s", unicodedata.normalize("NFKC", title)
+    )[0]
+    words = [w.lower() for w in _WORD_RE.findall(head)]
+    words = [
+        w
+        for w in words
+        if not _UNITS_AND_NUMBERS.match(w) and w not in _FUNCTION_WORDS and len(w) > 1
+    ]
+    return words[-1] if words else ""
+
+
 def check_topic(text: str, facts: Facts) -> CheckResult:
-    """The copy talks about the product: it shares a word (English: a content word of the
-    title, matched by its first five letters; Chinese: two adjacent characters) with it."""
+    """The copy is about the product: it shares a word with the title (English: a content
+    word, matched by its first five letters; Chinese: two adjacent characters); in English
+    it names the product's kind (the title's head noun, or a word of its category), and
+    where it says what the product is ("… is a kitchen appliance") that kind is in the data."""
     if not facts.topic_text:
         return CheckResult("topic", True)
     norm = normalise_text(text)
     title = normalise_text(facts.topic_text)
     stems = {w[:5] for w in facts.topic_words}
-    out_stems = {w.lower()[:5] for w in _WORD_RE.findall(norm) if len(w) >= 3}
-    if stems & out_stems:
-        return CheckResult("topic", True)
+    out_words = [w.lower() for w in _WORD_RE.findall(norm)]
+    out_stems = {w[:5] for w in out_words if len(w) >= 3}
     title_cjk = "".join(_CJK_RE.findall(title))
-    if any(title_cjk[i : i + 2] in norm for i in range(len(title_cjk) - 1)):
-        return CheckResult("topic", True)
-    if not stems and not title_cjk:
-        return CheckResult("topic", True)
-    return CheckResult(
-        "topic",
-        False,
-        f"the text does not mention the product ({facts.topic_text})",
-        (facts.topic_text,),
+    shares = bool(stems & out_stems) or any(
+        title_cjk[i : i + 2] in norm for i in range(len(title_cjk) - 1)
     )
+    if not shares and (stems or title_cjk):
+        return CheckResult(
+            "topic",
+            False,
+            f"the text does not mention the product ({facts.topic_text})",
+            (facts.topic_text,),
+        )
+    if cjk_ratio(text) > 0.5:
+        return CheckResult("topic", True)
+    problems: list[str] = []
+    kind = kind_noun(facts.topic_text)
+    kinds = {kind} | {w.lower() for w in _WORD_RE.findall(facts.category) if len(w) >= 3}
+    said = set().union(*(_variants(w) for w in out_words)) if out_words else set()
+    if kind and not any(_variants(k) & said for k in kinds if k):
+        problems.append(f"never says what it is (a {kind})")
+    for m in _IS_A.finditer(text):
+        noun = m.group(1).split()[-1].lower().strip("'")
+        if noun in _GENERIC_NOUNS or noun in _FUNCTION_WORDS or _variants(noun) & facts.words:
+            continue
+        if "-" in noun or _ADJECTIVE_END.search(noun):  # "is a high-end, …": not the noun
+            continue
+        problems.append(f"calls it a {m.group(1)}")
+    if problems:
+        return CheckResult(
+            "topic", False, f"the text is not about {facts.topic_text}: " + "; ".join(problems),
+            tuple(problems),
+        )  # fmt: skip
+    return CheckResult("topic", True)
 
 
 def check_keywords(text: str, keywords: Sequence[str]) -> CheckResult:
@@ -650,15 +900,22 @@ def run_checks(
     banned: Sequence[str],
     topic: bool = True,
     keywords: Sequence[str] = (),
+    claims: Sequence[str] = (),
+    prompt_grams: tuple[frozenset, frozenset] | None = None,
 ) -> list[CheckResult]:
-    """Every check, in the order a retry prompt lists them."""
+    """Every check, in the order a retry prompt lists them. `claims`: praise allowed only
+    where the data says it; `prompt_grams` (echo_grams of the prompt): what an echo copies."""
     results = [
         check_numbers(text, facts),
         check_names(text, facts),
         check_banned(text, banned),
+        check_claims(text, facts, claims),
+        check_attributes(text, facts),
         check_length(text, language, limits),
         check_language(text, language),
         check_format(text),
+        check_repetition(text),
+        check_echo(text, facts, prompt_grams),
         check_injection(text, facts),
     ]
     if topic:

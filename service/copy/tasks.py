@@ -196,3 +196,12 @@ class JobStatus(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+
+
+def token_budget(max_words: int | None, max_chars: int | None) -> int:
+    """max_tokens from a length limit (2 tokens a word or character + 16), with a margin so
+    an overlong text is seen whole and fails the length check rather than being cut off
+    mid-sentence: English runs ~1.3 tokens a word, Chinese up to ~1.5 a character with
+    these tokenisers."""
+    units = max_chars if max_chars is not None else (max_words or 40)
+    return max(24, min(units * 2 + 16, 512))

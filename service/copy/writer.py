@@ -1,10 +1,18 @@
 """Render prompt → generate → check → retry → store, for one request or a batch of them.
 
 Every text the model writes is checked (`checks.run_checks`). A text that fails is
-written again with a stricter prompt (`copy_retry.<lang>`, which names what failed) up to
-`settings.copy_max_retries` times; if it still fails it is stored and returned flagged
-with its failed checks, or refused (`copy_on_fail=refuse`: stored as rejected, returned
-with text None). Nothing fails silently.
+written again from a fresh prompt that restates the task with stricter rules
+(`copy_retry.<lang>`, chosen by the NAMES of the failed checks; the rejected text is never
+shown to the model, which would copy it) up to `settings.copy_max_retries` times; if it
+still fails it is stored and returned flagged with its failed checks, or refused
+(`copy_on_fail=refuse`: stored as rejected, returned with text None). A text that copies
+the prompt or an instruction (echo, injection) is always refused: it is never served.
+
+The prompt: the fixed system rules, one worked example (an invented product, the same
+request form, a restrained answer: `copy_example.<lang>`), then the real product's data and
+task. The fixed part comes first so a backend can reuse its cached prefix. Decoding uses
+repetition control (`writer_repetition_penalty`) and a token budget derived from the
+length limit (`tasks.token_budget`).
 
 All prompts of one pass go to the model in ONE `generate` call (variants and batch
 products alike); the retries of a pass share one call too.
@@ -24,7 +32,15 @@ from sqlalchemy.orm import Session
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore, NotFound
 from service.config import Settings, get_settings
-from service.copy.checks import CheckResult, Facts, Limits, clean_output, run_checks
+from service.copy.checks import (
+    CheckResult,
+    Facts,
+    Limits,
+    cjk_ratio,
+    clean_output,
+    echo_grams,
+    run_checks,
+)
 from service.copy.store import CopyStore, canonical_json, request_key, to_result
 from service.copy.tables import CopyRow
 from service.copy.tasks import (
@@ -38,6 +54,7 @@ from service.copy.tasks import (
     HeadlineResult,
     ItemFit,
     normalise_language,
+    token_budget,
 )
 from service.llm.base import LLM, GenParams, Message
 from service.prompts import PromptLibrary, library
@@ -49,6 +66,17 @@ VARIANT_TOP_P = 0.95
 DESCRIPTION_CHARS = 700
 # Recent products of a user's history that personalise a headline.
 INTEREST_ITEMS = 3
+# Checks whose failure means the text is an instruction or the prompt, not copy: such a
+# text is refused whatever copy_on_fail says.
+NEVER_SERVED = ("echo", "injection")
+# The prompt asks for this share of the checked limit: small models overshoot what they
+# are told by a few words, and a text a little under the limit passes.
+PROMPT_LIMIT_SHARE = 0.75
+
+
+def prompt_limit(limit: int | None) -> int | None:
+    """The length the prompt asks for, under the limit the checks enforce."""
+    return None if limit is None else max(1, round(limit * PROMPT_LIMIT_SHARE))
 
 
 @dataclass
@@ -113,7 +141,7 @@ class CopyWriter:
         if self._llm is None:
             from service.llm.factory import get_llm
 
-            self._llm = get_llm(self.settings)
+            self._llm = get_llm(self.settings, role="writer")
         return self._llm
 
     @property
@@ -175,7 +203,10 @@ class CopyWriter:
         interests = list(req.interests)
         if not interests and req.user_id:
             interests = self.user_interests(req.user_id)
-        drafts = self._plan_headline(products, interests, req)
+        # The shopper's language: the request's, else their interests' (their history),
+        # else the items'. Never just the first product's.
+        language = req.language or (self._text_language(interests) if interests else None)
+        drafts = self._plan_headline(products, interests, req, language)
         results = self._run(drafts, regenerate=req.regenerate)
         chosen = next((r for r in results if r.passed), results[0])
         text = chosen.text or ""
@@ -225,6 +256,7 @@ class CopyWriter:
             banned=self.settings.banned_claims,
             topic=spec.topic_check and bool(products),
             keywords=row.params.get("keywords", []),
+            claims=self.settings.unsupported_claims,
         )
         return {c.name: c.as_dict() for c in checks}
 
@@ -240,17 +272,27 @@ class CopyWriter:
         return self.store.approve(copy_id, text, self.recheck(copy_id, text))
 
     # -- planning ---------------------------------------------------------------------
+    @staticmethod
+    def _text_language(texts: Sequence[str]) -> str:
+        """'zh' when the texts are mostly Chinese, else 'en'."""
+        return "zh" if cjk_ratio(" ".join(texts)) > 0.5 else "en"
+
     def _language(self, requested: str | None, products: Sequence[Product]) -> str:
+        """The requested language, else the products' (the majority; ties go to English)."""
         if requested:
             return requested
+        votes: dict[str, int] = {}
         for p in products:
             try:
                 lang = normalise_language(p.language)
             except ValueError:
                 continue  # a language we have no prompts for: fall back to English
             if lang:
-                return lang
-        return "en"
+                votes[lang] = votes.get(lang, 0) + 1
+        if not votes:
+            return "en"
+        best = max(votes.values())
+        return "en" if votes.get("en") == best else max(votes, key=lambda k: votes[k])
 
     def _limits(self, task: str, language: str, params: dict[str, Any]) -> Limits:
         spec = SPECS[task]
@@ -265,6 +307,7 @@ class CopyWriter:
         file the prompt is built from, so editing any of them invalidates stored texts."""
         names = [
             f"copy_system.{language}",
+            f"copy_example.{language}",
             f"copy_items.{language}" if task == "headline" else f"copy_product.{language}",
             f"copy_{task}.{language}",
             f"copy_retry.{language}",
@@ -278,8 +321,10 @@ class CopyWriter:
         s = self.settings
         policy = {
             "banned": sorted(s.banned_claims),
+            "claims": sorted(s.unsupported_claims),
             "retries": s.copy_max_retries,
             "on_fail": s.copy_on_fail,
+            "checks": 2,  # the check suite's version: claims, attributes, echo, repetition
         }
         return hashlib.sha256(canonical_json(policy).encode()).hexdigest()[:12]
 
@@ -298,12 +343,18 @@ class CopyWriter:
         )
         # A one-line task ends at the first newline: a small model otherwise repeats itself.
         stop = ("\n",) if single_line else ()
+        penalty = self.settings.writer_repetition_penalty
         if temp > 0:
             gen = GenParams(
-                max_tokens=max_tokens, temperature=temp, top_p=VARIANT_TOP_P, seed=seed, stop=stop
-            )
-            return gen, {"temperature": temp, "top_p": VARIANT_TOP_P, "seed": seed}
-        return GenParams(max_tokens=max_tokens, stop=stop), {"temperature": 0.0}
+                max_tokens=max_tokens, temperature=temp, top_p=VARIANT_TOP_P, seed=seed,
+                stop=stop, repetition_penalty=penalty,
+            )  # fmt: skip
+            return gen, {
+                "temperature": temp, "top_p": VARIANT_TOP_P, "seed": seed,
+                "repetition_penalty": penalty,
+            }  # fmt: skip
+        gen = GenParams(max_tokens=max_tokens, stop=stop, repetition_penalty=penalty)
+        return gen, {"temperature": 0.0, "repetition_penalty": penalty}
 
     def _plan_product(self, task: str, product: Product, options: CopyOptions) -> list[Draft]:
         spec = SPECS[task]
@@ -318,11 +369,11 @@ class CopyWriter:
             params["max_chars"] = options.max_chars or (
                 2 * words if task == "blurb" else spec.max_chars
             )
-            budget = params["max_chars"] * 2 + 16  # SmolLM-style tokenisers: ~1-2 tokens/char
         else:
             params["max_words"] = words
-            budget = int(words * 1.6) + 16
-        max_tokens = options.max_tokens or min(max(budget, spec.max_tokens // 2), 512)
+        max_tokens = options.max_tokens or token_budget(
+            params.get("max_words"), params.get("max_chars")
+        )
         gen, sampling = self._sampling(
             options.variants, options.seed, options.temperature, max_tokens, spec.single_line
         )
@@ -333,8 +384,8 @@ class CopyWriter:
             "task": task,
             "product": product,
             "description_chars": DESCRIPTION_CHARS,
-            "max_words": params.get("max_words"),
-            "max_chars": params.get("max_chars"),
+            "max_words": prompt_limit(params.get("max_words")),
+            "max_chars": prompt_limit(params.get("max_chars")),
             "tone": options.tone,
             "length": options.length,
             "keywords": options.keywords,
@@ -361,11 +412,15 @@ class CopyWriter:
         ]
 
     def _plan_headline(
-        self, products: list[Product], interests: list[str], req: HeadlineRequest
+        self,
+        products: list[Product],
+        interests: list[str],
+        req: HeadlineRequest,
+        language: str | None = None,
     ) -> list[Draft]:
         task = "headline"
         spec = SPECS[task]
-        language = self._language(req.language, products)
+        language = self._language(language, products)
         params: dict[str, Any] = {
             "language": language,
             "variants": req.variants,
@@ -375,18 +430,19 @@ class CopyWriter:
             params["max_chars"] = req.max_chars or spec.max_chars
         else:
             params["max_words"] = req.max_words or spec.max_words
+        max_tokens = token_budget(params.get("max_words"), params.get("max_chars"))
         gen, sampling = self._sampling(
-            req.variants, req.seed, req.temperature, spec.max_tokens, spec.single_line
+            req.variants, req.seed, req.temperature, max_tokens, spec.single_line
         )
-        params |= sampling | {"max_tokens": spec.max_tokens, "policy": self._policy()}
+        params |= sampling | {"max_tokens": max_tokens, "policy": self._policy()}
         template, version, versions = self._template_family(task, language)
         facts = Facts.from_products(products, extra=interests)
         variables = {
             "task": task,
             "products": products,
             "interests": interests,
-            "max_words": params.get("max_words"),
-            "max_chars": params.get("max_chars"),
+            "max_words": prompt_limit(params.get("max_words")),
+            "max_chars": prompt_limit(params.get("max_chars")),
         }
         ids = [p.id for p in products]
         return [
@@ -412,14 +468,25 @@ class CopyWriter:
 
     # -- running ----------------------------------------------------------------------
     def _messages(self, d: Draft) -> list[Message]:
+        """System rules, the worked example (ask, answer), then the task. A retry is the
+        same prompt with the task restated strictly: it carries the NAMES of the failed
+        checks only, never the rejected text or what it said."""
         lang = d.language
         system = self.prompts.render(f"copy_system.{lang}", **d.variables).text
+        example = f"copy_example.{lang}"
+        ask = self.prompts.render(example, **d.variables, part="ask").text
+        answer = self.prompts.render(example, **d.variables, part="answer").text
         if d.attempts == 0:
             user = self.prompts.render(d.template, **d.variables).text
         else:
-            failures = {c.name: list(c.found) for c in d.failed}
+            failures = sorted({c.name for c in d.failed})
             user = self.prompts.render(f"copy_retry.{lang}", **d.variables, failures=failures).text
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": user},
+        ]
 
     def _produce(self, drafts: list[Draft]) -> None:
         """Generate, check, and retry the failures; one generate call per round and
@@ -454,6 +521,11 @@ class CopyWriter:
                     d.attempts = attempt + 1
                     d.raw = g.text
                     d.text = clean_output(g.text, single_line=d.limits.single_line)
+                    # Everything the prompt says (system rules, example, task, every
+                    # retry's rules) minus the data: what an echo would copy.
+                    grams = echo_grams(
+                        [m["content"] for m in d.prompt] + [self._retry_text(d)], d.facts
+                    )
                     d.model_id, d.backend = g.model_id, g.backend
                     d.latency_s += dt
                     d.prompt_tokens += g.prompt_tokens
@@ -466,14 +538,31 @@ class CopyWriter:
                         banned=self.settings.banned_claims,
                         topic=d.topic_check,
                         keywords=d.keywords,
+                        claims=self.settings.unsupported_claims,
+                        prompt_grams=grams,
                     )
+                    if g.finish_reason == "length" and not d.limits.single_line:
+                        d.checks.append(
+                            CheckResult(
+                                "length",
+                                False,
+                                "the text was cut off at the token limit",
+                                ("cut off",),
+                            )  # fmt: skip
+                        )
                     if d.failed:
                         d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})
             pending = [d for d in pending if d.failed]
 
+    def _retry_text(self, d: Draft) -> str:
+        """Every stricter rule a retry could add (all checks failed): for the echo check."""
+        names = ["numbers", "claims", "length", "language", "format", "topic", "keywords"]
+        return self.prompts.render(f"copy_retry.{d.language}", **d.variables, failures=names).text
+
     def _row(self, d: Draft, job_id: int | None) -> CopyRow:
         failed = [c for c in d.failed]
-        refused = bool(failed) and self.settings.copy_on_fail == "refuse"
+        never = any(c.name in NEVER_SERVED for c in failed)
+        refused = bool(failed) and (self.settings.copy_on_fail == "refuse" or never)
         note = ""
         if failed:
             verb = "refused" if refused else "flagged"

@@ -18,6 +18,7 @@ from service.copy.checks import (
     check_length,
     check_names,
     check_numbers,
+    check_repetition,
     check_topic,
     cjk_ratio,
     clean_output,
@@ -239,6 +240,5 @@ def test_clean_output() -> None:
         ("Sturdy, handsome and easy to clean: a board for every day.", False),
     ],
 )
-def test_repetition_is_a_format_problem(text: str, repeats: bool) -> None:
-    r = check_format(text)
-    assert ("repeated phrases" in r.found) is repeats
+def test_repetition_is_caught(text: str, repeats: bool) -> None:
+    assert check_repetition(text).ok is not repeats

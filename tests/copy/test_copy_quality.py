@@ -1,0 +1,341 @@
+"""Issue 10: the bad texts users were served, each caught by a check; realistic good texts
+pass every check; a retry restates the task and never serves an instruction; a headline's
+language follows the shopper, not the first product. No model: texts are fixtures and the
+writer runs against a scripted LLM, with the real templates, checks and SQLite store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from service.catalog.models import Product
+from service.catalog.store import CatalogStore
+from service.config import Settings
+from service.copy.checks import Facts, Limits, echo_grams, run_checks
+from service.copy.tasks import CopyRequest, HeadlineRequest, token_budget
+from service.copy.writer import CopyWriter
+from service.llm.base import Generation, GenParams, Prompt
+
+CLAIMS = Settings().unsupported_claims
+
+MUG = Product(
+    id="q-mug",
+    title="Ceramic Coffee Mug 350ml",
+    description="A glazed ceramic mug that holds 350 ml. Dishwasher and microwave safe.",
+    category="Kitchen",
+    brand="Hearthwell",
+    price=12.0,
+    attributes={"capacity_ml": 350, "colour": "white"},
+)
+BOARD = Product(
+    id="q-board",
+    title="Bamboo Cutting Board",
+    description="A bamboo board for chopping vegetables and slicing bread. 40 x 25 cm.",
+    category="Kitchen",
+    brand="Hearthwell",
+    price=24.0,
+)
+JACKET = Product(
+    id="q-jacket",
+    title="Stormcrest 3-Layer Waterproof Hiking Jacket",
+    description="A 3-layer shell with pit zips, taped seams and a 20,000 mm waterproof rating.",
+    category="Outdoor",
+    brand="Stormcrest",
+    price=199.0,
+)
+SERUM = Product(
+    id="q-serum",
+    title="Rosehip Face Oil, 30 ml",
+    description="Cold-pressed rosehip seed oil in a 30 ml dropper bottle.",
+    category="Beauty",
+    brand="Petalry",
+    price=18.0,
+)
+PRESS = Product(
+    id="q-press",
+    title="Glass French Press, 1 L",
+    description="A borosilicate glass carafe with a steel mesh filter; brews 1 L of coffee.",
+    category="Coffee & Tea",
+    brand="Brewhaus",
+    price=29.0,
+)
+
+
+def failed(text: str, product: Product, language: str = "en", prompt: str = "") -> set[str]:
+    facts = Facts.from_products([product])
+    grams = echo_grams([prompt], facts) if prompt else None
+    limits = Limits(max_words=60, max_chars=120)
+    results = run_checks(
+        text, facts, language=language, limits=limits, banned=[], claims=CLAIMS,
+        prompt_grams=grams,
+    )  # fmt: skip
+    return {r.name for r in results if not r.ok}
+
+
+# -- every bad text quoted in the issue is caught ------------------------------------------
+BLURB_PROMPT = (
+    "Task: write a short marketing text for this product in plain sentences, at most 38 "
+    "words. Tone: <<<playful>>>."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "product", "check"),
+    [
+        # The product title four times.
+        (
+            "Glass French Press, 1 L! Glass French Press, 1 L brews coffee. Glass French "
+            "Press, 1 L. Glass French Press, 1 L.",
+            PRESS,
+            "repetition",
+        ),
+        # Praise the data does not support, and a loop.
+        (
+            "Ceramic Coffee Mug 350ml is a high-end, high-end ceramic mug made with the finest, "
+            "most luxurious, and most luxurious materials",
+            MUG,
+            "claims",
+        ),
+        (
+            "Ceramic Coffee Mug 350ml is a high-end, high-end ceramic mug made with the finest, "
+            "most luxurious, and most luxurious materials",
+            MUG,
+            "repetition",
+        ),
+        # The wrong kind of product.
+        ("Bamboo Cutting Board is a kitchen appliance", BOARD, "topic"),
+        # The retry instruction served as the text.
+        (
+            "Your last answer was rejected. Fix these problems: - It was too long. Use at most "
+            "50 words.",
+            BOARD,
+            "echo",
+        ),
+        # The prompt echoed.
+        ("<<<friendly>>> marketing text for this product in plain sentences.", BOARD, "echo"),
+        # Invented attributes (the 1.5B and the 0.5B model).
+        (
+            "The Stormcrest jacket keeps rain out with its 20,000 mm rating. Available in sizes "
+            "M to XL.",
+            JACKET,
+            "attributes",
+        ),
+        ("Rosehip Face Oil, perfect for women with sensitive skin.", SERUM, "attributes"),
+        # Chat: a sentence said twice, invented materials.
+        (
+            "A French press made with a glass tea pot, a glass tea cup, and a glass tea bag. "
+            "A French press made with a glass tea pot, a glass tea cup, and a glass tea bag.",
+            PRESS,
+            "repetition",
+        ),
+        (
+            "The product is [1] and the label is [1]. The product is [1] and the label is [1]. "
+            "The product is [1] and the label is [1].",
+            PRESS,
+            "repetition",
+        ),
+        # A text that never says what the product is.
+        ("Make every morning better with this one.", MUG, "topic"),
+        ("Hearthwell makes mornings brighter, 350 ml at a time.", MUG, "topic"),
+    ],
+)
+def test_each_bad_text_from_the_issue_is_caught(text: str, product: Product, check: str) -> None:
+    assert check in failed(text, product, prompt=BLURB_PROMPT), text
+
+
+def test_a_headline_that_is_the_templates_opening_words_is_caught() -> None:
+    """u-alice's headline was "这位顾客最近看过：" — Chinese for an English shopper, and
+    the items template's own words."""
+    facts = Facts.from_fields(["Burr Coffee Grinder", "Pour-Over Kettle"])
+    results = run_checks(
+        "这位顾客最近看过：", facts, language="en", limits=Limits(max_words=8), banned=[],
+        topic=False,
+    )  # fmt: skip
+    bad = {r.name for r in results if not r.ok}
+    assert {"language", "echo"} <= bad
+
+
+def test_praise_is_allowed_where_the_data_says_it() -> None:
+    luxe = MUG.model_copy(update={"description": MUG.description + " A luxurious glaze."})
+    assert "claims" in failed("A luxurious ceramic mug that holds 350 ml.", MUG)
+    assert "claims" not in failed("A luxurious ceramic mug that holds 350 ml.", luxe)
+
+
+def test_attributes_in_the_data_are_allowed() -> None:
+    assert "attributes" not in failed("A white ceramic mug that holds 350 ml.", MUG)
+    assert "attributes" in failed("A blue ceramic mug that holds 350 ml.", MUG)
+    assert "attributes" in failed("A ceramic mug with a bamboo lid.", MUG)
+    sized = JACKET.model_copy(update={"attributes": {"sizes": "S, M, L, XL"}})
+    assert "attributes" not in failed("A waterproof hiking jacket in sizes M to XL.", sized)
+    assert "attributes" in failed("这款杯子适合孕妇使用，红色杯身。", MUG, language="zh")
+
+
+GOOD = [
+    (
+        "The Ceramic Coffee Mug holds 350 ml and goes in the dishwasher and the microwave.",
+        MUG,
+        "en",
+    ),
+    (
+        "A bamboo cutting board, 40 x 25 cm, for chopping vegetables and slicing bread.",
+        BOARD,
+        "en",
+    ),
+    (
+        "Stay dry on the trail: the Stormcrest 3-layer hiking jacket has pit zips, taped seams "
+        "and a 20,000 mm waterproof rating.",
+        JACKET,
+        "en",
+    ),
+    (
+        "Brew 1 L of coffee at once in this glass French press from Brewhaus; the steel mesh "
+        "filter keeps the grounds out of your cup.",
+        PRESS,
+        "en",
+    ),
+    ("Petalry rosehip face oil: cold-pressed, in a 30 ml dropper bottle.", SERUM, "en"),
+]
+
+
+@pytest.mark.parametrize(("text", "product", "language"), GOOD)
+def test_realistic_good_texts_pass_every_check(text: str, product: Product, language: str) -> None:
+    assert failed(text, product, language, prompt=BLURB_PROMPT) == set(), text
+
+
+def test_good_chinese_text_passes() -> None:
+    rice = Product(
+        id="q-rice",
+        title="智能电饭煲 1.8升",
+        description="这款电饭煲容量为1.8升，700瓦加热盘，内置8种烹饪程序。",
+        category="Kitchen",
+        brand="Hearthwell",
+        price=89.0,
+        language="zh",
+    )
+    text = "智能电饭煲容量1.8升，700瓦加热盘，内置8种烹饪程序，煮饭煮粥都方便。"
+    assert failed(text, rice, "zh") == set()
+
+
+def test_token_budget_follows_the_length_limit() -> None:
+    assert token_budget(25, None) < token_budget(80, None)
+    assert token_budget(None, 30) < token_budget(None, 160)
+    assert token_budget(50, None) >= 50 * 1.3  # room for an English word's tokens
+
+
+# -- the writer against a scripted model ----------------------------------------------------
+class ScriptedLLM:
+    """Answers each call from a script: a string, or a function of the prompt."""
+
+    backend = "scripted"
+    model_id = "scripted-test"
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.prompts: list[list[dict[str, str]]] = []
+        self.params: list[GenParams] = []
+
+    def generate(self, prompts: Sequence[Prompt], params: GenParams | None = None) -> list:
+        self.params.append(params or GenParams())
+        out = []
+        for p in prompts:
+            self.prompts.append(list(p))  # type: ignore[arg-type]
+            a = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            text = a(p) if callable(a) else str(a)
+            out.append(Generation(text=text, model_id=self.model_id, backend=self.backend))
+        return out
+
+
+@pytest.fixture
+def quiet_catalog(settings: Settings, catalog: CatalogStore) -> CatalogStore:
+    return catalog
+
+
+def _writer(settings: Settings, catalog: CatalogStore, llm: ScriptedLLM, **upd) -> CopyWriter:  # noqa: ANN003
+    s = settings.model_copy(update={"copy_max_retries": 2, **upd})
+    return CopyWriter(s, llm=llm, catalog=catalog)  # type: ignore[arg-type]
+
+
+def test_a_retry_restates_the_task_and_never_quotes_the_failure(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    bad = "The Santoku Knife, 17 cm has a 99-year warranty and comes in a luxurious gift box."
+    llm = ScriptedLLM(bad, bad, bad)
+    w = _writer(settings, quiet_catalog, llm)
+    [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
+    assert r.attempts == 3 and not r.passed
+    first, retry = llm.prompts[0], llm.prompts[1]
+    assert [m["role"] for m in retry] == ["system", "user", "assistant", "user"]
+    assert retry[:3] == first[:3]  # the fixed prefix (rules, worked example) is unchanged
+    task = retry[-1]["content"]
+    assert "Santoku Knife" in task and "summary" in task  # the task, restated
+    for piece in ("99", "warranty", "luxurious", "gift box", "rejected"):
+        assert piece not in task, piece  # nothing of the failed text, no "you failed"
+    assert "Be strict" in task
+    # Every call had repetition control and a budget from the length limit.
+    assert all(p.repetition_penalty > 1.0 for p in llm.params)
+    assert llm.params[0].max_tokens == token_budget(40, None)  # the summary default: 40 words
+
+
+def test_a_retry_never_serves_an_instruction(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    """A model that answers the retry with the retry's own words (or the prompt's) is
+    refused, even with copy_on_fail=flag: the text is never served."""
+    llm = ScriptedLLM(
+        "The Santoku Knife, 17 cm has a 99-year warranty.",  # invented number → retry
+        lambda p: p[-1]["content"],  # echoes the retry prompt
+        lambda p: "Your last answer was rejected. Fix these problems: it was too long.",
+    )
+    w = _writer(settings, quiet_catalog, llm, copy_on_fail="flag")
+    [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
+    assert "echo" in r.failed_checks
+    assert r.refused and r.text is None and r.status == "rejected"
+    stored = w.store.get(r.id)
+    assert json.loads(stored.prompt)[-1]["role"] == "user"
+
+
+def test_an_echo_of_the_worked_example_is_caught(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    example = (
+        "The Fernhollow Enamel Camping Mug is a 400 ml enamelled steel mug for camp coffee "
+        "that can sit on a camp stove."
+    )
+    llm = ScriptedLLM(example)
+    w = _writer(settings, quiet_catalog, llm, copy_max_retries=0)
+    [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
+    assert "echo" in r.failed_checks and r.text is None
+
+
+def test_a_clean_text_passes_first_time(settings: Settings, quiet_catalog: CatalogStore) -> None:
+    llm = ScriptedLLM(
+        "A 17 cm santoku knife for push-cutting vegetables and boneless meat; the hollow "
+        "dimples keep slices from sticking."
+    )
+    w = _writer(settings, quiet_catalog, llm)
+    [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
+    assert r.passed and r.attempts == 1, r.checks
+
+
+def test_headline_language_follows_the_shopper_not_the_first_product(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    """u-alice shops in English; the first item of her set is Chinese."""
+    llm = ScriptedLLM("Coffee Gear for Your Mornings")
+    w = _writer(settings, quiet_catalog, llm)
+    req = HeadlineRequest(product_ids=["kit-zh-01", "cof-0001", "cof-0002"], user_id="u-alice")
+    res = w.headline(req.model_copy(update={"regenerate": True}))
+    assert res.headline.language == "en" and res.headline.template == "copy_headline.en"
+    # Chinese interests (or an explicit request) give a Chinese headline.
+    llm2 = ScriptedLLM("为你挑选的厨房好物")
+    w2 = _writer(settings, quiet_catalog, llm2)
+    zh = w2.headline(
+        HeadlineRequest(product_ids=["cof-0001", "kit-zh-01"], interests=["白瓷功夫茶具套装"])
+    )
+    assert zh.headline.language == "zh"
+    explicit = w2.headline(
+        HeadlineRequest(product_ids=["kit-zh-01"], user_id="u-alice", language="zh")
+    )
+    assert explicit.headline.language == "zh"
