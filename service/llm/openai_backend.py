@@ -84,7 +84,7 @@ class OpenAILLM(LLM):
             urls = parse_base_urls(base_url or self.settings.llm_base_url)
         except ValueError as e:
             raise LLMError(f"RECSMITH_LLM_BASE_URL: {e}") from None
-        # One string, as given (several comma-joined): load_adapter_into passes it on.
+        # Every URL in one string, comma-joined: load_adapter_into passes it on as is.
         self.base_url = ",".join(urls)
         self.model = model or self.settings.llm_served_name
         self.model_id = self.model

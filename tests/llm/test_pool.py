@@ -88,6 +88,9 @@ class FakeVLLM:
                 if fake.mode == "500":
                     return self._send(500, {"error": "engine dead"})
                 time.sleep(fake.delay_s)
+                if fake.mode == "killed":  # the process died mid-request: no answer at all
+                    self.close_connection = True
+                    return None
                 if self.path == "/tokenize":
                     return self._send(200, {"tokens": fake.tokens(body)})
                 if body.get("model") not in fake.models:  # vLLM's answer, word for word
@@ -227,8 +230,8 @@ def test_dead_server_is_skipped_and_rejoins_after_it_recovers(
 
 
 def test_calls_spread_over_two_live_servers(tmp_path: Path, fakes: list[FakeVLLM]) -> None:
-    a = _start(fakes, "a", delay_s=0.05)
-    b = _start(fakes, "b", delay_s=0.05)
+    a = _start(fakes, "a", delay_s=0.1)
+    b = _start(fakes, "b", delay_s=0.1)
     llm = _client(tmp_path, [a.url, b.url])
     for _ in range(10):  # one at a time: ties go round-robin
         llm.generate(["hi"], GenParams(max_tokens=4))
@@ -240,7 +243,7 @@ def test_calls_spread_over_two_live_servers(tmp_path: Path, fakes: list[FakeVLLM
     by = Counter(g.text for g in out)
     assert by["hi from a"] + by["hi from b"] == 16
     assert min(by["hi from a"], by["hi from b"]) >= 6, by
-    assert elapsed < 1.0  # in parallel, not 16 x 50 ms
+    assert elapsed < 1.2  # in parallel, not 16 x 100 ms
     assert all(s["in_flight"] == 0 for s in llm.health()["servers"])
 
 
@@ -274,6 +277,25 @@ def test_streams_fail_over_before_the_first_token(tmp_path: Path, fakes: list[Fa
     s = _server(llm, dies.url)
     assert s["failed"] >= 1 and s["last_error_kind"] == "RemoteProtocolError"
     assert all(x["in_flight"] == 0 for x in llm.health()["servers"])  # leases returned
+
+
+def test_a_server_killed_with_calls_in_flight_loses_none(
+    tmp_path: Path, fakes: list[FakeVLLM]
+) -> None:
+    a = _start(fakes, "a", delay_s=0.3)
+    b = _start(fakes, "b", delay_s=0.3)
+    llm = _client(tmp_path, [a.url, b.url])
+    out: list[Any] = []
+    batch = threading.Thread(target=lambda: out.extend(llm.generate([CHAT] * 16)))
+    batch.start()
+    time.sleep(0.1)  # 8 calls are in flight on each server now
+    a.mode = "killed"  # they get no answer (the connection drops) …
+    a.stop()  # … and the port closes
+    batch.join(timeout=10)
+    assert len(out) == 16 and {g.text for g in out} == {"hi from b"}  # none lost
+    assert a.hits["/v1/chat/completions"] == 8  # the killed server had its half
+    dead = _server(llm, a.url)
+    assert dead["circuit"]["state"] == "open" and dead["last_error_kind"] == "RemoteProtocolError"
 
 
 def test_choice_scoring_tokenises_and_scores_on_one_server(
