@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -13,6 +15,28 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 class ConfigError(ValueError):
     """A setting has a bad value; the message is one line naming the variable."""
+
+
+def parse_base_urls(value: str | Sequence[str]) -> list[str]:
+    """`http://a:8000/v1,http://b:8000/v1` (or a list) → normalised, de-duplicated URLs.
+    Raises ValueError naming the first entry that is not an http(s) URL."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    urls: list[str] = []
+    for part in parts:
+        url = part.strip().rstrip("/")
+        if not url:
+            continue
+        bits = urlsplit(url)
+        if bits.scheme not in ("http", "https") or not bits.netloc:
+            raise ValueError(
+                f"{part.strip()!r} is not an http(s) URL; give one base URL or several, "
+                "comma-separated (http://host-a:8000/v1,http://host-b:8000/v1)"
+            )
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ValueError("no server URL given")
+    return urls
 
 
 class Settings(BaseSettings):
@@ -138,8 +162,6 @@ class Settings(BaseSettings):
     @field_validator("llm_base_url")
     @classmethod
     def _check_base_urls(cls, v: str) -> str:
-        from service.llm.pool import parse_base_urls  # light: no model or HTTP imports
-
         return ",".join(parse_base_urls(v))
 
     @field_validator("api_keys", mode="before")

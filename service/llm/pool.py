@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from service.config import parse_base_urls
 from service.llm.base import LLMError
 
 
@@ -93,28 +93,6 @@ class CircuitBreaker:
                 "retry_in_s": round(left, 2) if self.state == "open" else 0.0,
                 "last_error": self.last_error,
             }
-
-
-def parse_base_urls(value: str | Sequence[str]) -> list[str]:
-    """`http://a:8000/v1,http://b:8000/v1` (or a list) → normalised, de-duplicated URLs.
-    Raises ValueError naming the first entry that is not an http(s) URL."""
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    urls: list[str] = []
-    for part in parts:
-        url = part.strip().rstrip("/")
-        if not url:
-            continue
-        bits = urlsplit(url)
-        if bits.scheme not in ("http", "https") or not bits.netloc:
-            raise ValueError(
-                f"{part.strip()!r} is not an http(s) URL; give one base URL or several, "
-                "comma-separated (http://host-a:8000/v1,http://host-b:8000/v1)"
-            )
-        if url not in urls:
-            urls.append(url)
-    if not urls:
-        raise ValueError("no server URL given")
-    return urls
 
 
 def error_kind(error: str) -> str:
