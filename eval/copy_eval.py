@@ -246,3 +246,307 @@ def write_copy_report(result: dict[str, Any], out_dir: Path, command: str) -> tu
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
+# -- writer profiles side by side (issue 10) --------------------------------------------------
+# tiny runs on transformers (the test profile), small and base on llama.cpp (GGUF, 4-bit).
+PROFILE_BACKENDS: dict[str, str] = {"tiny": "transformers", "small": "llamacpp", "base": "llamacpp"}
+_FAIL_GROUPS = {
+    "invented_number": ("numbers",),
+    "unsupported_claim": ("claims", "banned"),
+    "invented_attribute": ("attributes", "names"),
+    "repetition_or_echo": ("repetition", "echo", "injection", "format"),
+}
+
+
+def key_attributes(p: Product) -> list[str]:
+    """The facts a text could be expected to mention: each attribute value (a list value's
+    first four items), the brand when it is not the title, and the price."""
+    out: list[str] = []
+    for key, value in (p.attributes or {}).items():
+        text = str(value)
+        if key in ("features", "plans"):
+            out += [v.strip() for v in re.split(r"[;,]", text) if v.strip()][:4]
+        else:
+            out.append(text)
+    if p.brand and p.brand.lower() not in p.title.lower():
+        out.append(p.brand)
+    if p.price:
+        out.append(f"{p.price:g}")
+    return out
+
+
+def mentions(text: str, fact: str) -> bool:
+    """A fact is mentioned when half its content words (Chinese: one of its character
+    pairs, or its digits) occur in the text."""
+    from service.copy.checks import _CJK_RE, normalise_text
+
+    t, f = normalise_text(text), normalise_text(fact)
+    cjk = "".join(_CJK_RE.findall(f))
+    if cjk:
+        return any(cjk[i : i + 2] in t for i in range(len(cjk) - 1)) or (
+            bool(re.findall(r"\d+", f)) and all(d in t for d in re.findall(r"\d+(?:\.\d+)?", f))
+        )
+    words = [w for w in _WORD.findall(f) if len(w) >= 3 or w.isdigit()]
+    if not words:
+        return False
+    return sum(1 for w in words if w in t) * 2 >= len(words)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 2)
+
+
+def demo_chinese_products() -> list[Product]:
+    from service.catalog.ingest import ingest_file  # noqa: F401 - the demo's loader format
+
+    path = Path(__file__).resolve().parents[1] / "service" / "demo" / "products.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [Product(**r) for r in rows if "-zh-" in r["id"]]
+
+
+def run_profile_eval(
+    profile: str,
+    backend: str | None = None,
+    n_comparedge: int = 8,
+    tasks: tuple[str, ...] = ("summary", "blurb"),
+    seed: int = 0,
+    threads: int = 2,
+    models_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Each product × task written one request at a time (as a shopper-facing call is), with
+    the writer's defaults (retries included): quality rates, latency, tokens/s, texts."""
+    from service.catalog.store import CatalogStore
+    from service.config import Settings
+    from service.copy.tasks import CopyRequest
+    from service.copy.writer import CopyWriter
+
+    backend = backend or PROFILE_BACKENDS.get(profile, "llamacpp")
+    cases = load_comparedge()
+    random.Random(seed).shuffle(cases)
+    products = [c.product for c in cases[:n_comparedge]] + demo_chinese_products()
+    repo = Path(__file__).resolve().parents[1]
+    tmp = tempfile.TemporaryDirectory(prefix="recsmith-copy-profiles-")
+    settings = Settings(
+        data_dir=Path(tmp.name),
+        database_url="",
+        models_dir=models_dir or repo / "var" / "models",
+        writer_backend=backend,
+        writer_model=profile,
+        llm_threads=threads,
+    )
+    settings.ensure_dirs()
+    catalog = CatalogStore(settings.db_url)
+    catalog.upsert_products(products)
+    writer = CopyWriter(settings, catalog=catalog)
+    t_load = time.perf_counter()
+    llm = writer.llm
+    llm.generate([[{"role": "user", "content": "Hi"}]], None)  # load (not timed per text)
+    load_s = time.perf_counter() - t_load
+    rows: list[dict[str, Any]] = []
+    for p in products:
+        for task in tasks:
+            t = time.perf_counter()
+            [r] = writer.generate(CopyRequest(task=task, product_id=p.id, regenerate=True))
+            dt = time.perf_counter() - t
+            text = r.generated_text or ""
+            facts = key_attributes(p)
+            final_failed = set(r.failed_checks)
+            first_failed = set(
+                (r.meta.get("failed_attempts") or [{}])[0].get("failed", [])
+                if r.attempts > 1
+                else final_failed
+            )
+            rows.append(
+                {
+                    "product_id": p.id,
+                    "language": r.language,
+                    "task": task,
+                    "text": text,
+                    "served": r.text,
+                    "passed": r.passed,
+                    "first_try": r.passed and r.attempts == 1,
+                    "attempts": r.attempts,
+                    "failed_checks": sorted(final_failed),
+                    "first_failed": sorted(first_failed),
+                    "language_ok": "language" not in final_failed,
+                    "length_ok": "length" not in final_failed,
+                    "coverage": (
+                        sum(mentions(text, f) for f in facts) / len(facts) if facts else 0.0
+                    ),
+                    "latency_s": round(dt, 3),
+                    "completion_tokens": int(r.meta.get("completion_tokens") or 0),
+                }
+            )
+            if progress:
+                progress(f"{profile} {p.id} {task} {dt:.1f}s {r.failed_checks}")
+    tmp.cleanup()
+    n = len(rows)
+
+    def rate(pred: Callable[[dict[str, Any]], bool], subset: list[dict] | None = None) -> float:
+        xs = rows if subset is None else subset
+        return round(sum(1 for r in xs if pred(r)) / len(xs), 3) if xs else 0.0
+
+    served = [r for r in rows if r["served"] is not None]
+    metrics: dict[str, Any] = {
+        "texts": n,
+        "first_try_pass": rate(lambda r: r["first_try"]),
+        "served_clean": rate(lambda r: r["passed"], served),
+        "served": len(served),
+        "refused": n - len(served),
+        "language_ok": rate(lambda r: r["language_ok"]),
+        "length_ok": rate(lambda r: r["length_ok"]),
+        "attribute_coverage": round(sum(r["coverage"] for r in rows) / max(n, 1), 3),
+        "mean_attempts": round(sum(r["attempts"] for r in rows) / max(n, 1), 2),
+        "load_s": round(load_s, 1),
+    }
+    for name, checks in _FAIL_GROUPS.items():
+        # Among texts as served (after retries), and on the first try.
+        metrics[f"{name}_served"] = rate(
+            lambda r, c=checks: bool(set(c) & set(r["failed_checks"])), served
+        )
+        metrics[f"{name}_first_try"] = rate(
+            lambda r, c=checks: bool(set(c) & set(r["first_failed"]))
+        )
+    for task in tasks:
+        lat = [r["latency_s"] for r in rows if r["task"] == task]
+        metrics[f"{task}_p50_s"] = _pct(lat, 0.5)
+        metrics[f"{task}_p95_s"] = _pct(lat, 0.95)
+    toks = sum(r["completion_tokens"] for r in rows)
+    metrics["tokens_per_s"] = round(toks / max(sum(r["latency_s"] for r in rows), 1e-9), 2)
+    return {
+        "profile": profile,
+        "backend": backend,
+        "model_id": llm.model_id,
+        "threads": threads,
+        "sample": f"{n_comparedge} ComparEdge products (seed {seed}) + "
+        f"{len(products) - n_comparedge} demo Chinese products × {', '.join(tasks)}",
+        "metrics": metrics,
+        "failed_checks": _count([c for r in rows for c in r["failed_checks"]]),
+        "first_failed_checks": _count([c for r in rows for c in r["first_failed"]]),
+        "rows": rows,
+    }
+
+
+def write_profiles_report(
+    results: list[dict[str, Any]], chat: dict[str, Any] | None, out: Path, command: str,
+    machine: str,
+) -> tuple[Path, Path]:  # fmt: skip
+    """eval/results/<date>-copy-profiles.{json,md}: the metrics table, then sample texts
+    side by side, then the chat first-token figures."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command, "machine": machine, "profiles": results, "chat": chat}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    cols = [
+        ("first_try_pass", "1st-try pass"), ("served_clean", "served clean"),
+        ("invented_number_served", "invented no. (served)"),
+        ("unsupported_claim_served", "unsupported claim (served)"),
+        ("repetition_or_echo_served", "repetition/echo (served)"),
+        ("unsupported_claim_first_try", "claim (1st try)"),
+        ("invented_attribute_first_try", "invented attr./name (1st try)"),
+        ("language_ok", "language ok"), ("length_ok", "length ok"),
+        ("attribute_coverage", "attr. coverage"), ("summary_p50_s", "summary p50 s"),
+        ("summary_p95_s", "summary p95 s"), ("blurb_p50_s", "blurb p50 s"),
+        ("blurb_p95_s", "blurb p95 s"), ("tokens_per_s", "tokens/s"),
+        ("mean_attempts", "attempts"), ("refused", "refused"),
+    ]  # fmt: skip
+    lines = [
+        "# Copy quality by writer profile (issue 10)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine}",
+        "",
+        f"Sample: {results[0]['sample'] if results else '-'}; one request at a time, greedy, "
+        "the writer's defaults (repetition penalty, up to 2 retries).",
+        "",
+        "| profile | backend | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for r in results:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['profile']} | {r['backend']} | "
+            + " | ".join(str(m.get(c[0], "")) for c in cols)
+            + " |"
+        )
+    lines += [
+        "",
+        "Rates are shares of all texts, except *(served)*: among texts served (not refused). "
+        "1st-try pass: passed every check without a retry. Served clean: the served text passes "
+        "every check. Attribute coverage: share of the product's key facts (attribute values, "
+        "the first four features/plans, the brand, the price) the text mentions.",
+        "",
+        "Failed checks of the served texts: "
+        + "; ".join(f"{r['profile']}: {r['failed_checks'] or 'none'}" for r in results),
+        "",
+        "Failed checks on the first try: "
+        + "; ".join(f"{r['profile']}: {r['first_failed_checks'] or 'none'}" for r in results),
+        "",
+    ]
+    if chat:
+        lines += ["## Chat first token", "", chat.get("note", ""), "",
+                  "| profile | first token p50 s | p95 s | full answer p50 s | turns |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for prof, c in chat.get("profiles", {}).items():
+            lines.append(
+                f"| {prof} | {c['first_token_p50_s']} | {c['first_token_p95_s']} | "
+                f"{c['answer_p50_s']} | {len(c['turns'])} |"
+            )
+        lines.append("")
+        for prof, c in chat.get("profiles", {}).items():
+            lines.append(f"### Chat answers, {prof}")
+            lines.append("")
+            for t in c["turns"]:
+                ans = t["answer"].replace("|", "/").replace("\n", " ")
+                lines.append(f"- **{t['message']}** ({t['first_token_s']} s) → {ans}")
+            lines.append("")
+    lines += ["## Sample texts side by side", ""]
+    if results:
+        keys = [(r["product_id"], r["task"]) for r in results[0]["rows"]]
+        picks = [k for i, k in enumerate(keys) if i % 3 == 0][:12]
+        by = {r["profile"]: {(x["product_id"], x["task"]): x for x in r["rows"]} for r in results}
+        lines += ["| product, task | " + " | ".join(r["profile"] for r in results) + " |",
+                  "|---|" + "---|" * len(results)]  # fmt: skip
+        for k in picks:
+            cells = []
+            for r in results:
+                x = by[r["profile"]].get(k)
+                if x is None:
+                    cells.append("-")
+                    continue
+                t = (x["text"] or "").replace("|", "/").replace("\n", " ")
+                mark = "" if x["passed"] else f" ✗ {','.join(x['failed_checks'])}"
+                cells.append(t + mark + ("" if x["served"] is not None else " (refused)"))
+            lines.append(f"| {k[0]}, {k[1]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return out.with_suffix(".json"), out.with_suffix(".md")
+
+
+def main_profiles(argv: list[str] | None = None) -> None:
+    """python -m eval.copy_eval --profile small [--n 8] --out /tmp/x.json: one profile's
+    run to a JSON file (profiles run one by one, so each has the CPU to itself)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    res = run_profile_eval(
+        a.profile, a.backend, n_comparedge=a.n, threads=a.threads,
+        progress=lambda s: print(s, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main_profiles()

@@ -56,6 +56,7 @@ from service.assistant.lc import (
     RecsmithChatModel,
     RecsmithRetriever,
     document_product,
+    question_language,
     turn_prompt,
 )
 from service.assistant.query import PreviousTurn, TurnQuery, build_query
@@ -102,7 +103,7 @@ class Assistant:
         *,
         top_n: int = 4,
         rerank: str = "none",
-        max_tokens: int = 80,
+        max_tokens: int = 120,
         context_turns: int = 2,
         piece_timeout_s: float | None = None,
     ) -> None:
@@ -121,15 +122,20 @@ class Assistant:
 
     # -- parts -------------------------------------------------------------------------
     def llm(self) -> LLM:
+        """The writer role's model (copy, chat and headlines share it)."""
         if self._llm_obj is None:
-            self._llm_obj = self.rs.llm()
+            from service.llm.factory import get_llm
+
+            self._llm_obj = get_llm(self.rs.settings, role="writer")
         return self._llm_obj
 
     def chain(self, llm: LLM):  # noqa: ANN201 - an LCEL Runnable[dict, str]
-        """The generation step as LCEL: prompt (our .j2 templates) | chat model | parser."""
+        """The generation step as LCEL: prompt (our .j2 templates) | chat model | parser.
+        Repetition control as for copy: a small greedy model otherwise loops."""
+        penalty = float(getattr(self.rs.settings, "writer_repetition_penalty", 1.0))
         return (
             turn_prompt
-            | RecsmithChatModel(llm=llm, max_tokens=self.max_tokens)
+            | RecsmithChatModel(llm=llm, max_tokens=self.max_tokens, repetition_penalty=penalty)
             | (StrOutputParser())
         )
 
@@ -283,6 +289,7 @@ class Assistant:
         previous: PreviousTurn | None,
     ) -> Iterator[dict[str, Any]]:
         t0 = time.perf_counter()
+        language = question_language(message)
         degraded_reason: str | None = None
         model_id: str | None = None
         template, version = TURN_TEMPLATE, library().version(TURN_TEMPLATE)
@@ -302,7 +309,12 @@ class Assistant:
                 labels = Labels(top)
                 san = StreamSanitizer(labels)
                 guard = AnswerGuard(top, prompt_instructions())
-                inputs = {"question": message, "products": top, "context": context}
+                inputs = {
+                    "question": message,
+                    "products": top,
+                    "context": context,
+                    "language": language,
+                }
                 tags = {
                     "template": template,
                     "template_version": version,
@@ -337,6 +349,7 @@ class Assistant:
                 question=message,
                 products=[{"label": i + 1, "p": p} for i, p in enumerate(top)],
                 reason=reason,
+                language=language,
             )
             answer, template, version = fb.text, fb.template, fb.version
         suggested = not cited

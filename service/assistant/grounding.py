@@ -207,6 +207,7 @@ class AnswerGuard:
         self.cur = ""  # the sentence in progress, not yet released
         self.cur_sent = ""  # the part of it already released
         self.cur_bad: str | None = None
+        self.said: list[tuple[str, ...]] = []  # the words of each sentence released so far
         self.out: list[str] = []
         self.removed: list[str] = []
         self.flags: list[dict[str, Any]] = []
@@ -220,7 +221,25 @@ class AnswerGuard:
             return "injection"
         if self.echo and _word_grams(sentence, ECHO_WORDS) & self.echo:
             return "prompt_echo"
+        if self._said_before(sentence):
+            return "repetition"
         return None
+
+    def _said_before(self, sentence: str) -> bool:
+        """The sentence repeats one already shown: the same words, or a run of ECHO_WORDS
+        of them (a small model's loop: "The product is [1] and the label is [1]" again)."""
+        words = tuple(re.findall(r"\w+", normalise_text(sentence)))
+        if len(words) < 3:
+            return False
+        for prev in self.said:
+            if words == prev:
+                return True
+            n = ECHO_WORDS
+            if len(words) >= n and len(prev) >= n:
+                mine = {words[i : i + n] for i in range(len(words) - n + 1)}
+                if mine & {prev[i : i + n] for i in range(len(prev) - n + 1)}:
+                    return True
+        return False
 
     def _release(self, text: str) -> str:
         if text:
@@ -232,6 +251,8 @@ class AnswerGuard:
         bad = self.cur_bad or (self.judge(whole) if whole.strip() else None)
         held, sent = self.cur, self.cur_sent
         self.cur, self.cur_sent, self.cur_bad = "", "", None
+        if not bad and whole.strip():
+            self.said.append(tuple(re.findall(r"\w+", normalise_text(whole))))
         if bad:
             self.removed.append(whole.strip())
             flag = {"kind": bad, "text": whole.strip()}

@@ -114,6 +114,7 @@ class RecsmithChatModel(BaseChatModel):
     llm: LLM
     max_tokens: int = 80
     temperature: float = 0.0
+    repetition_penalty: float = 1.0
     stop: list[str] = Field(default_factory=list)
 
     @property
@@ -130,6 +131,7 @@ class RecsmithChatModel(BaseChatModel):
             temperature=float(kwargs.get("temperature", self.temperature)),
             stop=tuple(stop or self.stop),
             seed=kwargs.get("seed"),
+            repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
         )
 
     def _meta(self, finish_reason: str = "") -> dict[str, Any]:
@@ -182,6 +184,18 @@ def _as_product(x: Product | Document) -> Product:
     return x if isinstance(x, Product) else document_product(x)
 
 
+# Description characters per product in the chat prompt: enough to say what it is and why
+# it fits, short enough that the first token comes fast on a CPU.
+DESCRIPTION_CHARS = 110
+
+
+def question_language(text: str) -> str:
+    """The shopper's language: 'zh' for a mostly Chinese question, else 'en'."""
+    from service.copy.checks import cjk_ratio
+
+    return "zh" if cjk_ratio(text) > 0.3 else "en"
+
+
 def turn_messages(inputs: dict[str, Any]) -> list[BaseMessage]:
     """{"question", "products": [Product | Document], "context": [str]} → chat messages.
 
@@ -195,6 +209,8 @@ def turn_messages(inputs: dict[str, Any]) -> list[BaseMessage]:
         question=inputs["question"],
         products=[{"label": i + 1, "p": p} for i, p in enumerate(products)],
         context=list(inputs.get("context") or []),
+        language=inputs.get("language") or question_language(inputs["question"]),
+        description_chars=DESCRIPTION_CHARS,
     )
     return [
         SystemMessage(system.text, additional_kwargs={"template": system.template,

@@ -10,6 +10,10 @@ of every turn, so a turn is classified with a few word lists:
 
 Price words become filters: "under $50" → max_price; "cheaper" in a follow-up → below the
 cheapest product just shown; "pricier" → above the dearest; "in stock" → in_stock_only.
+The same rules hold in Chinese ("有便宜点的吗？", "100元以下", "有货的"): Chinese has no
+spaces, so its content is what is left after removing price talk and function phrases
+(有…吗, 一点, 推荐, 一款 …), and a follow-up is a message with no content left or one that
+opens with 那/还有/有没有/其他/别的.
 Filters the caller passed always win over derived ones, and derived ones are relaxed in
 order (price, then category) when they leave nothing to show.
 """
@@ -57,24 +61,57 @@ LEAD_PHRASES = (
 )
 CHEAPER = re.compile(
     r"\b(cheaper|cheapest|less expensive|lower[- ]priced|more affordable|budget|"
-    r"inexpensive|cheap|on a budget)\b",
+    r"inexpensive|cheap|on a budget)\b"
+    r"|更?便宜(?:一?点|些)?|实惠(?:一?点|些)?|划算(?:一?点|些)?|低价|平价|价格低(?:一?点|些)?",
     re.I,
 )
 PRICIER = re.compile(
-    r"\b(pricier|more expensive|higher[- ]end|premium|more upmarket|top of the range)\b", re.I
-)
-IN_STOCK = re.compile(r"\b(in stock|available now|available today|ships? now)\b", re.I)
-_AMOUNT = r"[$€£¥]?\s?(\d+(?:[.,]\d+)?)\s?(?:usd|eur|gbp|dollars?|euros?|pounds?|bucks)?"
-MAX_PRICE = re.compile(
-    r"\b(?:under|below|less than|cheaper than|at most|up to|max(?:imum)?|no more than)\s*"
-    + _AMOUNT,
+    r"\b(pricier|more expensive|higher[- ]end|premium|more upmarket|top of the range)\b"
+    r"|更贵(?:一?点|些)?|贵(?:一?点|些)|高档(?:一?点|些)?|高端(?:一?点|些)?",
     re.I,
 )
-MIN_PRICE = re.compile(r"\b(?:over|above|more than|at least|min(?:imum)?|from)\s*" + _AMOUNT, re.I)
-BETWEEN = re.compile(r"\bbetween\s*" + _AMOUNT + r"\s*(?:and|-|to)\s*" + _AMOUNT, re.I)
+IN_STOCK = re.compile(r"\b(in stock|available now|available today|ships? now)\b|有货|现货", re.I)
+_AMOUNT = r"[$€£¥]?\s?(\d+(?:[.,]\d+)?)\s?(?:usd|eur|gbp|dollars?|euros?|pounds?|bucks)?"
+_ZH_AMOUNT = r"[$€£¥￥]?\s?(\d+(?:\.\d+)?)\s?(?:元|块钱?|美元|刀)?"
+MAX_PRICE = re.compile(
+    r"\b(?:under|below|less than|cheaper than|at most|up to|max(?:imum)?|no more than)\s*"
+    + _AMOUNT
+    + r"|(?:不超过|低于|少于|不到|最多)\s*"
+    + _ZH_AMOUNT
+    + r"|"
+    + _ZH_AMOUNT
+    + r"\s*(?:以下|以内|之内)",
+    re.I,
+)
+MIN_PRICE = re.compile(
+    r"\b(?:over|above|more than|at least|min(?:imum)?|from)\s*"
+    + _AMOUNT
+    + r"|(?:超过|高于|至少)\s*"
+    + _ZH_AMOUNT
+    + r"|"
+    + _ZH_AMOUNT
+    + r"\s*以上",
+    re.I,
+)
+BETWEEN = re.compile(
+    r"\bbetween\s*" + _AMOUNT + r"\s*(?:and|-|to)\s*" + _AMOUNT
+    + r"|" + _ZH_AMOUNT + r"\s*(?:到|至|-|~)\s*" + _ZH_AMOUNT + r"\s*(?:之间)?",
+    re.I,
+)  # fmt: skip
 # Spans removed from the text before counting content words or building a query.
 _PRICE_SPANS = (BETWEEN, MAX_PRICE, MIN_PRICE, CHEAPER, PRICIER, IN_STOCK)
 WORD = re.compile(r"\w+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+# Chinese function phrases: what is left after removing them (and price talk) is content.
+# Longest first, so "有没有" goes before "有".
+ZH_FUNCTION = sorted(
+    """有没有 还有没有 还有 那么 那个 这个 那些 这些 其他 别的 一点 一些 一下 一款 一个 一种
+    推荐 请问 帮我 给我 我想要 我想 想要 我要 需要 可以 有的 的话 什么 哪个 哪款 怎么样
+    请 有 吗 呢 吧 啊 的 了 那 这 个 款 种 些 点 再 换 也 还 和 或 要 买 我 你""".split(),  # noqa: SIM905
+    key=len,
+    reverse=True,
+)
+ZH_LEADS = ("那", "还有", "有没有", "其他", "别的", "换", "再", "这些", "那些", "它")
 
 
 @dataclass
@@ -99,18 +136,32 @@ def _amount(s: str) -> float:
     return float(s.replace(",", "."))
 
 
+def _amounts(m: re.Match[str]) -> list[float]:
+    """The amounts a price pattern matched (its English or Chinese alternative)."""
+    return [_amount(g) for g in m.groups() if g is not None]
+
+
 def _strip_price_talk(text: str) -> str:
     for rx in _PRICE_SPANS:
         text = rx.sub(" ", text)
     return text
 
 
+def _zh_content(word: str) -> str:
+    """A run of Chinese characters without its function phrases."""
+    for f in ZH_FUNCTION:
+        word = word.replace(f, " ")
+    return " ".join(word.split())
+
+
 def content_words(text: str) -> list[str]:
-    return [
-        w
-        for w in WORD.findall(_strip_price_talk(text))
-        if w.lower() not in STOPWORDS and not w.isdigit()
-    ]
+    out: list[str] = []
+    for w in WORD.findall(_strip_price_talk(text)):
+        if _CJK.search(w):
+            out += _zh_content(w).split()
+        elif w.lower() not in STOPWORDS and not w.isdigit():
+            out.append(w)
+    return out
 
 
 def is_follow_up(message: str, has_previous: bool) -> bool:
@@ -118,9 +169,9 @@ def is_follow_up(message: str, has_previous: bool) -> bool:
         return False
     low = " ".join(WORD.findall(message.lower()))
     if not content_words(message):
-        return True  # "cheaper ones?", "any in stock?"
+        return True  # "cheaper ones?", "any in stock?", "有便宜点的吗？"
     first = low.split(" ", 1)[0] if low else ""
-    return first in LEADS or low.startswith(LEAD_PHRASES)
+    return first in LEADS or low.startswith(LEAD_PHRASES) or low.startswith(ZH_LEADS)
 
 
 def _dominant_category(products: list[Product]) -> str | None:
@@ -150,13 +201,13 @@ def build_query(
     price: dict[str, float] = {}
     loose: dict[str, float] = {}
     if m := BETWEEN.search(message):
-        lo, hi = sorted((_amount(m.group(1)), _amount(m.group(2))))
+        lo, hi = sorted(_amounts(m)[:2])
         price = {"min_price": lo, "max_price": hi}
     else:
         if m := MAX_PRICE.search(message):
-            price["max_price"] = _amount(m.group(1))
+            price["max_price"] = _amounts(m)[0]
         if m := MIN_PRICE.search(message):
-            price["min_price"] = _amount(m.group(1))
+            price["min_price"] = _amounts(m)[0]
     seen = [p.price for p in (previous.products if previous else []) if p.price is not None]
     if not price and follow and seen:
         # Relative to what the shopper was just shown; the loose form is the fallback.

@@ -92,3 +92,27 @@ def test_a_sentence_cut_off_by_the_token_limit_is_dropped() -> None:
     assert c.answer == "The [1] is a classic."
     assert c.removed == ["It has a long handle and"]
     assert check_prices("I recommend [1]", L).answer == "I recommend [1]"  # nothing before it
+
+
+def test_a_sentence_said_again_is_dropped() -> None:
+    """Issue 10: "The product is [1] and the label is [1]" six times."""
+    from service.assistant.grounding import AnswerGuard
+
+    guard = AnswerGuard([])
+    loop = "The product is [1] and the label is [1]. " * 6
+    shown = guard.feed(loop) + guard.flush()
+    assert shown.count("The product is") == 1
+    assert [f["kind"] for f in guard.flags] == ["repetition"] * 5
+    fresh = AnswerGuard([])
+    two = "[1] is a tea set for 68.00 USD. [2] is a green tea for 42.00 USD. "
+    assert (fresh.feed(two) + fresh.flush()).strip() == two.strip()
+
+
+def test_the_turn_prompt_is_compact_and_asks_for_the_shoppers_language() -> None:
+    from service.assistant.lc import turn_messages
+
+    long = Product(id="x1", title="Tea Set", description="word " * 400, price=68.0)
+    msgs = turn_messages({"question": "a gift for a tea lover", "products": [long]})
+    assert "Answer in English" in msgs[1].content and len(msgs[1].content) < 600
+    zh = turn_messages({"question": "推荐一款咖啡机", "products": [long]})
+    assert "请用中文回答" in zh[1].content

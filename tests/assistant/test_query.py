@@ -57,3 +57,41 @@ def test_between_and_pricier() -> None:
     assert (q.attempts[0].min_price, q.attempts[0].max_price) == (20, 50)
     q = build_query("something pricier?", PREV)
     assert q.attempts[0].min_price == 69.01
+
+
+# -- Chinese (issue 10): the same follow-up rules ------------------------------------------
+MACHINES = [
+    Product(id="cof-0001", title="Espresso Machine", price=249.0, category="Coffee & Tea"),
+    Product(id="cof-0002", title="Drip Coffee Maker", price=89.0, category="Coffee & Tea"),
+]
+PREV_ZH = PreviousTurn(topic="推荐一款咖啡机", products=MACHINES)
+
+
+def test_a_chinese_cheaper_follow_up_keeps_the_topic_and_goes_below() -> None:
+    for message in ("有便宜点的吗？", "还有更便宜的吗", "有没有实惠一点的？"):
+        q = build_query(message, PREV_ZH)
+        assert q.follow_up, message
+        assert q.text == "推荐一款咖啡机", message
+        assert q.attempts[0].max_price == 88.99 and q.attempts[0].categories == ["Coffee & Tea"]
+
+
+def test_chinese_price_bounds_and_stock() -> None:
+    q = build_query("100元以下的茶具", None)
+    assert q.attempts[0].max_price == 100 and not q.follow_up and "茶具" in q.text
+    q = build_query("50到80元之间的茶壶", None)
+    assert (q.attempts[0].min_price, q.attempts[0].max_price) == (50, 80)
+    q = build_query("那有没有更贵一点的", PREV_ZH)
+    assert q.follow_up and q.attempts[0].min_price == 249.01
+    q = build_query("有货的吗", PREV_ZH)
+    assert q.follow_up and q.attempts[0].in_stock_only
+
+
+def test_a_new_chinese_topic_is_not_a_follow_up() -> None:
+    q = build_query("推荐一款铁锅", PREV_ZH)
+    assert not q.follow_up and q.text == "推荐一款铁锅"
+    assert not is_follow_up("推荐一款咖啡机", False)
+
+
+def test_english_follow_up_still_works_after_a_chinese_turn() -> None:
+    q = build_query("a cheaper one?", PREV_ZH)
+    assert q.follow_up and q.attempts[0].max_price == 88.99
