@@ -23,13 +23,25 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from service.db import get_engine, session_scope
+from service.llm.tables import LLMCallRow
+from service.llm.types import Generation, GenParams, Prompt
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.llm.base import LLM, Generation, GenParams, Prompt
 
 logger = logging.getLogger(__name__)
+
+
+class Logged(Protocol):
+    """What the log needs of a backend (the `LLM` interface imports this module, so the
+    log names the shape, not the class)."""
+
+    backend: str
+    model_id: str
+
 
 _in_call: ContextVar[bool] = ContextVar("recsmith_llm_in_call", default=False)
 _tags: ContextVar[dict[str, Any] | None] = ContextVar("recsmith_llm_log_tags", default=None)
@@ -62,7 +74,7 @@ def _params_dict(params: GenParams | None) -> dict[str, Any]:
     return d
 
 
-def _settings_of(llm: LLM) -> Settings:
+def _settings_of(llm: Logged) -> Settings:
     s = getattr(llm, "settings", None)
     if s is None:
         from service.config import get_settings
@@ -71,12 +83,9 @@ def _settings_of(llm: LLM) -> Settings:
     return s
 
 
-def write_rows(llm: LLM, rows: list[dict[str, Any]]) -> None:
+def write_rows(llm: Logged, rows: list[dict[str, Any]]) -> None:
     """Insert rows; never raises (a broken log must not break a recommendation)."""
     try:
-        from service.db import get_engine, session_scope
-        from service.llm.tables import LLMCallRow
-
         settings = _settings_of(llm)
         if not settings.database_url:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,9 +107,6 @@ _prune_lock = threading.Lock()
 def prune_llm_calls(settings: Settings, now: datetime | None = None) -> int:
     """Delete rows older than the retention (0 = keep forever); returns how many."""
     from sqlalchemy import delete
-
-    from service.db import get_engine, session_scope
-    from service.llm.tables import LLMCallRow
 
     days = settings.llm_log_retention_days
     with _prune_lock:
@@ -128,7 +134,7 @@ def _maybe_prune(settings: Settings) -> None:
 
 
 def _row(
-    llm: LLM,
+    llm: Logged,
     kind: str,
     ts: datetime,
     prompt: Prompt,
@@ -163,7 +169,7 @@ def _err(e: BaseException) -> str:
 
 def _wrap_generate(fn: Callable[..., list[Generation]]) -> Callable[..., list[Generation]]:
     @functools.wraps(fn)
-    def generate(self: LLM, prompts: Sequence[Prompt], params: GenParams | None = None):  # noqa: ANN202
+    def generate(self: Logged, prompts: Sequence[Prompt], params: GenParams | None = None):  # noqa: ANN202
         if _in_call.get():
             return fn(self, prompts, params)
         token = _in_call.set(True)
@@ -197,7 +203,7 @@ def _wrap_generate(fn: Callable[..., list[Generation]]) -> Callable[..., list[Ge
 
 def _wrap_stream(fn: Callable[..., Iterator[str]]) -> Callable[..., Iterator[str]]:
     @functools.wraps(fn)
-    def stream(self: LLM, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
+    def stream(self: Logged, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
         if _in_call.get():
             yield from fn(self, prompt, params)
             return
@@ -226,7 +232,7 @@ def _wrap_stream(fn: Callable[..., Iterator[str]]) -> Callable[..., Iterator[str
 
 def _wrap_choice(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
     @functools.wraps(fn)
-    def choice_logprobs(self: LLM, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
+    def choice_logprobs(self: Logged, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
         if _in_call.get():
             return fn(self, prompt, choices)
         token = _in_call.set(True)
@@ -250,7 +256,7 @@ def _wrap_choice(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str,
 def _wrap_choice_batch(fn: Callable[..., list[dict[str, float]]]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def choice_logprobs_batch(
-        self: LLM, prompts: Sequence[Prompt], choices: Sequence[str]
+        self: Logged, prompts: Sequence[Prompt], choices: Sequence[str]
     ) -> list[dict[str, float]]:
         if _in_call.get():
             return fn(self, prompts, choices)
@@ -303,9 +309,6 @@ def instrument_class(cls: type) -> None:
 def recent_calls(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     """The last rows, newest first (for `recsmith models log` and tests)."""
     from sqlalchemy import select
-
-    from service.db import get_engine, session_scope
-    from service.llm.tables import LLMCallRow
 
     with session_scope(get_engine(settings.db_url)) as s:
         rows = s.scalars(select(LLMCallRow).order_by(LLMCallRow.id.desc()).limit(limit)).all()
