@@ -46,7 +46,13 @@ def test_choice_scores_order_like_transformers(inproc: LLM, gguf: LLM) -> None:
 def test_same_prompt_tokens_as_transformers(inproc: LLM, gguf: LLM) -> None:
     """String prompts and chat templates tokenise to the same ids on both in-process engines
     (the GGUF's own template, rendered like transformers does)."""
-    for prompt, _ in PROBES:
+    turns: Prompt = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "推荐一款咖啡机"},
+    ]
+    for prompt in [*(p for p, _ in PROBES), turns]:
         assert gguf.encode(prompt) == inproc.encode(prompt), prompt  # type: ignore[attr-defined]
 
 
