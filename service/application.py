@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.api.jobs import JobRunner
 from service.artefacts import Artefacts
 from service.catalog.ingest import IngestReport, ingest_file
 from service.catalog.models import Interaction, Product
@@ -49,6 +48,7 @@ from service.copy.tasks import (
 from service.copy.writer import CopyWriter
 from service.errors import Invalid, NotFound, TooBusy
 from service.index_state import IndexState
+from service.jobs import JobRunner
 from service.llm.base import LLM
 from service.llm.log import log_context, prune_llm_calls
 from service.ranking.common import call_with_budget

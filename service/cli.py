@@ -20,7 +20,15 @@ from service.catalog.ingest import (
     detect_format,
     parse_column_map,
 )
-from service.cli_support import PARTIAL, clear_errors, fail, out, printable, progress_bar
+from service.cli_support import (
+    PARTIAL,
+    build_application,
+    clear_errors,
+    fail,
+    out,
+    printable,
+    progress_bar,
+)
 from service.config import ConfigError, get_settings
 from service.copy.cli import copy_app
 from service.db_cli import db_app
@@ -45,13 +53,6 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(demo_app, name="demo")
 
 
-def _application() -> Application:
-    # Imported here: the models' libraries (torch, transformers) add seconds to --help.
-    from service.application import Application
-
-    return Application(get_settings())
-
-
 def _sync(application: Application, quiet: bool = False) -> dict[str, int]:
     with progress_bar() as bar:
         task = bar.add_task("indexing", total=None, visible=not quiet)
@@ -72,7 +73,7 @@ def _ingest(
 ) -> None:
     with clear_errors():
         column_map = parse_column_map(mapping, kind)  # type: ignore[arg-type]
-        application = _application()
+        application = build_application()
         fmt = detect_format(file, fmt) if file.exists() else fmt
         if not file.exists():
             raise IngestError(f"no such file: {file}")
@@ -152,7 +153,7 @@ def ingest_interactions(
 @app.command()
 def index(as_json: JsonOpt = False) -> None:
     """Bring the dense and lexical indexes in step with the catalogue (incremental)."""
-    report = _sync(_application(), quiet=as_json)
+    report = _sync(build_application(), quiet=as_json)
     if as_json:
         out.print_json(json.dumps(report))
     else:
@@ -243,7 +244,7 @@ def search(
         if not query.strip():
             raise fail("the query is empty")
         filters = _filters(category, min_price, max_price, in_stock)
-        items = _application().search(query, k, filters)
+        items = build_application().search(query, k, filters)
         _show(_rows(items), as_json, f"search: {query}")
 
 
@@ -257,7 +258,7 @@ def similar(
 ) -> None:
     """Products similar to PRODUCT_ID (content + co-interaction)."""
     with clear_errors():
-        application = _application()
+        application = build_application()
         application.get_product(product_id)  # NotFound -> clear error
         result = application.similar(product_id, k, category, in_stock)
         _show(_rows(result.items), as_json, f"similar to {product_id}")
@@ -279,7 +280,7 @@ def recommend(
 ) -> None:
     """Personalised recommendations: retrieval shortlist, optionally reranked by the LLM."""
     with clear_errors():
-        result = _application().recommend(
+        result = build_application().recommend(
             user_id=user,
             query=query,
             k=k,
@@ -316,7 +317,7 @@ def demo_files() -> tuple[Path, Path]:
 def demo_load() -> None:
     """Load the demo catalogue and interaction log, then index it (idempotent)."""
     products, interactions = demo_files()
-    application = _application()
+    application = build_application()
     with clear_errors():
         p = application.ingest(products, "products")
         i = application.ingest(interactions, "interactions")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
@@ -25,7 +25,11 @@ from rich.progress import (
 )
 
 from service.catalog.ingest import IngestError
+from service.config import ConfigError, get_settings
 from service.errors import DomainError
+
+if TYPE_CHECKING:
+    from service.application import Application
 
 BAD_INPUT = 2
 PARTIAL = 1
@@ -48,6 +52,17 @@ def fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
     # The message may quote input (an id, a file name): escaped, never read as rich markup.
     console.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
     return typer.Exit(code)
+
+
+def build_application() -> Application:
+    """The Application for one command (a bad RECSMITH_* setting: one line, exit 2)."""
+    # Imported here: the models' libraries (torch, transformers) add seconds to --help.
+    from service.application import Application
+
+    try:
+        return Application(get_settings())
+    except ConfigError as e:
+        raise fail(str(e)) from None
 
 
 def validation_message(e: ValidationError) -> str:

@@ -26,7 +26,12 @@ class CopyTask(StrEnum):
     headline = "headline"
 
 
-PRODUCT_TASKS: tuple[CopyTask, ...] = (CopyTask.summary, CopyTask.title, CopyTask.blurb)
+class ProductTask(StrEnum):
+    """The copy tasks written per product (every CopyTask but the headline)."""
+
+    summary = CopyTask.summary.value
+    title = CopyTask.title.value
+    blurb = CopyTask.blurb.value
 
 
 class Language(StrEnum):

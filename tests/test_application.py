@@ -23,9 +23,10 @@ from tests.ranking.helpers import FakeLLM
 
 
 def _writes_names(prompt: str) -> str:
-    """Copy: the product's own name (passes every check). Chat: cites the first card."""
-    name = re.search(r"Name: <<<(.*?)>>>", prompt)
-    return name.group(1) if name else "The first one suits you [1]."
+    """Copy: the product's own name (passes every check); the last one in the prompt, as a
+    worked example comes before the task. Chat: cites the first card."""
+    names = re.findall(r"Name: <<<(.*?)>>>", prompt)
+    return names[-1] if names else "The first one suits you [1]."
 
 
 def _prefers_last(prompt: str, choices: Sequence[str]) -> dict[str, float]:

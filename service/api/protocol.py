@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from service.application import Appended, Page, Scored, Similar, Upserted
+from service.assistant.store import StoredMessage
 from service.catalog.models import ID_PATTERN, Interaction, Product
 from service.copy.tasks import (
     CopyOptions,
@@ -353,27 +354,13 @@ class ChatFinal(BaseModel):
     template_version: str | None = None
 
 
-class ChatMessage(BaseModel):
-    id: int
-    role: str
-    content: str
-    cited_ids: list[str] = Field(default_factory=list)
-    product_ids: list[str] = Field(default_factory=list)
-    model_id: str | None = None
-    template: str | None = None
-    template_version: str | None = None
-    degraded: bool = False
-    meta: dict[str, Any] = Field(default_factory=dict)
-    created_at: str | None = None
-
-
 class Conversation(BaseModel):
     id: str
     user_id: str | None = None
     title: str = ""
     created_at: str
     updated_at: str
-    messages: list[ChatMessage]
+    messages: list[StoredMessage]
 
 
 # -- copy ---------------------------------------------------------------------------------

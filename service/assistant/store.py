@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, Field, field_serializer
 from sqlalchemy import Engine, select
 
 from service.assistant.tables import AssistantConversationRow, AssistantMessageRow
@@ -22,24 +22,32 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-@dataclass
-class StoredMessage:
+class StoredMessage(BaseModel):
+    """One message of a conversation: what the store keeps and what the API returns."""
+
     id: int
     role: str
     content: str
-    cited_ids: list[str] = field(default_factory=list)
-    product_ids: list[str] = field(default_factory=list)
+    cited_ids: list[str] = Field(default_factory=list)
+    product_ids: list[str] = Field(default_factory=list)
     model_id: str | None = None
     template: str | None = None
     template_version: str | None = None
     degraded: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
 
+    @field_serializer("created_at")
+    def _utc(self, v: datetime | None) -> str | None:
+        # Stored as naive UTC; shown as RFC 3339 with a Z.
+        if v is None:
+            return None
+        if v.tzinfo is not None:
+            v = v.astimezone(UTC).replace(tzinfo=None)
+        return v.isoformat() + "Z"
+
     def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["created_at"] = self.created_at.isoformat() + "Z" if self.created_at else None
-        return d
+        return self.model_dump()
 
 
 def _to_message(r: AssistantMessageRow) -> StoredMessage:

@@ -38,9 +38,10 @@ from service.copy.tables import CopyJobItemRow, CopyJobRow
 from service.copy.tasks import CopyOptions, JobStatus
 from service.copy.writer import CopyWriter
 from service.db import get_engine, session_scope
+from service.vocab import ProductTask
 
 logger = logging.getLogger(__name__)
-PRODUCT_TASKS = ("summary", "title", "blurb")
+PRODUCT_TASKS = tuple(m.value for m in ProductTask)
 
 
 class JobNotFound(KeyError):

@@ -9,29 +9,34 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from pydantic import ValidationError
 from rich.table import Table
 
+from service.cli_support import (
+    BAD_INPUT,
+    PARTIAL,
+    build_application,
+    clear_errors,
+    console,
+    fail,
+    out,
+    progress_bar,
+    validation_message,
+)
+from service.copy import batch as copy_batch
+from service.copy.store import STATUSES
+from service.copy.tasks import CopyOptions, HeadlineRequest
+from service.llm.base import LLMError
+from service.vocab import ProductTask
+
 copy_app = typer.Typer(help="Generate, store and export product copy.", no_args_is_help=True)
-console = Console(stderr=True)
-out = Console()
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _options(**kw: object):  # noqa: ANN202 - CopyOptions, imported lazily (fast --help)
-    from pydantic import ValidationError
-
-    from service.copy.tasks import CopyOptions
-
+def _options(**kw: object) -> CopyOptions:
     try:
         return CopyOptions(**{k: v for k, v in kw.items() if v is not None})
     except ValidationError as e:
-        raise _fail(f"invalid options: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}", 2) from e
+        raise fail(f"invalid options: {validation_message(e)}") from e
 
 
 def _show(result, as_json: bool) -> None:  # noqa: ANN001 - CopyResult
@@ -55,7 +60,7 @@ def _show(result, as_json: bool) -> None:  # noqa: ANN001 - CopyResult
             console.print(f"[yellow]{result.note}[/]")
 
 
-Task = Annotated[str, typer.Option("--task", "-t", help="summary | title | blurb")]
+Task = Annotated[ProductTask, typer.Option("--task", "-t", help="What to write")]
 
 
 @copy_app.command()
@@ -76,24 +81,16 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Write copy for one product (served from the store when already written)."""
-    from service.catalog.store import NotFound
-    from service.copy.tasks import CopyRequest
-    from service.copy.writer import CopyWriter
-    from service.llm.base import LLMError
-
     opts = _options(
         language=language, max_words=max_words, max_chars=max_chars, tone=tone, length=length,
         keywords=keyword or None, variants=variants, seed=seed,
     )  # fmt: skip
-    if task not in ("summary", "title", "blurb"):
-        raise _fail(f"unknown task {task!r}: use summary, title or blurb", 2)
-    req = CopyRequest(task=task, product_id=product, regenerate=regenerate, **opts.model_dump())  # type: ignore[arg-type]
-    try:
-        results = CopyWriter().generate(req)
-    except NotFound as e:
-        raise _fail(str(e)) from e
-    except LLMError as e:
-        raise _fail(f"the model failed: {e}") from e
+    with clear_errors():
+        application = build_application()
+        try:
+            [results] = application.write_copy(task, [product], opts, regenerate=regenerate)
+        except LLMError as e:
+            raise fail(f"the model failed: {e}", PARTIAL) from e
     for r in results:
         _show(r, as_json)
     if all(r.refused for r in results):
@@ -112,23 +109,12 @@ def headline(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """A theme headline for a set of items, with each item's fit."""
-    from pydantic import ValidationError
-
-    from service.catalog.store import NotFound
-    from service.copy.tasks import HeadlineRequest
-    from service.copy.writer import CopyWriter
-
-    try:
+    with clear_errors():
         req = HeadlineRequest(
             product_ids=product, user_id=user, interests=interest or [], language=language,
             threshold=threshold,
         )  # fmt: skip
-    except ValidationError as e:
-        raise _fail(str(e), 2) from e
-    try:
-        res = CopyWriter().headline(req)
-    except NotFound as e:
-        raise _fail(str(e)) from e
+        res = build_application().headline(req)
     if as_json:
         out.print_json(res.model_dump_json())
         return
@@ -150,14 +136,12 @@ def batch(
     job: Annotated[int | None, typer.Option("--job", help="Resume this job id")] = None,
 ) -> None:
     """Write copy for many products. Re-running the same command resumes its job."""
-    from service.copy import batch as jobs
-
     opts = _options(language=language, max_words=max_words)
     try:
         if job is not None:
-            status = jobs.get_job(job)
+            status = copy_batch.get_job(job)
         else:
-            found = None if new else jobs.find_job(task, opts, category, limit)
+            found = None if new else copy_batch.find_job(task, opts, category, limit)
             if found and found.status == "done":
                 console.print(
                     f"job {found.id} already did this ({found.done} done, "
@@ -171,47 +155,45 @@ def batch(
                 )
                 status = found
             else:
-                status = jobs.create_job(
+                status = copy_batch.create_job(
                     task, opts, category=category, limit=limit, batch_size=batch_size
                 )
                 console.print(f"job {status.id}: {status.total} products, batches of {batch_size}")
-    except (ValueError, jobs.JobNotFound) as e:
-        raise _fail(str(e), 2) from e
+    except (ValueError, copy_batch.JobNotFound) as e:
+        raise fail(str(e)) from e
     if status.total == 0:
         console.print("no products match")
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console) as progress:
+    label = f"{task} job {status.id}"
+    with progress_bar() as progress:
         bar = progress.add_task(
-            f"{task} job {status.id}", total=status.total,
-            completed=status.done + status.failed, failed=status.failed,
+            f"{label}, {status.failed} failed", total=status.total,
+            completed=status.done + status.failed,
         )  # fmt: skip
 
-        def on_batch(s: jobs.JobStatus) -> None:
-            progress.update(bar, completed=s.done + s.failed, failed=s.failed)
+        def on_batch(s: copy_batch.JobStatus) -> None:
+            progress.update(bar, completed=s.done + s.failed,
+                            description=f"{label}, {s.failed} failed")  # fmt: skip
 
         try:
-            final = jobs.run_job(status.id, on_batch=on_batch, restart=True)  # re-run
-        except jobs.JobBusy as e:
-            raise _fail(str(e)) from e
+            final = copy_batch.run_job(status.id, on_batch=on_batch, restart=True)  # re-run
+        except copy_batch.JobBusy as e:
+            raise fail(str(e), PARTIAL) from e
         except Exception as e:
-            raise _fail(f"job {status.id} failed: {e} (re-run to resume)") from e
+            raise fail(f"job {status.id} failed: {e} (re-run to resume)", PARTIAL) from e
     console.print(
         f"job {final.id} {final.status}: {final.done} done, "
         f"{final.failed} failed, {final.pending} pending"
     )
     if final.status != "done":
-        raise typer.Exit(1)
+        raise typer.Exit(PARTIAL)
 
 
 @copy_app.command()
 def jobs(limit: Annotated[int, typer.Option(help="How many")] = 20) -> None:
     """Recent batch jobs."""
-    from service.copy.batch import list_jobs
-
     table = Table("id", "task", "status", "done", "failed", "total", "created")
-    for j in list_jobs(limit=limit):
+    for j in build_application().list_copy_jobs(limit):
         table.add_row(
             str(j.id),
             j.task,
@@ -227,12 +209,8 @@ def jobs(limit: Annotated[int, typer.Option(help="How many")] = 20) -> None:
 @copy_app.command()
 def cancel(job_id: Annotated[int, typer.Argument(help="Job id")]) -> None:
     """Ask a running job to stop after its current batch."""
-    from service.copy.batch import JobNotFound, cancel_job
-
-    try:
-        s = cancel_job(job_id)
-    except JobNotFound as e:
-        raise _fail(str(e)) from e
+    with clear_errors():
+        s = build_application().cancel_copy_job(job_id)
     console.print(
         f"job {s.id}: {s.status}{' (stopping after this batch)' if s.status == 'running' else ''}"
     )
@@ -246,15 +224,12 @@ def list_(
     limit: Annotated[int, typer.Option(help="How many")] = 20,
 ) -> None:
     """Stored texts, newest first."""
-    from service.config import get_settings
-    from service.copy.store import CopyStore
-
     try:
-        rows = CopyStore(get_settings().db_url).list(
+        rows = build_application().list_copy(
             status=status, task=task, product_id=product, limit=limit
         )
     except ValueError as e:
-        raise _fail(str(e), 2) from e
+        raise fail(str(e)) from e
     table = Table("id", "task", "product", "lang", "status", "checks", "text")
     for r in rows:
         checks = "ok" if r.passed else ",".join(r.failed_checks)
@@ -271,19 +246,14 @@ def list_(
 
 
 def _review(action: str, copy_id: int, text: str | None = None, reason: str = "") -> None:
-    from service.config import get_settings
-    from service.copy.store import CopyNotFound, CopyStore
-    from service.copy.writer import CopyWriter
-
-    try:
+    with clear_errors():  # an unknown id, or an edit that fails a check: exit 2
+        application = build_application()
         if action == "approve":  # an edit is re-checked; one failing a check is refused
-            r = CopyWriter().approve(copy_id, text)
+            r = application.approve_copy(copy_id, text)
         elif action == "reject":
-            r = CopyStore(get_settings().db_url).reject(copy_id, reason)
+            r = application.reject_copy(copy_id, reason)
         else:
-            r = CopyWriter().edit(copy_id, text or "")
-    except (CopyNotFound, ValueError) as e:
-        raise _fail(str(e)) from e
+            r = application.edit_copy(copy_id, text or "")
     console.print(f"#{r.id} {r.status}")
 
 
@@ -342,24 +312,21 @@ def export(
     ] = False,
 ) -> None:
     """Export stored texts (the edited text where there is one)."""
-    from service.config import get_settings
-    from service.copy.store import STATUSES, CopyStore, is_unsafe, to_result
-
     if fmt not in ("csv", "jsonl"):
-        raise _fail(f"unknown format {fmt!r}: use csv or jsonl", 2)
+        raise fail(f"unknown format {fmt!r}: use csv or jsonl", BAD_INPUT)
     if status and status not in STATUSES:
-        raise _fail(f"unknown status {status!r}: use one of {', '.join(STATUSES)}", 2)
+        raise fail(f"unknown status {status!r}: use one of {', '.join(STATUSES)}", BAD_INPUT)
     fh = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     n = 0
     try:
         writer = csv.DictWriter(fh, fieldnames=EXPORT_FIELDS) if fmt == "csv" else None
         if writer:
             writer.writeheader()
-        rows = CopyStore(get_settings().db_url).iter_all(status=status, task=task, passed=passed)
-        for row in rows:
-            if is_unsafe(row) and not include_unsafe:
-                continue
-            r = to_result(row).model_dump(mode="json")
+        results = build_application().export_copy(
+            status=status, task=task, passed=passed, include_unsafe=include_unsafe
+        )
+        for result in results:
+            r = result.model_dump(mode="json")
             rec = {k: r[k] for k in EXPORT_FIELDS}
             if writer:
                 rec["product_ids"] = "|".join(rec["product_ids"])

@@ -9,12 +9,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.catalog.models import ID_PATTERN
+from service.vocab import CopyTask, Language, ProductTask
 
-ProductTask = Literal["summary", "title", "blurb"]
-Task = Literal["summary", "title", "blurb", "headline"]
-Language = Literal["en", "zh"]
+# The spellings live in service/vocab.py; these names are kept for the copy stage's readers.
+Task = CopyTask
 Length = Literal["short", "medium", "long"]
-LANGUAGES: tuple[str, ...] = ("en", "zh")
+LANGUAGES: tuple[str, ...] = tuple(m.value for m in Language)
 
 
 def normalise_language(value: str | None) -> str | None:

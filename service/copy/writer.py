@@ -58,6 +58,7 @@ from service.copy.tasks import (
 )
 from service.llm.base import LLM, GenParams, Message
 from service.prompts import PromptLibrary, library
+from service.vocab import ProductTask
 
 # Sampling defaults when several variants are asked for and no temperature is given.
 VARIANT_TEMPERATURE = 0.8
@@ -181,7 +182,7 @@ class CopyWriter:
         in one `generate` call (plus one per retry round). Results per product, per variant.
         With `session`, new rows join the caller's transaction (batch jobs commit them
         together with their progress)."""
-        if task not in ("summary", "title", "blurb"):
+        if task not in set(ProductTask):
             raise ValueError(f"unknown product task {task!r}: use summary, title or blurb")
         drafts = [self._plan_product(task, p, options) for p in products]
         flat = [d for per in drafts for d in per]

@@ -58,8 +58,8 @@ class TitleLLM:
         out = []
         for p in prompts:
             text = "\n".join(m["content"] for m in p)  # type: ignore[index]
-            name = re.search(r"Name: <<<(.*?)>>>", text)
-            title = name.group(1) if name else "Product"
+            names = re.findall(r"Name: <<<(.*?)>>>", text)  # a worked example comes first
+            title = names[-1] if names else "Product"
             self.products.append(title)
             out.append(Generation(title, self.model_id, self.backend))
         return out
@@ -140,7 +140,7 @@ def test_cli_approve_with_a_failing_edit_exits_non_zero(env: Settings, writer: C
     cid = _title(writer, "kit-0001")
     runner = CliRunner()
     res = runner.invoke(copy_app, ["approve", str(cid), "--text", BANNED])
-    assert res.exit_code == 1 and "banned" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "banned" in res.output and "Traceback" not in res.output
     assert CopyStore(env.db_url).get(cid).status == "draft"
     res = runner.invoke(copy_app, ["edit", str(cid), "--text", BANNED])
     assert res.exit_code == 0, res.output

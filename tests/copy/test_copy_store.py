@@ -104,6 +104,6 @@ def test_cli_review_and_export(store: CopyStore, tmp_path) -> None:  # noqa: ANN
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert {str(a.id), str(b.id)} <= {r["id"] for r in rows}
     assert runner.invoke(copy_app, ["export", "--format", "xml"]).exit_code == 2
-    assert runner.invoke(copy_app, ["reject", "999999999"]).exit_code == 1
+    assert runner.invoke(copy_app, ["reject", "999999999"]).exit_code == 2  # bad input
     listed = runner.invoke(copy_app, ["list", "--status", "approved"])
     assert listed.exit_code == 0 and "Approved text" in listed.stdout

@@ -1,9 +1,10 @@
-"""Runs copy batch jobs started over HTTP, one at a time, on one worker thread.
+"""Runs copy batch jobs started through the Application (over HTTP), one at a time, on one
+worker thread.
 
 One at a time on purpose: a job is model-bound, and two jobs on the same CPU (or GPU
 engine) only make both slower while starving the interactive requests. Progress, cancel
 and resume live in the database (service.copy.batch), so any API process can report or
-cancel a job another one runs. At start-up `resume_jobs` takes over the jobs a dead
+cancel a job another one runs. At start-up `resume_orphans` takes over the jobs a dead
 process left running or queued (their owner's pid and start token say it is gone) and
 queues them here; a job a live process owns is left to it.
 """
@@ -13,15 +14,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any
+from collections.abc import Callable
 
 from service.config import Settings
+from service.copy.batch import adopt_orphans, cancel_job, get_job, run_job
+from service.copy.writer import CopyWriter
 
-logger = logging.getLogger("service.api")
+logger = logging.getLogger("service.jobs")
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, writer_factory: Any) -> None:
+    def __init__(self, settings: Settings, writer_factory: Callable[[], CopyWriter]) -> None:
         self.settings = settings
         self._writer_factory = writer_factory
         self._queue: queue.Queue[int | None] = queue.Queue()
@@ -31,8 +34,6 @@ class JobRunner:
 
     def resume_orphans(self) -> list[int]:
         """Queue the jobs left running/queued by a dead process; their ids."""
-        from service.copy.batch import adopt_orphans
-
         ids = adopt_orphans(settings=self.settings)
         for job_id in ids:
             logger.info("resuming copy job %s left by a stopped process", job_id)
@@ -47,8 +48,6 @@ class JobRunner:
         self._queue.put(job_id)
 
     def _work(self) -> None:
-        from service.copy.batch import get_job, run_job
-
         while True:
             job_id = self._queue.get()
             if job_id is None:
@@ -65,8 +64,6 @@ class JobRunner:
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Cancel what is queued or running (the runner stops before its next batch)."""
-        from service.copy.batch import cancel_job
-
         pending: list[int] = []
         while True:
             try:
