@@ -312,6 +312,7 @@ def run_profile_eval(
     profile: str,
     backend: str | None = None,
     n_comparedge: int = 8,
+    n_chinese: int = 6,
     tasks: tuple[str, ...] = ("summary", "blurb"),
     seed: int = 0,
     threads: int = 2,
@@ -328,7 +329,7 @@ def run_profile_eval(
     backend = backend or PROFILE_BACKENDS.get(profile, "llamacpp")
     cases = load_comparedge()
     random.Random(seed).shuffle(cases)
-    products = [c.product for c in cases[:n_comparedge]] + demo_chinese_products()
+    products = [c.product for c in cases[:n_comparedge]] + demo_chinese_products()[:n_chinese]
     repo = Path(__file__).resolve().parents[1]
     tmp = tempfile.TemporaryDirectory(prefix="recsmith-copy-profiles-")
     settings = Settings(
@@ -348,8 +349,10 @@ def run_profile_eval(
     llm.generate([[{"role": "user", "content": "Hi"}]], None)  # load (not timed per text)
     load_s = time.perf_counter() - t_load
     rows: list[dict[str, Any]] = []
-    for p in products:
-        for task in tasks:
+    # Task by task, as a batch job runs: the fixed prompt prefix (rules and the task's
+    # worked example) stays in the backend's cache from one product to the next.
+    for task in tasks:
+        for p in products:
             t = time.perf_counter()
             [r] = writer.generate(CopyRequest(task=task, product_id=p.id, regenerate=True))
             dt = time.perf_counter() - t
@@ -538,11 +541,12 @@ def main_profiles(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", required=True)
     ap.add_argument("--backend", default=None)
     ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--zh", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     res = run_profile_eval(
-        a.profile, a.backend, n_comparedge=a.n, threads=a.threads,
+        a.profile, a.backend, n_comparedge=a.n, n_chinese=a.zh, threads=a.threads,
         progress=lambda s: print(s, file=sys.stderr, flush=True),
     )  # fmt: skip
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")

@@ -135,7 +135,8 @@ class Settings(BaseSettings):
             "top quality", "high-quality", "high quality", "state-of-the-art", "cutting-edge",
             "award-winning", "one-of-a-kind", "unparalleled", "unmatched", "revolutionary",
             "exquisite", "professional-grade", "industry-leading", "number one", "#1",
-            "most popular", "the best", "perfect for everyone",
+            "most popular", "the best", "perfect for everyone", "proven", "doctor-approved",
+            "like magic", "magical", "miraculous", "flawless", "unbeatable", "ultimate",
             "奢华", "豪华", "高端", "顶级", "最好", "畅销", "世界级", "一流", "最佳", "极致",
         ]
     )  # fmt: skip

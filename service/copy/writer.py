@@ -64,7 +64,7 @@ from service.vocab import ProductTask
 VARIANT_TEMPERATURE = 0.8
 VARIANT_TOP_P = 0.95
 # Description characters shown to the model: enough for the facts, short for a small model.
-DESCRIPTION_CHARS = 700
+DESCRIPTION_CHARS = 500
 # Recent products of a user's history that personalise a headline.
 INTEREST_ITEMS = 3
 # Checks whose failure means the text is an instruction or the prompt, not copy: such a
