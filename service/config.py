@@ -77,8 +77,10 @@ class Settings(BaseSettings):
     llm_model: str = "default"
     # Per-role overrides; empty = the llm_* value. The writer writes copy, chat and
     # headlines; the ranker scores (the verbalizer). factory.get_llm(settings, role=…).
-    writer_backend: Literal["", "transformers", "openai", "llamacpp"] = ""
-    writer_model: str = ""
+    # Writer default: the `small` profile (Qwen2.5-Coder-0.5B, GGUF on llama.cpp), chosen by
+    # eval/results/2026-11-30-copy-profiles.md; set both empty to write with llm_*.
+    writer_backend: Literal["", "transformers", "openai", "llamacpp"] = "llamacpp"
+    writer_model: str = "small"
     ranker_backend: Literal["", "transformers", "openai", "llamacpp"] = ""
     ranker_model: str = ""
     llm_n_ctx: int = 4096  # llamacpp context window (prompt + answer), in tokens

@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The service default is multilingual-e5-small; tests index with MiniLM (3.5x faster), as
 # they use the tiny LLM. tests/retrieval/test_multilingual.py runs e5 through the service.
 os.environ.setdefault("RECSMITH_ENCODER_MODEL", "default")
+# The service writes copy and chat with the `small` profile on llama.cpp; tests write with
+# the tiny model (the llm_* settings) unless they ask for a writer profile.
+os.environ.setdefault("RECSMITH_WRITER_BACKEND", "")
+os.environ.setdefault("RECSMITH_WRITER_MODEL", "")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -952,3 +952,26 @@ def clean_output(text: str, single_line: bool = False) -> str:
     if len(t) >= 2 and t[0] in _QUOTES and t[-1] in _QUOTES:
         t = t[1:-1].strip()
     return t
+
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
+def fit_sentences(text: str, language: str, limits: Limits, min_share: float = 0.4) -> str:
+    """An overlong text cut back to its leading whole sentences that fit the limit, when
+    those are at least `min_share` of it (else the text unchanged: a stub is no answer).
+    Small models overshoot a length limit by a sentence; the sentences kept are the
+    model's own, and the raw text is stored beside."""
+    limit = limits.max_chars if language == "zh" else limits.max_words
+    if limit is None or limits.single_line:
+        return text
+    size = count_chars if language == "zh" else count_words
+    if size(text) <= limit:
+        return text
+    kept = ""
+    for sentence in _SENTENCE_SPLIT.split(text.strip()):
+        joined = (kept + ("" if language == "zh" or not kept else " ") + sentence).strip()
+        if size(joined) > limit:
+            break
+        kept = joined
+    return kept if kept and size(kept) >= limit * min_share else text

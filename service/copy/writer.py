@@ -39,6 +39,7 @@ from service.copy.checks import (
     cjk_ratio,
     clean_output,
     echo_grams,
+    fit_sentences,
     run_checks,
 )
 from service.copy.store import CopyStore, canonical_json, request_key, to_result
@@ -521,7 +522,11 @@ class CopyWriter:
                 for d, g in zip(group, outs, strict=True):
                     d.attempts = attempt + 1
                     d.raw = g.text
-                    d.text = clean_output(g.text, single_line=d.limits.single_line)
+                    d.text = fit_sentences(
+                        clean_output(g.text, single_line=d.limits.single_line),
+                        d.language,
+                        d.limits,
+                    )
                     # Everything the prompt says (system rules, example, task, every
                     # retry's rules) minus the data: what an echo would copy.
                     grams = echo_grams(
@@ -542,7 +547,10 @@ class CopyWriter:
                         claims=self.settings.unsupported_claims,
                         prompt_grams=grams,
                     )
-                    if g.finish_reason == "length" and not d.limits.single_line:
+                    cut = g.finish_reason == "length" and d.text == clean_output(
+                        g.text, single_line=d.limits.single_line
+                    )  # cut off at the token limit, and not trimmed back to whole sentences
+                    if cut and not d.limits.single_line:
                         d.checks.append(
                             CheckResult(
                                 "length",

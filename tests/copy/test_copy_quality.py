@@ -339,3 +339,18 @@ def test_headline_language_follows_the_shopper_not_the_first_product(
         HeadlineRequest(product_ids=["kit-zh-01"], user_id="u-alice", language="zh")
     )
     assert explicit.headline.language == "zh"
+
+
+def test_an_overlong_text_is_cut_back_to_whole_sentences() -> None:
+    from service.copy.checks import fit_sentences
+
+    text = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen."
+    assert fit_sentences(text, "en", Limits(max_words=11)) == (
+        "One two three four five. Six seven eight nine ten."
+    )
+    assert fit_sentences(text, "en", Limits(max_words=40)) == text  # fits already
+    # A stub (under 40 % of the limit) is not served in place of the text.
+    assert fit_sentences("One two. " + "word " * 30, "en", Limits(max_words=20)).startswith("One")
+    assert len(fit_sentences("One two. " + "word " * 30, "en", Limits(max_words=20)).split()) > 20
+    zh = "这是第一句。这是第二句。这是第三句。"
+    assert fit_sentences(zh, "zh", Limits(max_chars=12)) == "这是第一句。这是第二句。"
