@@ -185,14 +185,41 @@ def reranker(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     threads: Annotated[int, typer.Option(help="CPU torch threads; 0 = auto")] = 0,
     seed: int = 0,
+    candidates: Annotated[
+        str,
+        typer.Option(
+            help="--dataset only: sasrec (the saved SASRec's top 20, one prompt per user) | "
+            "pipeline (the served pipeline's top 20 at several cut points per user)"
+        ),
+    ] = "sasrec",
+    users: Annotated[
+        int | None,
+        typer.Option(min=1, help="--candidates pipeline: training users (default: all)"),
+    ] = None,
+    cuts_per_user: Annotated[
+        int, typer.Option(min=1, help="--candidates pipeline: cut points per training user")
+    ] = 4,
+    minutes: Annotated[
+        float | None, typer.Option(help="time budget in minutes (same as --max-minutes)")
+    ] = None,
+    pipeline_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="--candidates pipeline: the pipeline store (built on first use; default "
+            "DATA_DIR/<dataset>-pipeline)"
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """LlamaRec-tune the verbalizer's LLM with LoRA; saves DATA_DIR/models/reranker-lora.
 
     Candidates come from the trained SASRec with --dataset (train it first with
-    `recsmith train retriever --dataset …`), else from the service's retriever. A re-run
-    with the same options continues from the last checkpoint."""
+    `recsmith train retriever --dataset …`), or with --candidates pipeline from the served
+    pipeline's shortlist (fitted fusion) at --cuts-per-user cut points of --users users
+    (prompts whose answer the shortlist missed are skipped; candidates shuffled), else
+    from the service's retriever. A re-run with the same options continues from the last
+    checkpoint."""
     from service.training.lora import (
         AdapterError,
         LoraTrainConfig,
@@ -202,6 +229,12 @@ def reranker(
         train_reranker,
     )
 
+    if candidates not in ("sasrec", "pipeline"):
+        raise typer.BadParameter("use sasrec or pipeline", param_hint="--candidates")
+    if candidates == "pipeline" and not dataset:
+        raise typer.BadParameter("needs --dataset", param_hint="--candidates pipeline")
+    if minutes is not None:
+        max_minutes = minutes
     settings = _settings(data_dir)
     cfg = LoraTrainConfig(
         examples=examples,
@@ -222,15 +255,28 @@ def reranker(
     with progress_bar() as bar:
         task = bar.add_task("building prompts", total=None)
         try:
-            if dataset:
-                sequences, retrieve, products, source = _dataset_source(
-                    dataset, tie_break, settings
+            if dataset and candidates == "pipeline":
+                root = pipeline_dir or Path(settings.data_dir) / f"{dataset}-pipeline"
+                train, val, products, source = _pipeline_source(
+                    dataset,
+                    root,
+                    users,
+                    cuts_per_user,
+                    cfg.val_examples,
+                    seed,
+                    lambda m: bar.update(task, description=m),
                 )
             else:
-                sequences, retrieve, products, source = _store_source(settings)
-            train, val = build_examples(
-                sequences, retrieve, cfg.examples, cfg.val_examples, cfg.candidates, cfg.seed
-            )
+                if dataset:
+                    sequences, retrieve, products, source = _dataset_source(
+                        dataset, tie_break, settings
+                    )
+                else:
+                    sequences, retrieve, products, source = _store_source(settings)
+                train, val = build_examples(
+                    sequences, retrieve, cfg.examples, cfg.val_examples, cfg.candidates, cfg.seed
+                )
+            cfg.examples = len(train)
             bar.update(task, description=f"tuning on {len(train)} prompts (loading the model)")
 
             def report(r: StepReport) -> None:
@@ -277,6 +323,42 @@ def reranker(
         + " (then RECSMITH_LLM_SERVED_NAME stays; the verbalizer asks for model "
         "'reranker')"
     )
+
+
+def _pipeline_source(
+    name: str,
+    root: Path,
+    users: int | None,
+    cuts: int,
+    n_val: int,
+    seed: int,
+    progress: Any,
+) -> tuple[list[Any], list[Any], dict[str, Any], str]:
+    """Prompts from the served pipeline's shortlists (service.training.rerank_data): the
+    first `users` training users of the seeded order, each with up to `cuts` cut points."""
+    from eval.datasets import load
+    from service.training.lora import RankExample
+    from service.training.rerank_data import make_cases_file
+
+    cases, info = make_cases_file(
+        root / "cases.json", root, name, None, cuts, max(n_val, 100), seed, progress
+    )
+    keep: list[str] = []
+    for c in cases["train"]:
+        if c.user not in keep:
+            if users is not None and len(keep) == users:
+                break
+            keep.append(c.user)
+    chosen = set(keep)
+    train = [
+        RankExample(c.history, c.candidates, c.target) for c in cases["train"] if c.user in chosen
+    ]
+    val = [RankExample(c.history, c.candidates, c.target) for c in cases["val"][:n_val]]
+    src = (
+        f"served pipeline top-20 (fitted fusion), {len(keep)} users x up to {cuts} cut points "
+        f"({info.get('cut_points_tried')} cut points tried for all users)"
+    )
+    return train, val, {p.id: p for p in load(name).products}, src
 
 
 def _dataset_source(name: str, tie_break: str, settings: Any) -> tuple[Any, Any, Any, str]:
