@@ -66,6 +66,7 @@ from service.llm.base import LLM
 from service.llm.log import log_context
 from service.prompts import library, render
 from service.retrieval.filters import Filters
+from service.vocab import RerankMode, choices
 
 FALLBACK_TEMPLATE = "assistant_fallback"
 MAX_MESSAGE_CHARS = 1000  # the retrieval query limit
@@ -107,10 +108,8 @@ class Assistant:
         context_turns: int = 2,
         piece_timeout_s: float | None = None,
     ) -> None:
-        from service.ranking.factory import RERANKERS
-
-        if rerank not in RERANKERS:
-            raise ValueError(f"unknown reranker {rerank!r}; choose one of {', '.join(RERANKERS)}")
+        if rerank not in set(RerankMode):
+            raise ValueError(f"unknown reranker {rerank!r}; choose one of {choices(RerankMode)}")
         self.rs = rs
         self._llm_obj = llm
         self.top_n = top_n

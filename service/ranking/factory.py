@@ -40,14 +40,14 @@ def get_reranker(name: str = "none", llm: LLM | None = None, **opts: Any) -> Rer
     instead of failing here. Options go to the reranker (window, passes, seed, timeout_s, …);
     unknown names or options raise ValueError/TypeError (configuration errors, not model
     trouble)."""
-    if name == "none":
+    if name == RerankMode.none:
         if opts:
             raise TypeError(f"the 'none' reranker takes no options, got {sorted(opts)}")
         return NoRerank()
     source: Any = llm if llm is not None else _default_llm
-    if name == "verbalizer":
+    if name == RerankMode.verbalizer:
         return VerbalizerReranker(source, **opts)
-    if name == "reasoning":
+    if name == RerankMode.reasoning:
         return ReasoningReranker(source, **opts)
     raise ValueError(f"unknown reranker {name!r}; choose one of {', '.join(RERANKERS)}")
 
