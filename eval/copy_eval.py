@@ -531,6 +531,12 @@ def write_profiles_report(
     return out.with_suffix(".json"), out.with_suffix(".md")
 
 
+def _chat_conversations() -> list[list[str]]:
+    from eval.bench_chat import CONVERSATIONS
+
+    return CONVERSATIONS
+
+
 def main_profiles(argv: list[str] | None = None) -> None:
     """python -m eval.copy_eval --profile small [--n 8] --out /tmp/x.json: one profile's
     run to a JSON file (profiles run one by one, so each has the CPU to itself)."""
@@ -538,13 +544,28 @@ def main_profiles(argv: list[str] | None = None) -> None:
     import sys
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", required=True)
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--merge", nargs="*", type=Path, default=None, help="profile JSONs")
+    ap.add_argument("--chat", nargs="*", type=Path, default=(), help="bench_chat JSONs")
+    ap.add_argument("--command", default="", help="the commands that produced the JSONs")
+    ap.add_argument("--machine", default="")
     ap.add_argument("--backend", default=None)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--zh", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    if a.merge is not None:
+        results = [json.loads(f.read_text()) for f in a.merge]
+        chats = [json.loads(f.read_text()) for f in a.chat]
+        chat = {
+            "note": "Turns: " + " → ".join(" / ".join(c) for c in _chat_conversations()),
+            "profiles": {c["profile"]: c for c in chats},
+        }
+        write_profiles_report(results, chat if chats else None, a.out, a.command, a.machine)
+        return
+    if not a.profile:
+        ap.error("--profile or --merge is required")
     res = run_profile_eval(
         a.profile, a.backend, n_comparedge=a.n, n_chinese=a.zh, threads=a.threads,
         progress=lambda s: print(s, file=sys.stderr, flush=True),

@@ -194,6 +194,10 @@ def build_query(
     new_words = content_words(message)
     if follow and previous is not None:
         text = " ".join([previous.topic, *new_words]).strip()
+    elif _CJK.search(message):
+        # Chinese: its content words only ("推荐一款咖啡机" → "咖啡机"): the function phrases
+        # would match any Chinese product's text by their character pairs.
+        text = " ".join(new_words) or message
     else:
         text = " ".join(_strip_price_talk(message).split()) or message
     text = text or message
