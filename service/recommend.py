@@ -146,7 +146,7 @@ def shortlist(
 def default_ranker_llm(rs: Recsmith, rerank: str) -> LLM:
     """The verbalizer's model is the configured one with the LoRA adapter when one is
     saved (the adapter was tuned on the verbalizer's prompt only); others use the base."""
-    base = rs.llm()
+    base = rs.llm("ranker")
     return rs.artefacts.ranker_llm(base) if rerank == RerankMode.verbalizer else base
 
 

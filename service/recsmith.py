@@ -12,7 +12,7 @@ from service.artefacts import Artefacts
 from service.catalog.store import CatalogStore, NotFound
 from service.config import Settings, get_settings
 from service.llm.base import LLM
-from service.llm.factory import get_llm
+from service.llm.factory import Role, get_llm
 from service.retrieval.cooccur import CoInteraction
 from service.retrieval.dense import DenseIndex
 from service.retrieval.encoder import Encoder, get_encoder
@@ -166,5 +166,7 @@ class Recsmith:
         if req.seed_product_id and req.seed_product_id not in self.dense.row:
             raise NotFound(f"unknown product id {req.seed_product_id!r}")
 
-    def llm(self) -> LLM:  # the configured LLM backend (loaded on first use)
-        return get_llm(self.settings)
+    def llm(self, role: Role = "writer") -> LLM:
+        """The configured model of a role (loaded on first use): the writer (copy, chat,
+        headlines) or the ranker (the verbalizer's base model)."""
+        return get_llm(self.settings, role=role)

@@ -53,4 +53,4 @@ def get_reranker(name: str = "none", llm: LLM | None = None, **opts: Any) -> Rer
 
 
 def _default_llm() -> LLM:
-    return get_llm()
+    return get_llm(role="ranker")
