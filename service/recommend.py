@@ -44,6 +44,7 @@ def public_reason(stage: str, raw: str | None) -> str:
 SOURCE_REASONS = {
     "dense_history": "similar to items you looked at",
     "co_interaction": "often chosen together with items you looked at",
+    "item_knn": "often picked right after items like the ones you looked at",
     "sequential": "what shoppers like you picked next",
     "dense_query": "matches what you asked for",
     "lexical": "matches the words you searched for",
@@ -190,6 +191,13 @@ def rank_shortlist(
         timings["rerank"] = (time.perf_counter() - t1) * 1000
         stages.append(f"rerank:{rerank}")
 
+    reasons = [result.reason] if result and result.degraded and result.reason else []
+    fusion = rs.fusion_status
+    if fusion is not None and fusion.degraded:
+        # A corrupt or mismatched fusion artefact: the default source weights ranked this.
+        degraded_stages.append("fusion")
+        reasons.append("retrieval: default fusion weights (the fitted ones are unusable)")
+
     by_id = {c.product_id: c for c in cands}
     items = []
     for pid, score in order[: sl.k]:
@@ -213,8 +221,8 @@ def rank_shortlist(
         items=items,
         stages=stages,
         rerank=rerank,
-        degraded=bool(result and result.degraded),
-        degraded_reason=result.reason if result and result.degraded else None,
+        degraded=bool(degraded_stages),
+        degraded_reason="; ".join(reasons) or None,
         rationale=result.rationale if result else None,
         model_id=result.model_id if result else None,
         template=result.template if result else None,

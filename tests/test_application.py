@@ -193,3 +193,23 @@ def test_the_fusion_seam_replaces_the_artefact(tmp_path: Path) -> None:
     a = Application(Settings(data_dir=tmp_path), fusion=fusion)
     assert a.engine.retriever.fusion is fusion
     assert a.engine.fusion_status is not None and a.engine.fusion_status.state == "fitted"
+
+
+def test_a_corrupt_fusion_artefact_serves_default_weights_marked_degraded(
+    tmp_path: Path, app: Application
+) -> None:
+    """The retrieval stage says so when its fitted fusion could not be used."""
+    bad = tmp_path / "fusion.json"
+    bad.write_text("{not json")
+    s = app.settings.model_copy(update={"fusion_path": bad})
+    other = Application(s)
+    try:
+        user = _a_user(app)
+        rec = other.recommend(user_id=user, k=5)
+        ok = app.recommend(user_id=user, k=5)
+    finally:
+        other.close(timeout_s=10)
+    assert [i.product_id for i in rec.items] == [i.product_id for i in ok.items]
+    assert rec.degraded and "fusion" in rec.degraded_stages
+    assert "default fusion weights" in (rec.degraded_reason or "")
+    assert not ok.degraded
