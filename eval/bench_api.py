@@ -55,15 +55,14 @@ def free_port() -> int:
 
 def prepare_data(data_dir: Path) -> Path:
     """Demo catalogue ingested and indexed; returns the prepared default LLM folder."""
-    from service.catalog.ingest import ingest_file
+    from service.application import Application
     from service.config import Settings
     from service.llm.prepare import prepare_model
-    from service.recsmith import Recsmith
 
-    rs = Recsmith(Settings(data_dir=data_dir))
-    ingest_file(rs.store, DEMO / "products.jsonl", "products")
-    ingest_file(rs.store, DEMO / "interactions.jsonl", "interactions")
-    rs.sync_index()
+    app = Application(Settings(data_dir=data_dir))
+    app.ingest(DEMO / "products.jsonl", "products")
+    app.ingest(DEMO / "interactions.jsonl", "interactions")
+    app.sync_index()
     return prepare_model("smollm2", settings=Settings(data_dir=REPO / "var"))
 
 
@@ -168,39 +167,32 @@ def single_client(url: str, rerank: str, n: int, k: int) -> list[float]:
 
 
 def bare_calls(data_dir: Path, llm_path: Path, rerank: str, n: int, k: int) -> dict[str, Any]:
-    """The same work in this process: recommend() without HTTP, and the model stage alone."""
+    """The same work in this process: Application.recommend() without HTTP, and the model
+    stage alone (service.recommend.rank_shortlist on a shortlist made beforehand)."""
+    from service.application import Application
     from service.config import Settings
-    from service.ranking.base import UserContext
-    from service.ranking.factory import get_reranker
-    from service.recommend import recommend
-    from service.recsmith import Recsmith
-    from service.retrieval.retriever import RetrievalRequest
+    from service.recommend import rank_shortlist, shortlist
 
-    rs = Recsmith(Settings(data_dir=data_dir, llm_model=str(llm_path)))
-    rs.sync_index()
+    app = Application(Settings(data_dir=data_dir, llm_model=str(llm_path)))
+    app.sync_index()
     pipeline, stage = [], []
     for i in range(n + 1):  # the first call warms up
         user = USERS[i % len(USERS)]
         t0 = time.perf_counter()
-        recommend(rs, user_id=user, k=k, rerank=rerank)
+        app.recommend(user_id=user, k=k, rerank=rerank)
         dt_pipe = time.perf_counter() - t0
-        req = RetrievalRequest(user_id=user, k=max(rs.settings.shortlist_size, k))
         t0 = time.perf_counter()
-        cands = rs.candidates(req)
+        sl = shortlist(app.engine, user_id=user, k=k)
         dt_stage = time.perf_counter() - t0
         if rerank != "none":
-            products = rs.store.get_products([c.product_id for c in cands])
-            hist = rs.store.get_products([p for p, _ in rs.history(user)][-10:])
-            ctx = UserContext(history=list(hist.values()))
-            reranker = get_reranker(rerank, rs.llm())
             t0 = time.perf_counter()
-            reranker.rank(ctx, cands, products)
+            rank_shortlist(app.engine, sl, rerank, llm=app.ranker_llm)
             dt_stage = time.perf_counter() - t0
         if i:
             pipeline.append(dt_pipe)
             stage.append(dt_stage)
     return {
-        "model_stage": "reranker.rank" if rerank != "none" else "retrieval (rs.candidates)",
+        "model_stage": "rank_shortlist" if rerank != "none" else "retrieval (shortlist)",
         "recommend_p50_ms": round(statistics.median(pipeline) * 1000, 2),
         "model_stage_p50_ms": round(statistics.median(stage) * 1000, 2),
     }

@@ -46,11 +46,9 @@ class CountingLLM:
 
 
 def run(task: str, n: int, max_words: int, category: str, threads: int) -> dict[str, Any]:
-    from service.catalog.ingest import ingest_file
-    from service.catalog.store import CatalogStore
+    from service.application import Application
     from service.config import Settings, get_settings
     from service.copy.tasks import CopyOptions, CopyRequest
-    from service.copy.writer import CopyWriter
     from service.llm.factory import get_llm
     from service.llm.prepare import resolve_model_path
 
@@ -60,13 +58,13 @@ def run(task: str, n: int, max_words: int, category: str, threads: int) -> dict[
         data_dir=Path(tmp.name), llm_model=model, llm_threads=threads, copy_max_retries=0
     )
     settings.ensure_dirs()
-    catalog = CatalogStore(settings.db_url)
-    ingest_file(catalog, DEMO, "products")
-    products = [p for p in catalog.iter_products(category=category) if p.language == "en"][:n]
+    llm = CountingLLM(get_llm(settings))
+    app = Application(settings, writer_llm=llm)  # type: ignore[arg-type]
+    app.ingest(DEMO, "products")
+    products = [p for p in app.catalog.iter_products(category=category) if p.language == "en"][:n]
     if len(products) < n:
         raise SystemExit(f"only {len(products)} English products in {category!r}")
-    llm = CountingLLM(get_llm(settings))
-    writer = CopyWriter(settings, llm=llm, catalog=catalog)  # type: ignore[arg-type]
+    writer = app.writer
     options = CopyOptions(max_words=max_words, language="en")
     writer.generate_for_products(task, products[:1], options, regenerate=True)  # warm-up
 
@@ -90,7 +88,7 @@ def run(task: str, n: int, max_words: int, category: str, threads: int) -> dict[
     # Batching saves decode steps, not prefill compute, on a compute-bound CPU.
     from service.llm.base import GenParams
 
-    prompts = [writer._messages(writer._plan_product(task, p, options)[0]) for p in products]
+    prompts = writer.plan(task, products, options)
     t0 = time.perf_counter()
     for pr in prompts:
         llm.inner.generate([pr], GenParams(max_tokens=1))

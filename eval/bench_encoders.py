@@ -114,9 +114,9 @@ def demo_run(encoder_model: str) -> dict[str, Any]:
         index_s = time.perf_counter() - t0
         enc = rs.encoder
         texts = [p.embedding_text() for p in rs.store.iter_products()]
-        enc._encode_uncached(texts[:16])  # warm-up
+        enc.encode_uncached(texts[:16])  # warm-up
         t0 = time.perf_counter()
-        enc._encode_uncached(texts)
+        enc.encode_uncached(texts)
         speed = len(texts) / (time.perf_counter() - t0)
         out: dict[str, Any] = {
             "model_id": enc.model_id,

@@ -121,9 +121,9 @@ def raw_logprobs_request(
         for k, c in enumerate(cands)
     ]
     messages, _ = build_prompt(user, items)
-    api: Any = llm  # OpenAILLM: tokenize(), _choice_ids(), model, base_url
+    api: Any = llm  # OpenAILLM: tokenize(), choice_token_ids(), model, base_url
     ids = api.tokenize(messages)
-    label_ids = {api._choice_ids(lab)[0] for lab in ALL_LABELS[: len(cands)]}
+    label_ids = {ids[0] for ids in api.choice_token_ids(ALL_LABELS[: len(cands)]).values()}
     body = {
         "model": api.model,
         "prompt": [ids],
@@ -133,7 +133,7 @@ def raw_logprobs_request(
         "return_tokens_as_token_ids": True,
     }
     t0 = time.perf_counter()
-    r = httpx.post(f"{api.base_url}/completions", json=body, timeout=300)
+    r = httpx.post(f"{api.servers[0].base_url}/completions", json=body, timeout=300)
     took = time.perf_counter() - t0
     top = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
     found = sum(1 for k in top if int(k.split(":")[1]) in label_ids)

@@ -9,7 +9,7 @@ runs it, over temporary data directories:
 2. a store of test histories (never a test target) whose `Recsmith` loads that artefact;
    each source and the fused hybrid (fitted, and today's default RRF weights) scored on its
    own list (past the list: a miss);
-3. the `recsmith pipeline` row: `service.recommend.recommend` — the function
+3. the `recsmith pipeline` row: `Application.recommend` — the method
    /v1/recommendations calls — per user, with the configured rerank.
 
 LLM rerankers plug in through `evaluate_reranker`: any `service.ranking.base.Reranker`
@@ -19,7 +19,6 @@ reorders the hybrid top-20 of a fixed, seeded sample of users, timed per user.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import tempfile
 import time
@@ -37,7 +36,8 @@ from eval.fusion_fit import FitResult, data_version, fit_fusion
 from eval.metrics import KS, TargetRanks, ranks_from_lists, summarize, target_ranks
 from eval.split import Split, Target, TieBreak, leave_last_two_out
 from service.catalog.models import Event, Interaction, Product
-from service.retrieval.retriever import Candidate, RetrievalRequest
+from service.retrieval.fusion import Fusion
+from service.retrieval.retriever import RRF_K, Candidate, RetrievalRequest
 
 SHORTLIST = 20
 HISTORY_LIMIT = 200  # what Recsmith.history() hands the retriever for a known user
@@ -271,6 +271,30 @@ PIPELINE_K = 50  # items asked of recommend(); the rest of the catalogue counts 
 POOL = 10**9  # fuse() cut-off that keeps every candidate of every source
 
 
+def _application_over(
+    root: Path,
+    encoder: Encoder,
+    ds: Dataset,
+    split: Split,
+    target: Target,
+    sequential: Path | None = None,
+) -> Any:
+    """The service's `Application` over `root` holding every user's history for `target`,
+    sharing `encoder` (and its embedding cache) with the content baseline; `sequential`: a
+    trained model folder put where the service loads it from (DATA_DIR/models/sequential)."""
+    import shutil
+
+    from service.application import Application
+    from service.config import Settings
+
+    if sequential is not None:
+        shutil.copytree(sequential, root / "models" / "sequential")
+    app = Application(Settings(data_dir=root, database_url=""), encoder=encoder)
+    _ingest_histories(app.engine, ds, split, target)
+    app.sync_index()
+    return app
+
+
 def _recsmith_over(
     root: Path,
     encoder: Encoder,
@@ -279,20 +303,8 @@ def _recsmith_over(
     target: Target,
     sequential: Path | None = None,
 ) -> Any:
-    """A `Recsmith` over `root` holding every user's history for `target`; `sequential`: a
-    trained model folder put where the service loads it from (DATA_DIR/models/sequential)."""
-    import shutil
-
-    from service.config import Settings
-    from service.recsmith import Recsmith
-
-    if sequential is not None:
-        shutil.copytree(sequential, root / "models" / "sequential")
-    rs = Recsmith(Settings(data_dir=root, database_url=""))
-    rs.__dict__["encoder"] = encoder  # share the embedding cache with the content baseline
-    _ingest_histories(rs, ds, split, target)
-    rs.sync_index()
-    return rs
+    """The retrieval engine (`Recsmith`) of `_application_over`."""
+    return _application_over(root, encoder, ds, split, target, sequential).engine
 
 
 def _source_lists(
@@ -333,7 +345,7 @@ def fit_fusion_on_validation(
         val_targets = split.targets("val")
         targets = [split.item_ids[val_targets[r]] for r in rows]
         sources = sorted({s for ranked in lists for s in ranked})
-        defaults = {s: rs.retriever._weight(s) for s in sources}
+        defaults = {s: rs.retriever.source_weight(s) for s in sources}
         hist = split.history("val")
         info = {
             "dataset": ds.name,
@@ -376,14 +388,12 @@ def evaluate_recsmith(
     sequential_minutes: float = 0.0,
 ) -> RetrievalEval:
     """Each retrieval source and the fused hybrid on their own lists, then the pipeline
-    exactly as /v1/recommendations serves it (`service.recommend.recommend`), all over a
-    `Recsmith` whose data dir holds the fusion fitted on the validation target.
+    exactly as /v1/recommendations serves it (`Application.recommend`), all over an
+    `Application` whose data dir holds the fusion fitted on the validation target.
     data_dir: keep that data dir there (an empty folder) instead of a temporary one, e.g. to
     serve it afterwards. sequential_minutes > 0: train SASRec (service.training.sequential)
     for that long on every user's items before the validation target, early-stopped on the
     validation target, and serve it as the `sequential` source in both stores."""
-    from service.recommend import recommend
-
     reporter = reporter or Reporter()
     t_setup = time.perf_counter()
     fitted: FitResult | None = None
@@ -408,11 +418,13 @@ def evaluate_recsmith(
 
             fitted.fusion.save(Settings(data_dir=root).fusion_file)
         reporter.stage("recsmith: ingest + index test histories")
-        rs = _recsmith_over(root, encoder, ds, split, "test", seq_dir)
+        app = _application_over(root, encoder, ds, split, "test", seq_dir)
+        rs = app.engine
         retriever = rs.retriever  # loads the artefact, as the service does at start-up
         status = rs.fusion_status
-        plain = copy.copy(retriever)
-        plain.fusion = None  # today's weighted RRF, for the before/after rows
+        # Today's weighted RRF for the before/after rows, over the same source lists: a
+        # fusion holding no weight of its own takes every source's default weight.
+        plain = Fusion(rank_weights={}, rrf_k=RRF_K)
         setup_s = time.perf_counter() - t_setup
 
         targets = split.targets("test")
@@ -428,7 +440,8 @@ def evaluate_recsmith(
                 ranked[src].append([p for p, _ in src_lists.get(src, [])])
             pool = retriever.fuse(src_lists, POOL)
             ranked[HYBRID_FITTED].append([c.product_id for c in pool])
-            ranked[HYBRID_RRF].append([c.product_id for c in plain.fuse(src_lists, POOL)])
+            rrf = plain.scores(src_lists, retriever.source_weight)
+            ranked[HYBRID_RRF].append(sorted(rrf, key=lambda p: (-rrf[p], p)))
             if int(r) in rerank_rows:
                 ids = [split.item_ids[i] for i in hist[r]]
                 shown = ids[-RERANK_HISTORY:]
@@ -455,7 +468,7 @@ def evaluate_recsmith(
         degraded: list[str] = []
         for r in rows:
             t0 = time.perf_counter()
-            rec = recommend(rs, user_id=split.users[r], k=pipeline_k, rerank=pipeline_rerank)
+            rec = app.recommend(user_id=split.users[r], k=pipeline_k, rerank=pipeline_rerank)
             served_s.append(time.perf_counter() - t0)
             served.append([i.product_id for i in rec.items])
             if rec.degraded:
@@ -495,8 +508,8 @@ def evaluate_recsmith(
     ranks = ranks_from_lists(served, target_ids)
     same = sum(a[:pipeline_k] == b for a, b in zip(ranked[HYBRID_FITTED], served, strict=True))
     note = (
-        f"service.recommend.recommend(k={pipeline_k}, rerank={pipeline_rerank}) per user on a "
-        f"Recsmith over the eval's data dir (fusion: {status.state if status else 'n/a'}); "
+        f"Application.recommend(k={pipeline_k}, rerank={pipeline_rerank}) per user on an "
+        f"Application over the eval's data dir (fusion: {status.state if status else 'n/a'}); "
         f"items past the {pipeline_k} returned count as misses (MRR is a lower bound). "
         f"{same} of {len(rows)} lists equal the fitted hybrid's top {pipeline_k}; "
         f"{len(degraded)} degraded"

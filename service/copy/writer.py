@@ -195,6 +195,13 @@ class CopyWriter:
             i += len(per)
         return out
 
+    def plan(
+        self, task: str, products: Sequence[Product], options: CopyOptions
+    ) -> list[list[Message]]:
+        """The first variant's prompt for each product, as generation would send it (no
+        model call, nothing stored): for benchmarks that time the prompt alone."""
+        return [self._messages(self._plan_product(task, p, options)[0]) for p in products]
+
     def headline(self, req: HeadlineRequest) -> HeadlineResult:
         """A theme headline for recommended items, with each item's fit to it."""
         found = self.catalog.get_products(req.product_ids)

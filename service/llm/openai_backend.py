@@ -389,6 +389,11 @@ class OpenAILLM(LLM):
             self._choice_tokens[key] = ids
         return self._choice_tokens[key]
 
+    def choice_token_ids(self, choices: Sequence[str]) -> dict[str, list[int]]:
+        """Each choice's token ids as the (first) server tokenises it, without special
+        tokens: what choice scoring compares the model's next tokens with."""
+        return {c: self._choice_ids(c) for c in choices}
+
     def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
         return self.choice_logprobs_batch([prompt], choices)[0]
 

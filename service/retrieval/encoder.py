@@ -151,9 +151,10 @@ class Encoder:
         self._torch = torch
         self._lock = threading.Lock()
 
-    def _encode_uncached(
+    def encode_uncached(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
+        """The model alone: no prefix, no cache (encode() adds both; benchmarks time this)."""
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Longest first: padding per batch is small and the slowest batch shows up early.
@@ -202,14 +203,14 @@ class Encoder:
         if prefix:
             texts = [prefix + t for t in texts]
         if self.cache is None:
-            return self._encode_uncached(texts, progress)
+            return self.encode_uncached(texts, progress)
         hashes = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
         found = self.cache.get_many(self.model_id, hashes)
         missing = [i for i, h in enumerate(hashes) if h not in found]
         if progress and len(texts) > len(missing):
             progress(len(texts) - len(missing))
         if missing:
-            fresh = self._encode_uncached([texts[i] for i in missing], progress)
+            fresh = self.encode_uncached([texts[i] for i in missing], progress)
             new = {hashes[i]: fresh[j] for j, i in enumerate(missing)}
             self.cache.put_many(self.model_id, new)
             found.update(new)

@@ -188,7 +188,9 @@ class Retriever:
             ][:depth]
         return ranked
 
-    def _weight(self, source: str) -> float:
+    def source_weight(self, source: str) -> float:
+        """A source's weighted-RRF weight (also a fitted fusion's weight for sources it
+        holds none for)."""
         w = self.weights
         if source.startswith("dense") or source == "similar":
             return w.dense
@@ -205,13 +207,13 @@ class Retriever:
     def fuse(self, ranked: dict[str, list[tuple[str, float]]], k: int) -> list[Candidate]:
         by_id: dict[str, Candidate] = {}
         for source, items in ranked.items():
-            w = self._weight(source)
+            w = self.source_weight(source)
             for rank, (pid, score) in enumerate(items):
                 c = by_id.setdefault(pid, Candidate(pid, 0.0))
                 c.score += w / (RRF_K + rank + 1)
                 c.sources[source] = round(float(score), 6)
         if self.fusion is not None:
-            for pid, fused in self.fusion.scores(ranked, self._weight).items():
+            for pid, fused in self.fusion.scores(ranked, self.source_weight).items():
                 by_id[pid].score = fused
         out = sorted(by_id.values(), key=lambda c: (-c.score, c.product_id))
         return out[:k]
