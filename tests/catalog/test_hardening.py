@@ -8,12 +8,10 @@ import ast
 import csv
 import io
 import json
-import os
 import re
 import sys
 import threading
 import tomllib
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -28,6 +26,7 @@ from typer.testing import CliRunner
 from service.catalog.ingest import IngestError, ingest_file, parse_column_map
 from service.catalog.models import MAX_JSON_DEPTH, Interaction, Product
 from service.catalog.store import CatalogStore
+from tests.postgres import fresh_database
 
 REPO = Path(__file__).resolve().parent.parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -48,29 +47,16 @@ def store(tmp_path: Path) -> CatalogStore:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CatalogStore]:
-    """SQLite always; PostgreSQL too when RECSMITH_TEST_POSTGRES_URL names a server (a fresh
-    database per test is created there and dropped after)."""
+    """SQLite and a real PostgreSQL (tests/postgres.py: a fresh database per test)."""
     if request.param == "sqlite":
         yield CatalogStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
         return
-    url = os.environ.get("RECSMITH_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set RECSMITH_TEST_POSTGRES_URL to run against PostgreSQL")
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    name = f"recsmith_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    store = CatalogStore(make_url(url).set(database=name).render_as_string(hide_password=False))
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database() as url:
+        store = CatalogStore(url)
+        try:
+            yield store
+        finally:
+            store.engine.dispose()
 
 
 def errors_of(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, str]:

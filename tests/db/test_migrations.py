@@ -63,3 +63,30 @@ def test_recsmith_db_cli(tmp_path: Path) -> None:
     assert head() in up.stdout
     again = subprocess.run([*run, "db", "current"], env=env, capture_output=True, text=True)
     assert again.returncode == 0 and f"database: {head()}" in again.stdout
+
+
+def test_migrations_on_postgresql() -> None:
+    """The same scripts build a PostgreSQL database that matches the ORM, and adopt one that
+    `create_all` made before migrations existed."""
+    from tests.postgres import fresh_database
+
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            assert upgrade(engine) is True
+            assert current(engine) == head()
+            with engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert upgrade(engine) is False
+        finally:
+            engine.dispose()
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            upgrade(engine, BASELINE)
+            with engine.begin() as conn:
+                conn.execute(text("DROP TABLE alembic_version"))
+            assert upgrade(engine) is True and current(engine) == head()
+            assert "heartbeat_at" in {c["name"] for c in inspect(engine).get_columns("copy_jobs")}
+        finally:
+            engine.dispose()
