@@ -4,7 +4,6 @@ fake models passed through the constructor's seams (never patched in)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,15 +17,8 @@ from service.errors import Invalid, NotFound
 from service.retrieval.filters import Filters
 from service.vocab import CopyTask, RerankMode
 from tests.api.support import keep_embeddings, seed_embeddings
+from tests.fakes import FakeLLM, writes_names
 from tests.foundation import DEMO
-from tests.ranking.helpers import FakeLLM
-
-
-def _writes_names(prompt: str) -> str:
-    """Copy: the product's own name (passes every check); the last one in the prompt, as a
-    worked example comes before the task. Chat: cites the first card."""
-    names = re.findall(r"Name: <<<(.*?)>>>", prompt)
-    return names[-1] if names else "The first one suits you [1]."
 
 
 def _prefers_last(prompt: str, choices: Sequence[str]) -> dict[str, float]:
@@ -37,7 +29,7 @@ def _prefers_last(prompt: str, choices: Sequence[str]) -> dict[str, float]:
 def seams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FakeLLM]:
     s = Settings(data_dir=tmp_path_factory.mktemp("fake"))
     return {
-        "writer_llm": FakeLLM(s, text=_writes_names),
+        "writer_llm": FakeLLM(s, text=writes_names("The first one suits you [1].")),
         "ranker_llm": FakeLLM(s, label_scores=_prefers_last),
     }
 

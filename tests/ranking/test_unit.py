@@ -20,7 +20,8 @@ from service.ranking.reasoning import ReasoningReranker, ranking_schema
 from service.ranking.reasoning import build_prompt as build_reasoning_prompt
 from service.ranking.verbalizer import VerbalizerReranker, build_prompt, plan_windows
 from service.retrieval.retriever import Candidate
-from tests.ranking.helpers import FakeLLM, shortlist
+from tests.fakes import FakeLLM
+from tests.ranking.helpers import shortlist
 
 FENCED = re.compile(re.escape(DATA_OPEN) + r".*?" + re.escape(DATA_CLOSE), re.S)
 
