@@ -62,8 +62,7 @@ def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "it
     encoder = default_encoder()
     settings = Settings(data_dir=root, database_url="")
     if (root / READY).exists():
-        rs = Recsmith(settings)
-        rs.__dict__["encoder"] = encoder
+        rs = Recsmith(settings, encoder=encoder)
         rs.ensure_ready()  # loads the indexes and co-interaction stats (nothing to re-encode)
         return rs, ds, split
     root.mkdir(parents=True, exist_ok=True)
