@@ -10,7 +10,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.config import ConfigError, Settings, get_settings
 from service.db import get_engine
-from service.llm.base import LLM, Generation, GenParams, Prompt
 from service.llm.log import prune_llm_calls
 from tests.api.support import AUTH, LiveServer, app_settings, fresh_copy, parse_sse
+from tests.fakes import FakeLLM
 
 REC = "/v1/recommendations"
 
@@ -347,32 +347,9 @@ def test_a_plain_key_from_the_environment_guards_the_api(
 
 
 # -- 6. llm_calls retention -------------------------------------------------------------------
-class EchoLLM(LLM):
-    """A backend double: answers at once; logged like every backend (instrumented)."""
-
-    backend = "test"
-    model_id = "echo"
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def generate(
-        self, prompts: Sequence[Prompt], params: GenParams | None = None
-    ) -> list[Generation]:
-        return [
-            Generation(text="ok", model_id=self.model_id, backend=self.backend) for _ in prompts
-        ]
-
-    def stream(self, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
-        yield "ok"
-
-    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
-        return dict.fromkeys(choices, -1.0)
-
-
 def test_llm_calls_older_than_the_retention_are_pruned_on_write(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path, llm_log_retention_days=30)
-    llm = EchoLLM(s)
+    llm = FakeLLM(s, "ok")
     llm.generate(["first call creates the table"])
     db = tmp_path / "recsmith.db"
     _insert_old_llm_row(db, days_old=31)
@@ -386,14 +363,14 @@ def test_llm_calls_older_than_the_retention_are_pruned_on_write(tmp_path: Path) 
     s2.ensure_dirs()
     get_engine(s2.db_url)  # creates the tables
     _insert_old_llm_row(tmp_path / "two" / "recsmith.db", days_old=90)
-    EchoLLM(s2).generate(["a shopper's prompt"])
+    FakeLLM(s2, "ok").generate(["a shopper's prompt"])
     assert _old_rows(tmp_path / "two" / "recsmith.db") == 0
 
 
 def test_retention_zero_keeps_everything(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path, llm_log_retention_days=0)
-    EchoLLM(s).generate(["x"])
+    FakeLLM(s, "ok").generate(["x"])
     _insert_old_llm_row(tmp_path / "recsmith.db", days_old=3650)
     assert prune_llm_calls(s) == 0
-    EchoLLM(s).generate(["y"])
+    FakeLLM(s, "ok").generate(["y"])
     assert _old_rows(tmp_path / "recsmith.db") == 1

@@ -28,11 +28,13 @@ from service.copy.tables import CopyJobRow
 from service.copy.tasks import CopyOptions
 from service.db import get_engine, session_scope
 from tests.api.support import AUTH, app_settings, fresh_copy, quiesce
-from tests.copy.test_copy_hardening import BANNED, TitleLLM
+from tests.copy.test_copy_hardening import BANNED
+from tests.fakes import FakeLLM, writes_names
 
 
 def _settings(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory, **kw: object) -> Settings:
-    # No model is loaded: the LLM backend points at a closed port, copy uses TitleLLM.
+    # No model is loaded: the LLM backend points at a closed port; copy is written by a
+    # FakeLLM writing each product's name.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -52,7 +54,8 @@ def hard_client(
     demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TestClient, Settings]]:
     s = _settings(demo_dir, tmp_path_factory, copy_max_active_jobs=2)
-    app = create_app(s, writer_llm=TitleLLM())  # copy writer and job runner write with it
+    # The copy writer and the job runner write with it.
+    app = create_app(s, writer_llm=FakeLLM(s, writes_names()))
     with TestClient(app, headers=AUTH) as c:
         yield c, s
         quiesce(app, timeout_s=60)
@@ -143,7 +146,8 @@ def test_start_up_resumes_a_job_a_dead_process_left_running(
             .where(CopyJobRow.id == job.id)
             .values(runner_pid=dead.pid, runner_host=socket.gethostname(), runner_token="1")
         )
-    app = create_app(s, writer_llm=TitleLLM())  # copy writer and job runner write with it
+    # The copy writer and the job runner write with it.
+    app = create_app(s, writer_llm=FakeLLM(s, writes_names()))
     with TestClient(app, headers=AUTH) as c:
         final = _wait(c, job.id)
         texts = c.get("/v1/copy", params={"job_id": job.id}).json()["items"]

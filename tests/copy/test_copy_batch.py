@@ -14,31 +14,20 @@ from sqlalchemy import func, select
 
 from service.config import Settings
 from service.copy import batch as jobs
-from service.copy.tables import CopyJobItemRow, CopyRow
+from service.copy.tables import CopyJobItemRow
 from service.copy.tasks import CopyOptions
 from service.copy.writer import CopyWriter
 from service.db import session_scope
-from tests.copy.conftest import REPO, CountingLLM
+from tests.copy.conftest import REPO, copies_per_product
+from tests.fakes import FakeLLM
 
 
 class Crash(RuntimeError):
     pass
 
 
-def _copies_per_product(settings: Settings, job_id: int) -> dict[str, int]:
-    from service.db import get_engine
-
-    with session_scope(get_engine(settings.db_url)) as s:
-        rows = s.execute(
-            select(CopyRow.product_id, func.count())
-            .where(CopyRow.job_id == job_id)
-            .group_by(CopyRow.product_id)
-        ).all()
-        return dict(rows)
-
-
 def test_crashed_job_resumes_and_does_every_product_once(
-    settings: Settings, writer: CopyWriter, llm: CountingLLM
+    settings: Settings, writer: CopyWriter, llm: FakeLLM
 ) -> None:
     s = settings.model_copy(update={"copy_max_retries": 0})
     w = CopyWriter(s, llm=llm, catalog=writer.catalog)  # type: ignore[arg-type]
@@ -54,7 +43,7 @@ def test_crashed_job_resumes_and_does_every_product_once(
     after_crash = jobs.get_job(job.id, settings=s)
     assert after_crash.status == "failed" and "killed" in after_crash.error
     assert after_crash.done + after_crash.failed == 2 and after_crash.pending == 2
-    assert llm.calls == [2]  # one generate call for the batch of two
+    assert llm.batches == [2]  # one generate call for the batch of two
 
     # Re-running the same command finds the job and resumes it.
     assert jobs.find_job("title", opts, "Coffee & Tea", 4, settings=s).id == job.id
@@ -65,14 +54,14 @@ def test_crashed_job_resumes_and_does_every_product_once(
     )
     assert final.status == "done" and final.pending == 0
     assert final.done + final.failed == 4 and seen == [4]
-    assert llm.calls == [2]  # only the two pending products were written
-    per_product = _copies_per_product(s, job.id)
+    assert llm.batches == [2]  # only the two pending products were written
+    per_product = copies_per_product(s, job.id)
     assert len(per_product) == 4 and set(per_product.values()) == {1}
     assert jobs.item_counts(job.id, settings=s).get("pending", 0) == 0
 
 
 def test_cancel_stops_before_the_next_batch(
-    settings: Settings, writer: CopyWriter, llm: CountingLLM
+    settings: Settings, writer: CopyWriter, llm: FakeLLM
 ) -> None:
     s = settings.model_copy(update={"copy_max_retries": 0})
     w = CopyWriter(s, llm=llm, catalog=writer.catalog)  # type: ignore[arg-type]
@@ -89,7 +78,7 @@ def test_cancel_stops_before_the_next_batch(
         job.id, writer=w, settings=s, on_batch=lambda st: jobs.cancel_job(st.id, settings=s)
     )
     assert final.status == "cancelled" and final.done + final.failed == 1 and final.pending == 3
-    assert llm.calls == [1]
+    assert llm.batches == [1]
     # A job nobody runs is cancelled at once; a finished one stays finished.
     idle = jobs.create_job("summary", CopyOptions(), category="Kitchen", limit=1, settings=s)
     assert jobs.cancel_job(idle.id, settings=s).status == "cancelled"
@@ -172,7 +161,7 @@ def test_cli_batch_killed_with_sigkill_resumes(
     assert f"resuming job {job_id}" in out
     final = jobs.get_job(job_id, settings=settings)
     assert final.status == "done" and final.done + final.failed == 3
-    per_product = _copies_per_product(settings, job_id)
+    per_product = copies_per_product(settings, job_id)
     assert len(per_product) == 3 and set(per_product.values()) == {1}
 
 
@@ -186,7 +175,7 @@ def test_cli_unknown_product_exits_non_zero(settings: Settings, catalog, model_p
 
 
 def test_start_job_runs_in_the_background_and_cancels(
-    settings: Settings, writer: CopyWriter, llm: CountingLLM
+    settings: Settings, writer: CopyWriter, llm: FakeLLM
 ) -> None:
     """What the API does: start a job on a thread, poll it, cancel it."""
     s = settings.model_copy(update={"copy_max_retries": 0})

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from service.catalog.ingest import ingest_file
@@ -30,39 +29,16 @@ from service.config import Settings, get_settings
 from service.copy import batch as jobs
 from service.copy.cli import copy_app
 from service.copy.store import CopyCheckFailed, CopyStore
-from service.copy.tables import CopyJobRow, CopyRow
+from service.copy.tables import CopyJobRow
 from service.copy.tasks import CopyOptions
 from service.copy.writer import CopyWriter
 from service.db import get_engine, session_scope
-from service.llm.base import Generation, GenParams, Prompt
+from tests.copy.conftest import copies_per_product
+from tests.fakes import FakeLLM, writes_names
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "service" / "demo"
 BANNED = "Guaranteed to cure insomnia"
-
-
-class TitleLLM:
-    """Writes the product's own name (from the prompt's data block): a text that passes."""
-
-    backend = "fake"
-    model_id = "fake-title-model"
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-        self.products: list[str] = []
-
-    def generate(
-        self, prompts: Sequence[Prompt], params: GenParams | None = None
-    ) -> list[Generation]:
-        self.calls.append(len(prompts))
-        out = []
-        for p in prompts:
-            text = "\n".join(m["content"] for m in p)  # type: ignore[index]
-            names = re.findall(r"Name: <<<(.*?)>>>", text)  # a worked example comes first
-            title = names[-1] if names else "Product"
-            self.products.append(title)
-            out.append(Generation(title, self.model_id, self.backend))
-        return out
 
 
 @pytest.fixture
@@ -80,7 +56,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
 
 @pytest.fixture
 def writer(env: Settings) -> CopyWriter:
-    return CopyWriter(env, llm=TitleLLM(), catalog=CatalogStore(env.db_url))  # type: ignore[arg-type]
+    return CopyWriter(env, llm=FakeLLM(env, writes_names()), catalog=CatalogStore(env.db_url))
 
 
 def _title(writer: CopyWriter, pid: str) -> int:
@@ -168,16 +144,6 @@ def test_export_leaves_out_texts_repeating_an_injection(env: Settings, writer: C
 
 
 # -- finding: jobs -----------------------------------------------------------------------------
-def _copies(settings: Settings, job_id: int) -> dict[str, int]:
-    with session_scope(get_engine(settings.db_url)) as s:
-        rows = s.execute(
-            select(CopyRow.product_id, func.count())
-            .where(CopyRow.job_id == job_id)
-            .group_by(CopyRow.product_id)
-        ).all()
-        return dict(rows)
-
-
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -202,7 +168,10 @@ def test_a_job_left_running_by_a_dead_process_is_resumed(env: Settings, writer: 
         jobs.run_job(jid, writer=writer, settings=env)
     final = jobs.get_job(job.id, settings=env)
     assert final.status == "done" and final.done + final.failed == 3
-    assert set(_copies(env, job.id).values()) == {1} and len(_copies(env, job.id)) == 3
+    assert (
+        set(copies_per_product(env, job.id).values()) == {1}
+        and len(copies_per_product(env, job.id)) == 3
+    )
     assert jobs.orphaned_jobs(settings=env) == []
 
 

@@ -6,7 +6,6 @@ writer runs against a scripted LLM, with the real templates, checks and SQLite s
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 import pytest
 
@@ -16,7 +15,7 @@ from service.config import Settings
 from service.copy.checks import Facts, Limits, echo_grams, run_checks
 from service.copy.tasks import CopyRequest, HeadlineRequest, token_budget
 from service.copy.writer import CopyWriter
-from service.llm.base import Generation, GenParams, Prompt
+from tests.fakes import FakeLLM
 
 CLAIMS = Settings().unsupported_claims
 
@@ -225,34 +224,12 @@ def test_token_budget_follows_the_length_limit() -> None:
 
 
 # -- the writer against a scripted model ----------------------------------------------------
-class ScriptedLLM:
-    """Answers each call from a script: a string, or a function of the prompt."""
-
-    backend = "scripted"
-    model_id = "scripted-test"
-
-    def __init__(self, *answers: object) -> None:
-        self.answers = list(answers)
-        self.prompts: list[list[dict[str, str]]] = []
-        self.params: list[GenParams] = []
-
-    def generate(self, prompts: Sequence[Prompt], params: GenParams | None = None) -> list:
-        self.params.append(params or GenParams())
-        out = []
-        for p in prompts:
-            self.prompts.append(list(p))  # type: ignore[arg-type]
-            a = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-            text = a(p) if callable(a) else str(a)
-            out.append(Generation(text=text, model_id=self.model_id, backend=self.backend))
-        return out
-
-
 @pytest.fixture
 def quiet_catalog(settings: Settings, catalog: CatalogStore) -> CatalogStore:
     return catalog
 
 
-def _writer(settings: Settings, catalog: CatalogStore, llm: ScriptedLLM, **upd) -> CopyWriter:  # noqa: ANN003
+def _writer(settings: Settings, catalog: CatalogStore, llm: FakeLLM, **upd) -> CopyWriter:  # noqa: ANN003
     s = settings.model_copy(update={"copy_max_retries": 2, **upd})
     return CopyWriter(s, llm=llm, catalog=catalog)  # type: ignore[arg-type]
 
@@ -261,7 +238,7 @@ def test_a_retry_restates_the_task_and_never_quotes_the_failure(
     settings: Settings, quiet_catalog: CatalogStore
 ) -> None:
     bad = "The Santoku Knife, 17 cm has a 99-year warranty and comes in a luxurious gift box."
-    llm = ScriptedLLM(bad, bad, bad)
+    llm = FakeLLM(replies=(bad, bad, bad))
     w = _writer(settings, quiet_catalog, llm)
     [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
     assert r.attempts == 3 and not r.passed
@@ -283,10 +260,12 @@ def test_a_retry_never_serves_an_instruction(
 ) -> None:
     """A model that answers the retry with the retry's own words (or the prompt's) is
     refused, even with copy_on_fail=flag: the text is never served."""
-    llm = ScriptedLLM(
-        "The Santoku Knife, 17 cm has a 99-year warranty.",  # invented number → retry
-        lambda p: p[-1]["content"],  # echoes the retry prompt
-        lambda p: "Your last answer was rejected. Fix these problems: it was too long.",
+    llm = FakeLLM(
+        replies=(
+            "The Santoku Knife, 17 cm has a 99-year warranty.",  # invented number → retry
+            lambda p: p[-1]["content"],  # echoes the retry prompt
+            lambda p: "Your last answer was rejected. Fix these problems: it was too long.",
+        )
     )
     w = _writer(settings, quiet_catalog, llm, copy_on_fail="flag")
     [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
@@ -303,16 +282,18 @@ def test_an_echo_of_the_worked_example_is_caught(
         "The Fernhollow Enamel Camping Mug is a 400 ml enamelled steel mug for camp coffee "
         "that can sit on a camp stove."
     )
-    llm = ScriptedLLM(example)
+    llm = FakeLLM(replies=(example,))
     w = _writer(settings, quiet_catalog, llm, copy_max_retries=0)
     [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
     assert "echo" in r.failed_checks and r.text is None
 
 
 def test_a_clean_text_passes_first_time(settings: Settings, quiet_catalog: CatalogStore) -> None:
-    llm = ScriptedLLM(
-        "A 17 cm santoku knife for push-cutting vegetables and boneless meat; the hollow "
-        "dimples keep slices from sticking."
+    llm = FakeLLM(
+        replies=(
+            "A 17 cm santoku knife for push-cutting vegetables and boneless meat; the hollow "
+            "dimples keep slices from sticking.",
+        )
     )
     w = _writer(settings, quiet_catalog, llm)
     [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
@@ -323,13 +304,13 @@ def test_headline_language_follows_the_shopper_not_the_first_product(
     settings: Settings, quiet_catalog: CatalogStore
 ) -> None:
     """u-alice shops in English; the first item of her set is Chinese."""
-    llm = ScriptedLLM("Coffee Gear for Your Mornings")
+    llm = FakeLLM(replies=("Coffee Gear for Your Mornings",))
     w = _writer(settings, quiet_catalog, llm)
     req = HeadlineRequest(product_ids=["kit-zh-01", "cof-0001", "cof-0002"], user_id="u-alice")
     res = w.headline(req.model_copy(update={"regenerate": True}))
     assert res.headline.language == "en" and res.headline.template == "copy_headline.en"
     # Chinese interests (or an explicit request) give a Chinese headline.
-    llm2 = ScriptedLLM("为你挑选的厨房好物")
+    llm2 = FakeLLM(replies=("为你挑选的厨房好物",))
     w2 = _writer(settings, quiet_catalog, llm2)
     zh = w2.headline(
         HeadlineRequest(product_ids=["cof-0001", "kit-zh-01"], interests=["白瓷功夫茶具套装"])

@@ -11,7 +11,7 @@ from service.config import Settings
 from service.copy.checks import extract_quantities
 from service.copy.tasks import CopyRequest, HeadlineRequest
 from service.copy.writer import CopyWriter
-from tests.copy.conftest import CountingLLM
+from tests.fakes import FakeLLM
 
 
 def test_injected_instruction_is_ignored(writer: CopyWriter) -> None:
@@ -33,16 +33,16 @@ def test_injected_instruction_is_ignored(writer: CopyWriter) -> None:
     assert "summary" in user["content"]
 
 
-def test_a_stored_request_makes_no_model_call(writer: CopyWriter, llm: CountingLLM) -> None:
+def test_a_stored_request_makes_no_model_call(writer: CopyWriter, llm: FakeLLM) -> None:
     req = CopyRequest(task="title", product_id="cof-0005")
     [first] = writer.generate(req)
-    assert llm.calls and not first.cached
+    assert llm.batches and not first.cached
     llm.reset()
     [again] = writer.generate(req)
-    assert llm.calls == []  # served from the store
+    assert llm.batches == []  # served from the store
     assert again.cached and again.id == first.id and again.text == first.text
     [fresh] = writer.generate(req.model_copy(update={"regenerate": True}))
-    assert llm.calls and llm.calls[0] == 1
+    assert llm.batches and llm.batches[0] == 1
     assert fresh.id != first.id and not fresh.cached
     # Any change of a parameter is a different request.
     assert writer.store.find_many([first.request_key])
@@ -55,7 +55,7 @@ def test_a_stored_request_makes_no_model_call(writer: CopyWriter, llm: CountingL
 def test_an_invented_number_is_caught(
     settings: Settings,
     catalog,
-    llm: CountingLLM,
+    llm: FakeLLM,
     provoking_prompts,  # noqa: ANN001
 ) -> None:
     """A (test-only) prompt asks for the warranty, which no product states: the model
@@ -78,7 +78,7 @@ def test_an_invented_number_is_caught(
 def test_a_banned_claim_is_caught_and_refused(
     settings: Settings,
     catalog,
-    llm: CountingLLM,
+    llm: FakeLLM,
     provoking_prompts,  # noqa: ANN001
 ) -> None:
     s = settings.model_copy(update={"copy_max_retries": 0, "copy_on_fail": "refuse"})
@@ -92,13 +92,13 @@ def test_a_banned_claim_is_caught_and_refused(
     assert r.note.startswith("refused:")
     llm.reset()
     [again] = w.generate(CopyRequest(task="blurb", product_id="cof-0005"))
-    assert llm.calls == [] and again.refused  # the same request would be refused again
+    assert llm.batches == [] and again.refused  # the same request would be refused again
 
 
 def test_a_retry_restates_the_task(
     settings: Settings,
     catalog,
-    llm: CountingLLM,
+    llm: FakeLLM,
     provoking_prompts,  # noqa: ANN001
 ) -> None:
     """With retries, a failing text is written again from a fresh prompt that restates the
@@ -106,7 +106,7 @@ def test_a_retry_restates_the_task(
     s = settings.model_copy(update={"copy_max_retries": 1})
     w = CopyWriter(s, llm=llm, catalog=catalog, prompts=provoking_prompts)  # type: ignore[arg-type]
     [r] = w.generate(CopyRequest(task="summary", product_id="cof-0005"))
-    assert r.attempts == 2 and llm.calls == [1, 1]
+    assert r.attempts == 2 and llm.batches == [1, 1]
     *_prefix, user = json.loads(w.store.get(r.id).prompt)
     assert "Be strict" in user["content"] and "Warranty" in user["content"]
     assert "rejected" not in user["content"]
@@ -115,10 +115,10 @@ def test_a_retry_restates_the_task(
         assert first_text not in user["content"]
 
 
-def test_variants_are_one_generate_call(writer: CopyWriter, llm: CountingLLM) -> None:
+def test_variants_are_one_generate_call(writer: CopyWriter, llm: FakeLLM) -> None:
     results = writer.generate(CopyRequest(task="title", product_id="kit-0007", variants=2, seed=7))
     assert [r.variant for r in results] == [0, 1]
-    assert llm.calls[0] == 2  # both variants in the first call
+    assert llm.batches[0] == 2  # both variants in the first call
     assert results[0].params["temperature"] > 0 and results[0].params["seed"] == 7
     assert results[0].request_key != results[1].request_key
 
@@ -150,9 +150,9 @@ def test_headline_with_fit_scores(writer: CopyWriter, catalog) -> None:  # noqa:
     assert strict.headline.cached and strict.kept == []
 
 
-def test_unknown_product_is_a_clear_error(writer: CopyWriter, llm: CountingLLM) -> None:
+def test_unknown_product_is_a_clear_error(writer: CopyWriter, llm: FakeLLM) -> None:
     with pytest.raises(NotFound, match="unknown product id 'no-such-thing'"):
         writer.generate(CopyRequest(task="summary", product_id="no-such-thing"))
     with pytest.raises(NotFound, match="no-such-thing"):
         writer.headline(HeadlineRequest(product_ids=["cof-0001", "no-such-thing"]))
-    assert llm.calls == []
+    assert llm.batches == []
