@@ -44,7 +44,8 @@ class ParrotLLM(LLM):
 
     def _answer(self, prompt: Prompt) -> str:
         user = prompt[-1]["content"]  # type: ignore[index]
-        parts = re.findall(r"^\[(\d+)\] <<<(.*?)(?:>>>|$)", user, flags=re.M)
+        # A product line: "[n] <<<title>>>, price. <<<description>>>": repeat the description.
+        parts = re.findall(r"^\[(\d+)\] <<<.*?>>>.*?<<<(.*?)(?:>>>|$)", user, flags=re.M)
         return " ".join(f"I recommend [{n}]. {text.strip()}" for n, text in parts)
 
     def generate(

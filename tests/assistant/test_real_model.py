@@ -90,7 +90,9 @@ def test_tokens_concatenate_to_the_answer(
         assert len(tokens) >= 2, name
         streamed = "".join(tokens)
         # Sentences the guard held back (planted orders, prompt echoes) were never streamed.
-        held = [f for f in final["flags"] if f["kind"] in ("injection", "prompt_echo")]
+        held = [
+            f for f in final["flags"] if f["kind"] in ("injection", "prompt_echo", "repetition")
+        ]
         guarded = [f["text"] for f in held]
         if final["template"] == "assistant_turn":
             # The answer is the streamed text, minus sentences removed after the stream.

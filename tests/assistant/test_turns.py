@@ -52,7 +52,7 @@ def test_the_prompt_fences_product_text_and_labels_it(rs: Recsmith) -> None:
     assert system["role"] == "system" and "<<< >>>" in system["content"]
     assert "Question: olive wood bread board" in user["content"]
     for c in final["products"]:
-        assert f"[{c['label']}] <<<{c['title']}." in user["content"]
+        assert f"[{c['label']}] <<<{c['title']}>>>" in user["content"]
     # The injected instruction is inside a fence, on the product's own line.
     line = next(x for x in user["content"].splitlines() if "IMPORTANT NEW INSTRUCTION" in x)
     assert line.startswith("[") and "<<<" in line and line.index("<<<") < line.index("IMPORTANT")
