@@ -58,9 +58,11 @@ def left_pad(seqs: list[np.ndarray], pad: int, device: str) -> tuple[Any, Any, A
 
 def answer_logits(model: Any, seqs: list[np.ndarray], pad: int, device: str) -> Any:
     ids, mask, pos = left_pad(seqs, pad, device)
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1
-    )
+    kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+    try:
+        out = model(**kw, logits_to_keep=1)
+    except TypeError:  # an older transformers: full logits (more memory, same answer)
+        out = model(**kw)
     return out.logits[:, -1, :].float()
 
 
@@ -418,5 +420,84 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def paired_main(argv: list[str] | None = None) -> int:
+    """CPU fallback when the full test set does not fit the time: the untuned and the tuned
+    model score the SAME test users, batch by batch in a seeded random order of the users
+    whose target is in the shortlist, one JSON line per user appended to --jsonl as it goes
+    (shards --shard i/n split the users), so a run cut short is a random paired sample."""
+    from peft import PeftModel
+
+    p = argparse.ArgumentParser(description=paired_main.__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--jsonl", required=True)
+    p.add_argument("--shard", default="0/1")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pack = load_pack(Path(args.data))
+    i, n = (int(x) for x in args.shard.split("/"))
+    users = np.flatnonzero(pack["kind"] == KIND["test"])
+    hits = users[pack["label"][users] >= 0]
+    order = np.random.default_rng(args.seed).permutation(hits)[i::n]
+    ns = argparse.Namespace(gguf=None, model_dir=args.model_dir)
+    base = load_model(ns, "cpu")
+    tuned = PeftModel.from_pretrained(load_model(ns, "cpu"), args.adapter).merge_and_unload()
+    done = set()
+    out = Path(args.jsonl)
+    if out.exists():
+        done = {json.loads(line)["prompt"] for line in out.read_text().splitlines() if line}
+    todo = [int(x) for x in order if int(x) not in done]
+    with out.open("a") as f:
+        for s in range(0, len(todo), args.batch):
+            b = np.array(todo[s : s + args.batch])
+            sc = {k: score(m, pack, b, "cpu", args.batch, False) for k, m in
+                  (("untuned", base), ("tuned", tuned))}  # fmt: skip
+            for x in b:
+                lab = int(pack["label"][x])
+                ranks = {k: rank_of(v[int(x)], lab) for k, v in sc.items()}
+                f.write(json.dumps({"prompt": int(x), "shortlist": lab + 1, **ranks}) + "\n")
+            f.flush()
+    return 0
+
+
+def summarize_paired(paths: list[str], data: str) -> dict[str, Any]:
+    """Rows over the users scored so far (paired) and, when every hit is scored, all users."""
+    pack = load_pack(Path(data))
+    users = np.flatnonzero(pack["kind"] == KIND["test"])
+    hits = int((pack["label"][users] >= 0).sum())
+    rows = [json.loads(x) for p in paths for x in Path(p).read_text().splitlines() if x]
+    seen = {r["prompt"]: r for r in rows}
+    res: dict[str, Any] = {"test_users": len(users), "test_hits": hits, "scored": len(seen)}
+    for k in ("shortlist", "untuned", "tuned"):
+        ranks = [float(r[k]) for r in seen.values()]
+        # Over the scored hits; extrapolated to all users by the hit rate (exact when all
+        # hits are scored: the others count 0).
+        on_hits = metrics(ranks, max(len(ranks), 1))
+        res[k] = {
+            "on_scored_hits": on_hits,
+            "all_users_estimate": {m: v * hits / len(users) for m, v in on_hits.items()
+                                   if m != "users"},
+        }  # fmt: skip
+    d = [
+        (1 / np.log2(r["tuned"] + 1) if r["tuned"] <= 10 else 0)
+        - (1 / np.log2(r["shortlist"] + 1) if r["shortlist"] <= 10 else 0)
+        for r in seen.values()
+    ]
+    res["tuned_minus_shortlist_ndcg_on_hits"] = {
+        "mean": float(np.mean(d)) if d else None,
+        "se": float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+    }
+    return res
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["paired"]:
+        sys.exit(paired_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["summarize"]:
+        print(json.dumps(summarize_paired(sys.argv[3:], sys.argv[2]), indent=2))
+        sys.exit(0)
     sys.exit(main())
