@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from service.catalog.ingest import ingest_file
 from service.config import Settings
-from service.llm.base import LLM, Generation, GenParams, LLMError, Prompt
+from service.llm.base import LLM
 from service.recsmith import Recsmith
+from tests.fakes import FakeLLM
 from tests.foundation import make_recsmith
 
 FAKE_ID = "FAKE-9999"
@@ -91,36 +92,15 @@ def dead_llm(rs: Recsmith) -> LLM:
     return get_llm(s)
 
 
-class ScriptedLLM(LLM):
-    """Streams a fixed text in small pieces (or fails after `fail_after` pieces)."""
-
-    backend = "scripted"
+class ScriptedLLM(FakeLLM):
+    """tests/fakes.py's FakeLLM streaming `text` three characters at a time (or failing
+    after `fail_after` pieces)."""
 
     def __init__(
         self, settings: Settings, text: str, piece: int = 3, fail_after: int | None = None
     ) -> None:
-        self.settings = settings  # the llm_calls log goes to the test's data dir
-        self.model_id = "scripted-test-model"
-        self.text = text
-        self.piece = piece
-        self.fail_after = fail_after
-        self.prompts: list[Prompt] = []
-
-    def generate(
-        self, prompts: Sequence[Prompt], params: GenParams | None = None
-    ) -> list[Generation]:
-        self.prompts.extend(prompts)
-        return [Generation(self.text, self.model_id, self.backend) for _ in prompts]
-
-    def stream(self, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
-        self.prompts.append(prompt)
-        for n, i in enumerate(range(0, len(self.text), self.piece)):
-            if self.fail_after is not None and n >= self.fail_after:
-                raise LLMError("scripted failure")
-            yield self.text[i : i + self.piece]
-
-    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
-        return {c: -float(i) for i, c in enumerate(choices)}
+        super().__init__(settings, text, piece=piece, fail_after=fail_after,
+                         model_id="scripted-test-model", backend="scripted")  # fmt: skip
 
 
 def run_turn(events: Iterator[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
