@@ -295,18 +295,6 @@ def _application_over(
     return app
 
 
-def _recsmith_over(
-    root: Path,
-    encoder: Encoder,
-    ds: Dataset,
-    split: Split,
-    target: Target,
-    sequential: Path | None = None,
-) -> Any:
-    """The retrieval engine (`Recsmith`) of `_application_over`."""
-    return _application_over(root, encoder, ds, split, target, sequential).engine
-
-
 def _source_lists(
     rs: Any, split: Split, rows: np.ndarray, target: Target, k: int, reporter: Reporter
 ) -> tuple[list[dict[str, list[tuple[str, float]]]], list[float]]:
@@ -338,7 +326,7 @@ def fit_fusion_on_validation(
     reporter = reporter or Reporter()
     with tempfile.TemporaryDirectory(prefix="recsmith-fusion-") as tmp:
         reporter.stage("fusion: ingest + index validation histories")
-        rs = _recsmith_over(Path(tmp), encoder, ds, split, "val", sequential)
+        rs = _application_over(Path(tmp), encoder, ds, split, "val", sequential).engine
         reporter.stage("fusion: source lists on the validation target", len(rows))
         lists, _lat = _source_lists(rs, split, rows, "val", k, reporter)
         reporter.stage("fusion: fit")

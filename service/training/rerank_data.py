@@ -52,7 +52,7 @@ def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "it
     """A Recsmith over `root` with every user's test history and the fitted fusion; built
     on first use (fusion fitted on validation as `recsmith eval ranking` fits it)."""
     from eval.datasets import load
-    from eval.ranking import _recsmith_over, default_encoder, fit_fusion_on_validation
+    from eval.ranking import _application_over, default_encoder, fit_fusion_on_validation
     from eval.split import leave_last_two_out
     from service.config import Settings
     from service.recsmith import Recsmith
@@ -69,7 +69,7 @@ def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "it
     if not settings.fusion_file.exists():
         fit = fit_fusion_on_validation(ds, split, np.arange(len(split.users)), encoder)
         fit.fusion.save(settings.fusion_file)
-    rs = _recsmith_over(root, encoder, ds, split, "test")
+    rs = _application_over(root, encoder, ds, split, "test").engine
     (root / READY).write_text(json.dumps({"dataset": dataset, "tie_break": tie_break}) + "\n")
     return rs, ds, split
 
