@@ -8,15 +8,14 @@ and any echo of the prompt's own instructions."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
 
 from service.assistant.chat import Assistant, prompt_instructions
 from service.assistant.grounding import AnswerGuard, Labels, StreamSanitizer
 from service.catalog.models import Product
-from service.config import Settings
-from service.llm.base import LLM, Generation, GenParams, Prompt
+from service.llm.base import Prompt
 from service.recsmith import Recsmith
 from tests.assistant.conftest import run_turn
+from tests.fakes import FakeLLM
 
 CANARY = "CANARY-7731"
 BOARD = Product(
@@ -32,35 +31,12 @@ BOARD = Product(
 )
 
 
-class ParrotLLM(LLM):
-    """Answers by citing each product and repeating its fenced text from the prompt."""
-
-    backend = "parrot"
-    model_id = "parrot-test-model"
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.answers: list[str] = []
-
-    def _answer(self, prompt: Prompt) -> str:
-        user = prompt[-1]["content"]  # type: ignore[index]
-        # A product line: "[n] <<<title>>>, price. <<<description>>>": repeat the description.
-        parts = re.findall(r"^\[(\d+)\] <<<.*?>>>.*?<<<(.*?)(?:>>>|$)", user, flags=re.M)
-        return " ".join(f"I recommend [{n}]. {text.strip()}" for n, text in parts)
-
-    def generate(
-        self, prompts: Sequence[Prompt], params: GenParams | None = None
-    ) -> list[Generation]:
-        return [Generation(self._answer(p), self.model_id, self.backend) for p in prompts]
-
-    def stream(self, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
-        text = self._answer(prompt)
-        self.answers.append(text)
-        for i in range(0, len(text), 4):
-            yield text[i : i + 4]
-
-    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
-        return {c: 0.0 for c in choices}
+def _parrot(prompt: Prompt) -> str:
+    """Cites each product and repeats its fenced text from the prompt."""
+    user = prompt[-1]["content"]  # type: ignore[index]
+    # A product line: "[n] <<<title>>>, price. <<<description>>>": repeat the description.
+    parts = re.findall(r"^\[(\d+)\] <<<.*?>>>.*?<<<(.*?)(?:>>>|$)", user, flags=re.M)
+    return " ".join(f"I recommend [{n}]. {text.strip()}" for n, text in parts)
 
 
 def _guarded(products: list[Product], text: str, piece: int = 3) -> tuple[list[str], AnswerGuard]:
@@ -71,11 +47,11 @@ def _guarded(products: list[Product], text: str, piece: int = 3) -> tuple[list[s
 
 
 def test_a_parroted_injection_never_reaches_the_shopper(rs: Recsmith) -> None:
-    parrot = ParrotLLM(rs.settings)
+    parrot = FakeLLM(rs.settings, replies=(_parrot,), piece=4)
     a = Assistant(rs, parrot)
     tokens, final = run_turn(a.stream("olive wood bread board"))
     streamed = "".join(tokens)
-    assert "IMPORTANT NEW INSTRUCTION" in parrot.answers[0]  # the model did obey the data
+    assert "IMPORTANT NEW INSTRUCTION" in parrot.replies_given[0]  # the model did obey the data
     for shown in (streamed, final["answer"]):
         low = shown.lower()
         assert "instruction" not in low and "ignore" not in low and "tell the shopper" not in low
