@@ -82,10 +82,16 @@ def test_tokens_concatenate_to_the_answer(
     turns: dict[str, Turn], rs: Recsmith, assistant: Assistant
 ) -> None:
     with session_scope(rs.store.engine) as s:
-        rows = list(s.scalars(select(LLMCallRow).where(LLMCallRow.kind == "stream")))
-    raw_by_conv = {
-        r.params.get("tags", {}).get("conversation_id"): r.response for r in rows if r.params
-    }
+        rows = list(
+            s.scalars(select(LLMCallRow).where(LLMCallRow.kind == "stream").order_by(LLMCallRow.id))
+        )
+    # A follow-up streams in the same conversation: each turn takes its conversation's
+    # next raw response, in the order the turns ran.
+    raw_by_conv: dict[str | None, list[str]] = {}
+    for r in rows:
+        if r.params:
+            conv_id = r.params.get("tags", {}).get("conversation_id")
+            raw_by_conv.setdefault(conv_id, []).append(r.response)
     for name, (tokens, final) in turns.items():
         assert len(tokens) >= 2, name
         streamed = "".join(tokens)
@@ -109,7 +115,7 @@ def test_tokens_concatenate_to_the_answer(
         conv = assistant.conversation(final["conversation_id"])["messages"][-1]
         products = rs.store.get_products(conv["meta"]["shortlist"])
         labels = Labels([products[i] for i in conv["meta"]["shortlist"]])
-        raw = raw_by_conv[final["conversation_id"]]
+        raw = raw_by_conv[final["conversation_id"]].pop(0)
         expected = labels.sanitize(raw)
         for f in held:  # at most the words that left before the sentence was judged
             expected = expected.replace(f["text"], f.get("streamed", ""), 1)
