@@ -9,8 +9,12 @@ How it maps the LLM contract:
   `tokenizer.chat_template` (jinja2, as transformers renders it) — never a built-in default,
   which on Qwen makes the model echo its input.
 - One `Llama` per model file and process, guarded by a lock; a batch runs prompt by prompt.
-- Prefix reuse: the context keeps the KV cache of what it evaluated last; a new prompt only
-  evaluates its tokens after the longest common prefix (a fixed system prompt is paid once).
+- Prefix reuse, two levels: the context keeps the KV cache of what it evaluated last (a new
+  prompt only evaluates its tokens after the longest common prefix), and the KV state of
+  each message list's fixed part (every message before the last user turn: the system
+  rules and worked examples) is kept in RAM, a few slots LRU, so copy and chat prompts that
+  alternate on one context each pay their fixed prefix once (`prefix_reuse=False` turns
+  both off: the benchmark's side-by-side baseline).
 - Decoding runs our own loop over llama.cpp's sampler chain: repetition penalty (over prompt
   and answer, like vLLM/transformers `repetition_penalty`), grammar (JSON schema, choices),
   then greedy or top-p/temperature with the seed. Stop strings are cut in text.
@@ -21,10 +25,12 @@ How it maps the LLM contract:
 from __future__ import annotations
 
 import codecs
+import ctypes
 import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -46,7 +52,16 @@ class LoadedGGUF:
     lock: threading.Lock
     chat_template: str | None
     special: dict[str, str]  # bos_token / eos_token text for the template
-    stats: dict[str, int] = field(default_factory=lambda: {"evaluated": 0, "reused": 0})
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"evaluated": 0, "reused": 0, "saved": 0, "restored": 0}
+    )
+    # Token ids of a fixed prompt prefix -> the KV state of sequence 0 holding exactly it.
+    prefixes: OrderedDict[tuple[int, ...], bytes] = field(default_factory=OrderedDict)
+
+
+# Saved prefix states per model: ~12 KB a token for the 0.5B model (24 layers, 2 KV heads),
+# so 8 prefixes of ~400 tokens are ~40 MB.
+PREFIX_SLOTS = 8
 
 
 def _import_llama_cpp() -> Any:
@@ -64,16 +79,20 @@ def _import_llama_cpp() -> Any:
 def load_gguf(path: str, n_ctx: int = 4096, threads: int = 0) -> LoadedGGUF:
     """Loads a GGUF once per process (per context size and thread count)."""
     llama_cpp = _import_llama_cpp()
-    # Default: half the cores, as llama-cpp-python does. ggml's threads spin at every
-    # barrier: on a shared 2-core box 2 threads decoded at 9 tok/s where 1 gave 45.
-    n_threads = threads if threads > 0 else max((os.cpu_count() or 2) // 2, 1)
+    # Default: decode on half the cores, prefill on all of them. ggml's threads spin at
+    # every barrier: decoding (a barrier per small matrix-vector op) on a shared 2-core box
+    # ran at 9 tok/s with 2 threads where 1 gave 45; prefill is a few large matrix products
+    # per layer and scales with cores. `threads` > 0 sets both.
+    cores = os.cpu_count() or 2
+    n_threads = threads if threads > 0 else max(cores // 2, 1)
+    n_batch_threads = threads if threads > 0 else cores
     try:
         llm = llama_cpp.Llama(
             model_path=path,
             n_ctx=n_ctx,
             n_batch=512,
             n_threads=n_threads,
-            n_threads_batch=n_threads,
+            n_threads_batch=n_batch_threads,
             logits_all=False,
             verbose=False,
         )
@@ -124,6 +143,8 @@ class LlamaCppLLM(LLM):
         self.model_path = str(model_path or resolve_gguf(self.settings))
         self.m = load_gguf(self.model_path, self.settings.llm_n_ctx, self.settings.llm_threads)
         self.model_id = Path(self.model_path).name
+        # Off: every prompt is evaluated from an empty context (the benchmark's baseline).
+        self.prefix_reuse = True
 
     # ---- tokenisation -------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]]) -> str:
@@ -140,36 +161,111 @@ class LlamaCppLLM(LLM):
         text = self.render(prompt)
         return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    def fixed_prefix(self, prompt: Prompt, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` are the prompt's fixed part: every message before
+        the last user turn (system rules, worked examples). 0 for a string prompt, a single
+        message, or a template whose rendering of the part is not a token prefix."""
+        if isinstance(prompt, str) or len(prompt) < 2 or prompt[-1].get("role") != "user":
+            return 0
+        if not self.m.chat_template:
+            return 0
+        text = _compile_template(self.m.chat_template).render(
+            messages=list(prompt[:-1]), add_generation_prompt=False, **self.m.special
+        )
+        pre = list(self.m.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        return len(pre) if 0 < len(pre) < len(ids) and list(ids[: len(pre)]) == pre else 0
+
     def _token_ids(self, text: str) -> list[int]:
         return list(self.m.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # ---- the context (call with the lock held) ------------------------------------------
-    def _eval(self, ids: Sequence[int]) -> np.ndarray:
+    def _eval(self, ids: Sequence[int], fixed: int = 0) -> np.ndarray:
         """Make the context hold exactly `ids` and return the last position's logits.
 
         Only the part after the longest common prefix with what the context holds is
-        evaluated (at least one token, so the logits are fresh)."""
+        evaluated (at least one token, so the logits are fresh). When the first `fixed`
+        tokens are a fixed prefix that the context does not hold, its saved KV state is
+        restored, or it is evaluated and saved for the next prompt that starts with it."""
         llm = self.m.llm
         n_ctx = llm.n_ctx()
         if len(ids) >= n_ctx:
             raise LLMError(f"prompt of {len(ids)} tokens does not fit the context ({n_ctx})")
-        held = llm._input_ids  # what the KV cache holds, position by position
-        n = 0
-        limit = min(len(held), len(ids) - 1)
-        while n < limit and held[n] == ids[n]:
-            n += 1
+        if not self.prefix_reuse:
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            fixed, n = 0, 0
+        else:
+            held = llm._input_ids  # what the KV cache holds, position by position
+            n = 0
+            limit = min(len(held), len(ids) - 1)
+            while n < limit and held[n] == ids[n]:
+                n += 1
+        key = tuple(ids[:fixed]) if 0 < fixed < len(ids) else ()
+        if key and n > fixed and key not in self.m.prefixes:
+            n = fixed  # held but never saved: cut back to the fixed part and save it
         if n < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, n, -1):
             n = 0
             llm.reset()
+            llm._ctx.kv_cache_clear()
         llm.n_tokens = n  # eval() drops the KV cache beyond n_tokens, then appends
+        evaluated = 0
         try:
+            if key and n <= fixed:
+                if n == fixed:
+                    if key not in self.m.prefixes:
+                        self._save(key)
+                elif not self._restore(key):
+                    llm.eval(list(ids[n:fixed]))
+                    evaluated += fixed - n
+                    self._save(key)
+                n = fixed
             llm.eval(list(ids[n:]))
+            evaluated += len(ids) - n
+        except LLMError:
+            raise
         except Exception as e:  # noqa: BLE001
             llm.reset()
+            llm._ctx.kv_cache_clear()
             raise LLMError(f"llama.cpp evaluation failed: {e}") from e
-        self.m.stats["reused"] += n
-        self.m.stats["evaluated"] += len(ids) - n
+        self.m.stats["reused"] += len(ids) - evaluated
+        self.m.stats["evaluated"] += evaluated
         return self._last_logits()
+
+    def _save(self, key: tuple[int, ...]) -> None:
+        """Keep the KV state of sequence 0 (which holds exactly `key`) in RAM."""
+        llama_cpp = _import_llama_cpp()
+        ctx = self.m.llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        got = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        if not got:
+            return
+        self.m.prefixes[key] = bytes(buf)[:got]
+        self.m.prefixes.move_to_end(key)
+        while len(self.m.prefixes) > PREFIX_SLOTS:
+            self.m.prefixes.popitem(last=False)
+        self.m.stats["saved"] += 1
+
+    def _restore(self, key: tuple[int, ...]) -> bool:
+        """Load a saved prefix state into an emptied context; False when none is saved
+        (or llama.cpp refuses it: the prefix is then evaluated again)."""
+        data = self.m.prefixes.get(key)
+        if data is None:
+            return False
+        llama_cpp = _import_llama_cpp()
+        llm = self.m.llm
+        llm._ctx.kv_cache_clear()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(data), 0):
+            llm._ctx.kv_cache_clear()
+            llm.n_tokens = 0
+            del self.m.prefixes[key]
+            return False
+        llm.input_ids[: len(key)] = key
+        llm.n_tokens = len(key)
+        self.m.prefixes.move_to_end(key)
+        self.m.stats["restored"] += 1
+        return True
 
     def _last_logits(self) -> np.ndarray:
         llama_cpp = _import_llama_cpp()
@@ -212,7 +308,9 @@ class LlamaCppLLM(LLM):
             chain.add_greedy()
         return chain
 
-    def _decode(self, ids: list[int], params: GenParams, info: dict[str, Any]) -> Iterator[str]:
+    def _decode(
+        self, ids: list[int], params: GenParams, info: dict[str, Any], fixed: int = 0
+    ) -> Iterator[str]:
         """Text pieces of one answer (lock held by the caller); fills info with token counts
         and the finish reason. Stop strings are cut here, holding back a possible prefix."""
         llama_cpp = _import_llama_cpp()
@@ -220,7 +318,7 @@ class LlamaCppLLM(LLM):
         vocab = llm._model.vocab
         budget = min(params.max_tokens, llm.n_ctx() - len(ids) - 1)
         info.update(prompt_tokens=len(ids), completion_tokens=0, finish_reason="length")
-        self._eval(ids)
+        self._eval(ids, fixed)
         sampler = self._sampler(params, ids)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         hold = max((len(s) for s in params.stop), default=1) - 1
@@ -257,12 +355,13 @@ class LlamaCppLLM(LLM):
     ) -> list[Generation]:
         params = params or GenParams()
         encoded = [self.encode(p) for p in prompts]
+        fixed = [self.fixed_prefix(p, ids) for p, ids in zip(prompts, encoded, strict=True)]
         results = []
-        for ids in encoded:
+        for ids, n_fixed in zip(encoded, fixed, strict=True):
             t0 = time.perf_counter()
             info: dict[str, Any] = {}
             with self.m.lock:
-                text = "".join(self._decode(ids, params, info))
+                text = "".join(self._decode(ids, params, info, n_fixed))
             meta: dict[str, Any] = {}
             if params.choices:
                 meta = {"structured": "choice"}
@@ -287,8 +386,9 @@ class LlamaCppLLM(LLM):
         stream ends or is closed (don't call the same model from inside the loop)."""
         params = params or GenParams()
         ids = self.encode(prompt)
+        fixed = self.fixed_prefix(prompt, ids)
         with self.m.lock:
-            yield from self._decode(ids, params, {})
+            yield from self._decode(ids, params, {}, fixed)
 
     def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
         return self.choice_logprobs_batch([prompt], choices)[0]
@@ -305,9 +405,10 @@ class LlamaCppLLM(LLM):
         out: list[dict[str, float]] = []
         for prompt in prompts:
             ids = self.encode(prompt)
+            fixed = self.fixed_prefix(prompt, ids)
             scores: dict[str, float] = {}
             with self.m.lock:
-                first = _log_softmax(self._eval(ids))
+                first = _log_softmax(self._eval(ids, fixed))
                 for choice, c in zip(choices, c_ids, strict=True):
                     total = float(first[c[0]])
                     for k in range(1, len(c)):
@@ -327,5 +428,7 @@ class LlamaCppLLM(LLM):
             "threads": llm.n_threads,
             "prefix_tokens_reused": self.m.stats["reused"],
             "tokens_evaluated": self.m.stats["evaluated"],
+            "prefix_states_saved": self.m.stats["saved"],
+            "prefix_states_restored": self.m.stats["restored"],
             "ok": True,
         }

@@ -233,3 +233,52 @@ def test_cli_health_on_unprepared_profile_is_one_clear_line(tmp_path: Path) -> N
     assert r.returncode == 1, out
     assert "recsmith models prepare --model base" in out
     assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_fixed_prefix_state_survives_other_prompts(gguf: LLM) -> None:
+    """Two chat prompts with different fixed parts (system + worked example) alternate on
+    one context: each fixed part is restored from its saved state instead of evaluated
+    again, and the scores match a cold evaluation (prefix reuse off)."""
+    from service.llm.llamacpp_backend import LlamaCppLLM
+
+    assert isinstance(gguf, LlamaCppLLM)
+
+    def prompt(rules: str, ask: str) -> Prompt:
+        return [
+            {"role": "system", "content": rules * 6},
+            {"role": "user", "content": "Example: a mug?"},
+            {"role": "assistant", "content": "A mug holds coffee."},
+            {"role": "user", "content": ask},
+        ]
+
+    a1 = prompt("Write true copy for a shop. ", "A kettle?")
+    b1 = prompt("Answer shoppers briefly and kindly. ", "Tea?")
+    a2 = prompt("Write true copy for a shop. ", "A teapot?")
+    assert gguf.fixed_prefix(a1, gguf.encode(a1)) > 60
+    assert gguf.fixed_prefix("plain string", gguf.encode("plain string")) == 0
+    try:
+        gguf.prefix_reuse = False
+        cold = gguf.choice_logprobs(a2, ["Yes", "No"])
+        off = dict(gguf.m.stats)
+        gguf.choice_logprobs(a2, ["Yes", "No"])
+        assert gguf.m.stats["evaluated"] - off["evaluated"] >= len(gguf.encode(a2))
+    finally:
+        gguf.prefix_reuse = True
+    gguf.choice_logprobs(a1, ["Yes", "No"])  # saves a's fixed part
+    gguf.choice_logprobs(b1, ["Yes", "No"])  # b's fixed part replaces it in the context
+    before = dict(gguf.m.stats)
+    warm = gguf.choice_logprobs(a2, ["Yes", "No"])
+    assert gguf.m.stats["restored"] == before["restored"] + 1
+    evaluated = gguf.m.stats["evaluated"] - before["evaluated"]
+    assert evaluated < len(gguf.encode(a2)) - gguf.fixed_prefix(a2, gguf.encode(a2)) + 3
+    for c in ("Yes", "No"):
+        assert warm[c] == pytest.approx(cold[c], abs=2e-3)
+    # Generation from a restored prefix is the same text as from a cold context.
+    p = GenParams(max_tokens=12)
+    gguf.generate([b1], p)
+    restored = gguf.generate([a2], p)[0].text
+    gguf.prefix_reuse = False
+    try:
+        assert gguf.generate([a2], p)[0].text == restored
+    finally:
+        gguf.prefix_reuse = True
