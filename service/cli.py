@@ -54,7 +54,8 @@ app.add_typer(demo_app, name="demo")
 
 
 def _sync(application: Application, quiet: bool = False) -> dict[str, int]:
-    with progress_bar() as bar:
+    # An unprepared encoder is a setup step to name (EncoderNotPrepared), not a traceback.
+    with clear_errors(), progress_bar() as bar:
         task = bar.add_task("indexing", total=None, visible=not quiet)
         report = application.sync_index(
             progress=lambda n: bar.advance(task, n), on_total=lambda t: bar.update(task, total=t)

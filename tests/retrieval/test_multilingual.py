@@ -141,13 +141,16 @@ def test_corrupt_folder_is_one_clear_error(empty_models_dir: Path, e5_folder: Pa
         Encoder("e5-small")
 
 
-def test_cli_prints_one_line_not_a_traceback(empty_models_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [["search", "绿茶"], ["demo", "load"]])
+def test_cli_prints_one_line_not_a_traceback(
+    empty_models_dir: Path, tmp_path: Path, args: list[str]
+) -> None:
     from typer.testing import CliRunner
 
     from service.cli import app
 
     env = {"RECSMITH_DATA_DIR": str(tmp_path / "data"), "RECSMITH_ENCODER_MODEL": "e5-small"}
-    res = CliRunner().invoke(app, ["search", "绿茶"], env=env)
+    res = CliRunner().invoke(app, args, env=env)
     get_settings.cache_clear()
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit)  # not a crash
     assert "Traceback" not in res.output
