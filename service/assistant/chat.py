@@ -59,7 +59,7 @@ from service.assistant.lc import (
     question_language,
     turn_prompt,
 )
-from service.assistant.query import PreviousTurn, TurnQuery, build_query
+from service.assistant.query import PreviousTurn, TurnQuery, build_query, fuse_crosslingual
 from service.assistant.store import ConversationNotFound, ConversationStore, StoredMessage
 from service.catalog.models import Product
 from service.llm.base import LLM
@@ -161,6 +161,14 @@ class Assistant:
         for f in tq.attempts:
             used = f
             docs = RecsmithRetriever(rs=self.rs, k=k, filters=f, user_id=user_id).invoke(tq.text)
+            if tq.cross:  # a Chinese query: its English words too, fused
+                en = RecsmithRetriever(rs=self.rs, k=k, filters=f, user_id=user_id).invoke(tq.cross)
+                by_id = {d.metadata["id"]: d for d in en + docs}
+                order = fuse_crosslingual(
+                    [(d.metadata["id"], d.metadata["sources"]) for d in docs],
+                    [(d.metadata["id"], d.metadata["sources"]) for d in en],
+                )
+                docs = [by_id[pid] for pid in order[:k]]
             if docs:
                 products = [document_product(d) for d in docs]
                 return products, {d.metadata["id"]: d.metadata["score"] for d in docs}, used

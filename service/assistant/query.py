@@ -16,6 +16,11 @@ spaces, so its content is what is left after removing price talk and function ph
 opens with 那/还有/有没有/其他/别的.
 Filters the caller passed always win over derived ones, and derived ones are relaxed in
 order (price, then category) when they leave nothing to show.
+
+A Chinese query also gets `cross`: the English words for its shop words ("咖啡机" →
+"coffee machine espresso maker", service/assistant/glossary.py). The assistant searches
+both and fuses them (`fuse_crosslingual`): the catalogue is mostly English, and the
+multilingual encoder alone ranks any Chinese product above the right English one.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.assistant.glossary import translate_terms
 from service.catalog.models import Product
 from service.retrieval.filters import Filters
 
@@ -130,6 +136,7 @@ class TurnQuery:
     # Filters to try in order: strictest first, each later one relaxes a derived filter.
     attempts: list[Filters]
     derived: dict[str, Any] = field(default_factory=dict)  # what the rules added, for display
+    cross: str = ""  # English search words for a Chinese query ("" when none is known)
 
 
 def _amount(s: str) -> float:
@@ -260,4 +267,31 @@ def build_query(
         attempts.append(filters({}, categories))
     if categories:
         attempts.append(filters({}, []))
-    return TurnQuery(text=text, follow_up=follow, attempts=attempts, derived=derived)
+    cross = translate_terms(text) if _CJK.search(text) else ""
+    return TurnQuery(text=text, follow_up=follow, attempts=attempts, derived=derived, cross=cross)
+
+
+# Weight of the English (translated) list when the Chinese words matched no product's text
+# lexically, and when they did (a Chinese product that names the thing outranks a
+# translation's guess).
+CROSS_WEIGHT_NO_MATCH = 1.5
+CROSS_WEIGHT_MATCH = 0.5
+_RRF_K = 10
+
+
+def fuse_crosslingual(
+    native: list[tuple[str, dict[str, float]]], cross: list[tuple[str, dict[str, float]]]
+) -> list[str]:
+    """Product ids of a Chinese query's own results and of its English translation's, fused
+    by reciprocal rank: (id, per-source scores) lists, best first. A product in both lists
+    rises; when no product of the Chinese list matched the Chinese words lexically (no
+    product text contains them: the catalogue has no Chinese product of that kind), the
+    translation's list leads."""
+    matched = any("lexical" in sources for _pid, sources in native)
+    w_cross = CROSS_WEIGHT_MATCH if matched else CROSS_WEIGHT_NO_MATCH
+    score: dict[str, float] = {}
+    for weight, ranked in ((1.0, native), (w_cross, cross)):
+        for rank, (pid, _s) in enumerate(ranked):
+            score[pid] = score.get(pid, 0.0) + weight / (_RRF_K + rank + 1)
+    order = {pid: i for i, (pid, _s) in enumerate(cross if not matched else native)}
+    return sorted(score, key=lambda pid: (-score[pid], order.get(pid, len(order))))
