@@ -338,22 +338,33 @@ def demo_load() -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes sharing the port and the database")
+    ] = 1,
 ) -> None:
     """Start the HTTP API and the web page."""
     import uvicorn
+
+    from service.api.multiproc import prepare_workers
 
     try:
         s = get_settings()
     except ConfigError as e:  # a bad RECSMITH_* value: one line, not a traceback
         raise fail(str(e)) from None
-    uvicorn.run(
-        "service.api.app:create_app", factory=True, host=host or s.host, port=port or s.port
-    )
+    with prepare_workers(workers):
+        uvicorn.run(
+            "service.api.app:create_app",
+            factory=True,
+            host=host or s.host,
+            port=port or s.port,
+            workers=workers,
+        )
 
 
 app.add_typer(models_app, name="models")
 app.add_typer(vllm_app, name="vllm")
 app.add_typer(copy_app, name="copy")
+app.command("worker")(copy_worker)  # the copy-job queue's worker (service/worker.py)
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 app.add_typer(db_app, name="db")

@@ -61,10 +61,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     app.state.application = application
     app.state.index_ready = True
+    metrics.worker_started()
     yield
     app.state.index_ready = False
     # Stop batch jobs between batches; they resume when restarted.
     await run_in_threadpool(application.close, 30.0)
+    metrics.worker_stopped()
 
 
 def _version() -> str:

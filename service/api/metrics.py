@@ -1,61 +1,147 @@
 """Prometheus metrics: HTTP requests per route template, model calls and tokens, degraded
-responses. One registry per process (Prometheus scrapes processes), shared by every app."""
+responses. One registry per process, shared by every app.
+
+Several API processes (`recsmith serve --workers N`) run in prometheus_client's
+multiprocess mode: `serve` sets PROMETHEUS_MULTIPROC_DIR before the workers start (the
+mode is fixed when prometheus_client is first imported), every worker writes its values
+to files there, and /metrics in any worker answers for all of them through a
+MultiProcessCollector. A worker that died (killed, restarted by uvicorn's supervisor)
+keeps its counters and histograms — requests it served did happen — but its live gauge
+(requests in flight) is dropped with `mark_process_dead` at the next scrape or start-up.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> Path | None:
+    """The shared folder when this process writes its metrics to files, else None (the
+    value class is chosen at prometheus_client's import, so the variable alone is not
+    enough: set after that import, it would be ignored)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder and values.ValueClass is not values.MutexValue:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return Path(folder)
+    return None
+
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:  # a killed worker stays a zombie until the supervisor reaps it: dead already
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): kill(0) answered
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def reap_dead_workers(folder: Path) -> list[int]:
+    """mark_process_dead for every pid with files in `folder` that no longer runs."""
+    pids = {int(m.group(1)) for f in folder.glob("*.db") if (m := _PID_FILE.search(f.name))}
+    dead = sorted(p for p in pids if not _alive(p))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(folder))
+    return dead
+
+
+class _AllWorkers(Collector):
+    """Every worker's values (MultiProcessCollector), after dropping dead workers' gauges."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.inner = multiprocess.MultiProcessCollector(None, path=str(folder))
+
+    def collect(self) -> Any:
+        reap_dead_workers(self.folder)
+        return self.inner.collect()
+
+
+def worker_started() -> None:
+    """A (re)started worker drops the live gauges its dead predecessors left."""
+    if MULTIPROC is not None:
+        reap_dead_workers(MULTIPROC)
+
+
+def worker_stopped() -> None:
+    """This worker's in-flight gauge stops counting once it exits."""
+    if MULTIPROC is not None:
+        multiprocess.mark_process_dead(os.getpid(), str(MULTIPROC))
+
+
+MULTIPROC = multiprocess_dir()
 REGISTRY = CollectorRegistry(auto_describe=True)
+if MULTIPROC is not None:
+    REGISTRY.register(_AllWorkers(MULTIPROC))
+# In multiprocess mode the metrics live in files, read back by the collector: registering
+# them too would report this worker's values twice.
+_REG: CollectorRegistry | None = None if MULTIPROC is not None else REGISTRY
 
 HTTP_REQUESTS = Counter(
     "recsmith_http_requests",
     "HTTP requests by method, route template and status",
     ["method", "route", "status"],
-    registry=REGISTRY,
+    registry=_REG,
 )
 HTTP_LATENCY = Histogram(
     "recsmith_http_request_duration_seconds",
     "HTTP request latency by route template (until the response starts for streams)",
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-    registry=REGISTRY,
+    registry=_REG,
 )
 HTTP_IN_FLIGHT = Gauge(
-    "recsmith_http_requests_in_flight", "Requests being served", registry=REGISTRY
+    "recsmith_http_requests_in_flight",
+    "Requests being served",
+    registry=_REG,
+    multiprocess_mode="livesum",  # summed over live workers; a dead one's are dropped
 )
 LLM_CALLS = Counter(
     "recsmith_llm_calls",
     "Language model calls (one per prompt) by backend, model, kind and outcome",
     ["backend", "model", "kind", "outcome"],
-    registry=REGISTRY,
+    registry=_REG,
 )
 LLM_TOKENS = Counter(
     "recsmith_llm_tokens",
     "Language model tokens by direction (prompt | completion)",
     ["backend", "model", "direction"],
-    registry=REGISTRY,
+    registry=_REG,
 )
 LLM_LATENCY = Histogram(
     "recsmith_llm_call_duration_seconds",
     "Language model call latency (a batched call counts once per prompt)",
     ["backend", "kind"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    registry=REGISTRY,
+    registry=_REG,
 )
 RECOMMENDATIONS = Counter(
     "recsmith_recommendations", "Recommendation responses by rerank mode", ["rerank"],
-    registry=REGISTRY,
+    registry=_REG,
 )  # fmt: skip
 DEGRADED = Counter(
     "recsmith_degraded_responses",
     "Responses served degraded (a model stage failed; fallback served) by route and stage",
     ["route", "stage"],
-    registry=REGISTRY,
+    registry=_REG,
 )
 
 
