@@ -177,6 +177,10 @@ class Application:
             self.settings, llm=self._writer_llm, catalog=self.catalog, store=self.copies
         )
 
+    def new_writer(self) -> CopyWriter:
+        """A writer of its own (a copy worker's batch loop)."""
+        return self._new_writer()
+
     def llm(self) -> LLM:
         """The writer's model (copy, headlines, chat): the seam, else the configured one."""
         return self._writer_llm if self._writer_llm is not None else self.engine.llm()

@@ -31,6 +31,7 @@ from service.cli_support import (
 )
 from service.config import ConfigError, get_settings
 from service.copy.cli import copy_app
+from service.copy.cli import worker as copy_worker
 from service.db_cli import db_app
 from service.llm.cli import models_app, vllm_app
 from service.retrieval.filters import Filters

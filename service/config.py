@@ -147,6 +147,19 @@ class Settings(BaseSettings):
     copy_max_retries: int = 2
     copy_on_fail: Literal["flag", "refuse"] = "flag"
     copy_max_active_jobs: int = Field(default=4, ge=1)  # queued or running batch jobs
+    # Batch copy jobs (service/copy/queue.py): "database" = items claimed by workers
+    # (`recsmith worker`, on any host) with SKIP LOCKED; "thread" = one runner thread in
+    # the process that started the job; "auto" = database on PostgreSQL, thread on SQLite.
+    copy_queue: Literal["auto", "database", "thread"] = "auto"
+    # Batches a worker writes at once; 0 = one per LLM server of the openai backend (each
+    # server batches concurrent requests), 1 for an in-process model (one model, one batch).
+    worker_concurrency: int = Field(default=0, ge=0, le=64)
+    worker_lease_s: float = Field(default=60.0, gt=0)  # a claim unrefreshed this long is dead
+    worker_poll_s: float = Field(default=1.0, gt=0)  # an idle worker looks for work this often
+    worker_max_attempts: int = Field(default=3, ge=1)  # claims of one item before it fails
+    # With the database queue, the API process also runs one worker (off: only `recsmith
+    # worker` processes write batch copy).
+    api_copy_worker: bool = True
 
     # Days llm_calls rows (shoppers' prompts included) are kept; 0 keeps them forever.
     llm_log_retention_days: float = Field(default=30.0, ge=0)

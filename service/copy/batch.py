@@ -11,10 +11,18 @@ Cancelling sets a flag the runner reads before each batch (so the API can cancel
 another process runs); a job with no live runner is cancelled at once, and a runner never
 claims a job that was cancelled before it got to it (only an explicit restart does).
 
-Ownership: the runner records host, pid and a start token (the process's start time, so a
-reused pid is not mistaken for the owner) and refreshes a heartbeat while it runs. A job
-left `running` by a dead owner is an orphan: `adopt_orphans` (the API at start-up) takes
-it over with a compare-and-set on the owner, so two starting processes never both run it.
+Two runners (service/copy/queue.py, `settings.copy_queue`): on PostgreSQL items are claimed
+per batch by any number of workers (`recsmith worker`, the API's own worker, `recsmith copy
+batch`), each claim held by a heartbeat and taken over when its worker dies; a batch commits
+its items only where its worker still holds them, and a text is stored once per (job, task,
+product, variant) (a unique index, insert ON CONFLICT DO NOTHING). Progress is read from
+the items. On SQLite one process runs a job, with the ownership below.
+
+Ownership (the thread runner): the runner records host, pid and a start token (the
+process's start time, so a reused pid is not mistaken for the owner) and refreshes a
+heartbeat while it runs. A job left `running` by a dead owner is an orphan: `adopt_orphans`
+(the API at start-up) takes it over with a compare-and-set on the owner, so two starting
+processes never both run it.
 """
 
 from __future__ import annotations
@@ -30,9 +38,12 @@ from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
 
 from service.catalog.store import CatalogStore
 from service.config import Settings, get_settings
+from service.copy.queue import Claim, Heartbeat, claim_batch, new_worker_id, release
+from service.copy.queue import settle as settle_job
 from service.copy.store import canonical_json
 from service.copy.tables import CopyJobItemRow, CopyJobRow
 from service.copy.tasks import CopyOptions, JobStatus
@@ -66,6 +77,15 @@ def _engine(settings: Settings | None) -> Engine:
     return get_engine((settings or get_settings()).db_url)
 
 
+def queue_mode(settings: Settings | None = None) -> bool:
+    """Whether jobs run on the database queue (shared by workers) rather than on one
+    process's runner thread."""
+    settings = settings or get_settings()
+    if settings.copy_queue != "auto":
+        return settings.copy_queue == "database"
+    return not settings.db_url.startswith("sqlite")
+
+
 def process_token(pid: int) -> str:
     """A process's start time (Linux /proc, in clock ticks since boot); "" where unknown."""
     try:
@@ -90,7 +110,21 @@ def _is_me(row: CopyJobRow) -> bool:
     return row.runner_host == host and row.runner_pid == pid and row.runner_token == token
 
 
-def _status(row: CopyJobRow) -> JobStatus:
+def _counts(s: Session, job_ids: list[int]) -> dict[int, dict[str, int]]:
+    """{job: {item status: n}}: progress as the items say (every worker writes them)."""
+    out: dict[int, dict[str, int]] = {j: {} for j in job_ids}
+    if job_ids:
+        rows = s.execute(
+            select(CopyJobItemRow.job_id, CopyJobItemRow.status, func.count())
+            .where(CopyJobItemRow.job_id.in_(job_ids))
+            .group_by(CopyJobItemRow.job_id, CopyJobItemRow.status)
+        ).all()
+        for job_id, st, n in rows:
+            out[job_id][st] = n
+    return out
+
+
+def _status(row: CopyJobRow, counts: dict[str, int]) -> JobStatus:
     return JobStatus(
         id=row.id,
         task=row.task,
@@ -99,9 +133,9 @@ def _status(row: CopyJobRow) -> JobStatus:
         max_products=row.max_products,
         batch_size=row.batch_size,
         total=row.total,
-        done=row.done,
-        failed=row.failed,
-        pending=max(row.total - row.done - row.failed, 0),
+        done=counts.get("done", 0),
+        failed=counts.get("failed", 0),
+        pending=counts.get("pending", 0),
         status=row.status,  # type: ignore[arg-type]
         cancel_requested=row.cancel_requested,
         error=row.error or "",
@@ -135,7 +169,7 @@ def find_job(
         row = s.scalars(
             select(CopyJobRow).where(CopyJobRow.signature == sig).order_by(CopyJobRow.id.desc())
         ).first()
-        return _status(row) if row else None
+        return _status(row, _counts(s, [row.id])[row.id]) if row else None
 
 
 def create_job(
@@ -171,7 +205,7 @@ def create_job(
             status="running" if ids else "done",
             finished_at=None if ids else datetime.utcnow(),
         )
-        if owner and ids:
+        if owner and ids and not queue_mode(settings):
             _own(job)
         s.add(job)
         s.flush()
@@ -181,7 +215,7 @@ def create_job(
                 for i, pid in enumerate(ids[start : start + 1000])
             )
         s.flush()
-        return _status(job)
+        return _status(job, {"pending": len(ids)})
 
 
 def get_job(job_id: int, *, settings: Settings | None = None) -> JobStatus:
@@ -189,13 +223,14 @@ def get_job(job_id: int, *, settings: Settings | None = None) -> JobStatus:
         row = s.get(CopyJobRow, job_id)
         if row is None:
             raise JobNotFound(f"unknown copy job id {job_id}")
-        return _status(row)
+        return _status(row, _counts(s, [job_id])[job_id])
 
 
 def list_jobs(*, limit: int = 50, settings: Settings | None = None) -> list[JobStatus]:
     with session_scope(_engine(settings)) as s:
-        rows = s.scalars(select(CopyJobRow).order_by(CopyJobRow.id.desc()).limit(limit))
-        return [_status(r) for r in rows]
+        rows = list(s.scalars(select(CopyJobRow).order_by(CopyJobRow.id.desc()).limit(limit)))
+        counts = _counts(s, [r.id for r in rows])
+        return [_status(r, counts[r.id]) for r in rows]
 
 
 def _runner_alive(row: CopyJobRow) -> bool:
@@ -219,23 +254,27 @@ def _runner_alive(row: CopyJobRow) -> bool:
 
 
 def cancel_job(job_id: int, *, settings: Settings | None = None) -> JobStatus:
-    """Ask the runner to stop before its next batch; with no live runner, cancel now."""
-    with session_scope(_engine(settings)) as s:
+    """Ask the runners to stop before their next batch; with none alive, cancel now (on the
+    queue: no live worker holds one of its items)."""
+    settings = settings or get_settings()
+    engine = _engine(settings)
+    with session_scope(engine) as s:
         row = s.get(CopyJobRow, job_id)
         if row is None:
             raise JobNotFound(f"unknown copy job id {job_id}")
-        if row.status in ("done", "cancelled"):
-            return _status(row)
-        row.cancel_requested = True
-        if row.status != "running" or not _runner_alive(row):
-            row.status = "cancelled"
-            row.finished_at = datetime.utcnow()
-        s.flush()
-        return _status(row)
+        if row.status not in ("done", "cancelled"):
+            row.cancel_requested = True
+            idle = not queue_mode(settings) and not _runner_alive(row)
+            if row.status != "running" or idle:
+                row.status, row.finished_at = "cancelled", datetime.utcnow()
+    if queue_mode(settings):
+        settle_job(engine, job_id, settings.worker_lease_s)
+    return get_job(job_id, settings=settings)
 
 
-def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
+def _claim(engine: Engine, job_id: int, restart: bool = False, own: bool = True) -> JobStatus:
     """Make this process the job's runner (a resumed job runs again from its pending items).
+    Without `own` (the queue) the job is only set running: workers share it.
 
     A job cancelled (or asked to cancel) before its runner got to it stays cancelled: the
     status returned says so and nothing runs. `restart` (an explicit re-run) resumes it."""
@@ -243,7 +282,7 @@ def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
         row = s.get(CopyJobRow, job_id)
         if row is None:
             raise JobNotFound(f"unknown copy job id {job_id}")
-        if row.status == "running" and not _is_me(row) and _runner_alive(row):
+        if own and row.status == "running" and not _is_me(row) and _runner_alive(row):
             raise JobBusy(f"copy job {job_id} is being run by process {row.runner_pid}")
         cancelled = row.status == "cancelled" or (row.cancel_requested and row.status != "done")
         if cancelled and not restart:
@@ -251,12 +290,12 @@ def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
             row.finished_at = row.finished_at or datetime.utcnow()
             row.runner_pid, row.runner_token = None, ""
             s.flush()
-            return _status(row)
+            return _status(row, _counts(s, [job_id])[job_id])
         # Compare-and-set: a cancel committed since the read above is not overwritten.
         guard = [CopyJobRow.id == job_id]
         if not restart:
             guard += [CopyJobRow.cancel_requested.is_(False), CopyJobRow.status != "cancelled"]
-        host, pid, token = _me()
+        host, pid, token = _me() if own else ("", None, "")
         claimed = s.execute(
             update(CopyJobRow)
             .where(*guard)
@@ -265,7 +304,7 @@ def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
                 runner_host=host,
                 runner_pid=pid,
                 runner_token=token,
-                heartbeat_at=datetime.utcnow(),
+                heartbeat_at=datetime.utcnow() if own else None,
                 error="",
                 finished_at=None,
                 status="running",
@@ -281,13 +320,15 @@ def _claim(engine: Engine, job_id: int, restart: bool = False) -> JobStatus:
             )
         s.flush()
         s.expire(row)
-        return _status(s.get(CopyJobRow, job_id))  # type: ignore[arg-type]
+        return _status(s.get(CopyJobRow, job_id), _counts(s, [job_id])[job_id])  # type: ignore[arg-type]
 
 
 def orphaned_jobs(*, settings: Settings | None = None) -> list[int]:
     """Jobs left running (or queued) by an owner that is gone, oldest first. Those whose
     cancel was requested are marked cancelled here instead."""
     out: list[int] = []
+    if queue_mode(settings):  # no owners on the queue: a dead worker's items are reclaimed
+        return out
     with session_scope(_engine(settings)) as s:
         for row in s.scalars(
             select(CopyJobRow).where(CopyJobRow.status == "running").order_by(CopyJobRow.id)
@@ -362,7 +403,7 @@ def submit_job(
         for row in active:  # same request, same products: that job, not another
             same = row.signature == sig and row.batch_size == batch_size
             if same and _items(engine, row.id) == ids:
-                return _status(row), True
+                return get_job(row.id, settings=settings), True
         cap = settings.copy_max_active_jobs
         if len(active) >= cap:
             raise TooManyJobs(
@@ -394,7 +435,12 @@ def _finish(engine: Engine, job_id: int, status: str, error: str = "") -> JobSta
         row.runner_pid, row.runner_token = None, ""
         row.finished_at = datetime.utcnow()
         s.flush()
-        return _status(row)
+        return _status(row, _counts(s, [job_id])[job_id])
+
+
+def _cancel_requested(engine: Engine, job_id: int) -> bool:
+    with session_scope(engine) as s:
+        return bool(s.scalar(select(CopyJobRow.cancel_requested).where(CopyJobRow.id == job_id)))
 
 
 def run_job(
@@ -407,6 +453,8 @@ def run_job(
 ) -> JobStatus:
     """Run (or resume) a job until no item is pending, it is cancelled, or it fails.
 
+    Batches are claimed from the job's items like any worker's (on the queue, workers
+    elsewhere share the job; this returns when the last item is written, by whoever).
     on_batch is called after each batch commits, with the job's status. An exception
     (from the model, the store or on_batch) marks the job failed and propagates; its
     pending items stay pending for the next run. An LLMError aborts the batch rather than
@@ -414,42 +462,47 @@ def run_job(
     A job cancelled before this claim is not run, unless `restart` (an explicit re-run)."""
     settings = settings or get_settings()
     engine = _engine(settings)
-    status = _claim(engine, job_id, restart=restart)
+    shared = queue_mode(settings)
+    status = _claim(engine, job_id, restart=restart, own=not shared)
     if status.status == "cancelled":
         return status
     writer = writer or CopyWriter(settings)
     options = CopyOptions(**status.params)
+    # The thread runner owns the job: any claim left on its items is a dead run's.
+    lease_s = settings.worker_lease_s if shared else 0.0
+    worker_id = new_worker_id("run")
+    beat = Heartbeat(engine, worker_id, settings.worker_lease_s).start()
     beating = threading.Event()
-    threading.Thread(
-        target=_heartbeat, args=(engine, job_id, beating), name=f"copy-job-{job_id}-beat",
-        daemon=True,
-    ).start()  # fmt: skip
+    if not shared:
+        threading.Thread(
+            target=_heartbeat, args=(engine, job_id, beating), name=f"copy-job-{job_id}-beat",
+            daemon=True,
+        ).start()  # fmt: skip
     try:
-        while True:
-            with session_scope(engine) as s:
-                job = s.get(CopyJobRow, job_id)
-                assert job is not None
-                if job.cancel_requested:
-                    break
-                items = list(
-                    s.scalars(
-                        select(CopyJobItemRow)
-                        .where(CopyJobItemRow.job_id == job_id, CopyJobItemRow.status == "pending")
-                        .order_by(CopyJobItemRow.seq)
-                        .limit(job.batch_size)
-                    )
-                )
-            if not items:
-                return _finish(engine, job_id, "done")
-            _run_batch(engine, writer, job_id, status.task, options, items)
+        while not _cancel_requested(engine, job_id):
+            claim = claim_batch(engine, worker_id, lease_s=lease_s, job_id=job_id,
+                                max_attempts=settings.worker_max_attempts)  # fmt: skip
+            if claim is None:
+                if settle_job(engine, job_id, lease_s) == "done" or not shared:
+                    return _finish(engine, job_id, "done")
+                if get_job(job_id, settings=settings).status != "running":
+                    return get_job(job_id, settings=settings)
+                beating.wait(settings.worker_poll_s)  # the rest is held by live workers
+                continue
+            run_batch(engine, writer, claim, options, worker_id)
             if on_batch is not None:
                 on_batch(get_job(job_id, settings=settings))
     except BaseException as e:
+        release(engine, worker_id)
         kind = "interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__
         _finish(engine, job_id, "failed", f"{kind}: {e}")
         raise
     finally:
         beating.set()
+        beat.stop()
+    if shared:
+        settle_job(engine, job_id, lease_s)
+        return get_job(job_id, settings=settings)
     return _finish(engine, job_id, "cancelled")
 
 
@@ -489,7 +542,8 @@ def start_job(
         task, options, category=category, limit=limit, batch_size=batch_size, settings=settings
     )
     if status.total:
-        _claim(_engine(settings), status.id)  # a live runner from the start: cancel waits
+        # A live runner from the start: cancel waits (the thread runner's ownership).
+        _claim(_engine(settings), status.id, own=not queue_mode(settings))
 
         def _run() -> None:
             try:
@@ -501,57 +555,62 @@ def start_job(
     return get_job(status.id, settings=settings)
 
 
-def _run_batch(
-    engine: Engine,
-    writer: CopyWriter,
-    job_id: int,
-    task: str,
-    options: CopyOptions,
-    items: list[CopyJobItemRow],
-) -> None:
+def run_batch(
+    engine: Engine, writer: CopyWriter, claim: Claim, options: CopyOptions, worker_id: str
+) -> tuple[int, int]:
+    """Write a claimed batch in one generate call and commit its texts and items together,
+    each item only while `worker_id` still holds it (a worker presumed dead whose items
+    were taken over writes nothing over them; its texts, if any, conflict away).
+    (done, failed) as committed."""
+    items = claim.items
     products = writer.catalog.get_products([i.product_id for i in items])
     present = [i for i in items if i.product_id in products]
     done = failed = 0
+    now = datetime.utcnow()
+
+    def mark(s: Session, item_id: int, **values: object) -> bool:
+        return bool(
+            s.execute(
+                update(CopyJobItemRow)
+                .where(
+                    CopyJobItemRow.id == item_id,
+                    CopyJobItemRow.status == "pending",
+                    CopyJobItemRow.worker_id == worker_id,
+                )
+                .values(updated_at=now, **values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        )
+
     with session_scope(engine) as s:
         if present:
             results = writer.generate_for_products(
-                task,
+                claim.task,
                 [products[i.product_id] for i in present],
                 options,
-                job_id=job_id,
+                job_id=claim.job_id,
                 session=s,
             )
             for item, per_product in zip(present, results, strict=True):
                 ok = all(r.passed for r in per_product)
-                s.execute(
-                    update(CopyJobItemRow)
-                    .where(CopyJobItemRow.id == item.id)
-                    .values(
-                        status="done" if ok else "failed",
-                        copy_id=per_product[0].id,
-                        error="" if ok else "; ".join(per_product[0].failed_checks),
-                        updated_at=datetime.utcnow(),
-                    )
-                )
-                done += ok
-                failed += not ok
+                if mark(s, item.id, status="done" if ok else "failed", copy_id=per_product[0].id,
+                        error="" if ok else "; ".join(per_product[0].failed_checks)):  # fmt: skip
+                    done += ok
+                    failed += not ok
         for item in items:
             if item.product_id not in products:  # deleted from the catalogue since
-                s.execute(
-                    update(CopyJobItemRow)
-                    .where(CopyJobItemRow.id == item.id)
-                    .values(status="failed", error="product no longer in the catalogue")
-                )
-                failed += 1
+                failed += mark(s, item.id, status="failed",
+                               error="product no longer in the catalogue")  # fmt: skip
         s.execute(
             update(CopyJobRow)
-            .where(CopyJobRow.id == job_id)
+            .where(CopyJobRow.id == claim.job_id)
             .values(
                 done=CopyJobRow.done + done,
                 failed=CopyJobRow.failed + failed,
                 updated_at=datetime.utcnow(),
             )
         )
+    return done, failed
 
 
 def item_counts(job_id: int, *, settings: Settings | None = None) -> dict[str, int]:

@@ -341,5 +341,45 @@ def export(
     console.print(f"exported {n} texts" + (f" to {output}" if output else ""))
 
 
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Batches written at once (default RECSMITH_WORKER_CONCURRENCY; 0 there = "
+            "one per LLM server of the openai backend, 1 for an in-process model)",
+        ),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds a stopping worker lets batches in flight commit")
+    ] = 30.0,
+) -> None:
+    """Write batch copy from the job queue in the database until stopped (SIGTERM, Ctrl-C);
+    start one per host or more. Needs PostgreSQL (RECSMITH_DATABASE_URL)."""
+    from service.worker import check_queue, run_until_signalled
+
+    with clear_errors():
+        application = build_application()
+        try:
+            check_queue(application.settings)
+        except ValueError as e:
+            raise fail(str(e)) from e
+
+        def started(w) -> None:  # noqa: ANN001 - a Worker
+            console.print(f"worker {w.worker_id}: {w.concurrency} batch(es) at a time")
+
+        w = run_until_signalled(
+            application.settings,
+            application.new_writer,
+            concurrency=concurrency,
+            grace_s=grace,
+            on_start=started,
+        )
+    console.print(
+        f"worker {w.worker_id} stopped: {w.batches} batches, {w.done} done, {w.failed} failed"
+    )
+
+
 if __name__ == "__main__":  # `python -m service.copy.cli …` (the batch kill test uses it)
     copy_app()

@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from service.copy.tables import CopyRow
@@ -31,6 +33,8 @@ STATUSES = ("draft", "approved", "rejected")
 # Checks whose failure means the text carries something planted in the product data: such a
 # text is left out of exports unless asked for (include_unsafe).
 SECURITY_CHECKS = ("injection",)
+# INSERT … ON CONFLICT DO NOTHING, per dialect (the unique index ux_copies_job_item).
+_UPSERT = {"postgresql": pg_insert, "sqlite": sqlite_insert}
 
 
 class CopyCheckFailed(ValueError):
@@ -144,15 +148,35 @@ class CopyStore:
         return out
 
     def add(self, rows: Sequence[CopyRow], session: Session | None = None) -> list[CopyRow]:
-        """Insert rows (in the caller's transaction when a session is given)."""
+        """Insert rows (in the caller's transaction when a session is given). A batch job's
+        text is written once per (job, task, product, variant): where one is stored already
+        (a worker retried an item another one wrote), that row is returned instead."""
         if session is not None:
-            session.add_all(rows)
-            session.flush()
-            return list(rows)
+            return [self._add_one(session, r) for r in rows]
         with session_scope(self.engine) as s:
-            s.add_all(rows)
+            return [self._add_one(s, r) for r in rows]
+
+    @staticmethod
+    def _add_one(s: Session, row: CopyRow) -> CopyRow:
+        dialect = s.get_bind().dialect.name
+        if row.job_id is None or row.product_id is None or dialect not in _UPSERT:
+            s.add(row)
             s.flush()
-        return list(rows)
+            return row
+        if row.variant is None:  # the column default, needed by the look-up below
+            row.variant = 0
+        values = {c.key: getattr(row, c.key) for c in CopyRow.__table__.columns}
+        values = {k: v for k, v in values.items() if v is not None and k != "id"}
+        s.execute(_UPSERT[dialect](CopyRow).values(**values).on_conflict_do_nothing())
+        stored = s.scalars(
+            select(CopyRow).where(
+                CopyRow.job_id == row.job_id,
+                CopyRow.task == row.task,
+                CopyRow.product_id == row.product_id,
+                CopyRow.variant == row.variant,
+            )
+        ).one()
+        return stored
 
     # -- reading ----------------------------------------------------------------------
     def get(self, copy_id: int) -> CopyRow:

@@ -22,6 +22,10 @@ class CopyRow(Base):
         Index("ix_copies_key", "request_key"),
         Index("ix_copies_product_task", "product_id", "task"),
         Index("ix_copies_status", "status"),
+        # A batch job writes each (product, task, variant) once: a worker that retries an
+        # item another (presumed dead) worker already wrote inserts ON CONFLICT DO NOTHING.
+        # Rows outside a job (job_id NULL) never conflict: NULLs are distinct.
+        Index("ux_copies_job_item", "job_id", "task", "product_id", "variant", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -87,7 +91,11 @@ class CopyJobRow(Base):
 
 
 class CopyJobItemRow(Base):
-    """One product of a job: pending until the batch holding it commits."""
+    """One product of a job: pending until the batch holding it commits.
+
+    The queue (service/copy/queue.py): a worker claims pending items (worker_id, claimed_at)
+    and refreshes heartbeat_at while it writes them; a pending item whose heartbeat is older
+    than the lease belongs to a dead worker and is claimed again (attempts counts claims)."""
 
     __tablename__ = "copy_job_items"
     __table_args__ = (
@@ -102,4 +110,8 @@ class CopyJobItemRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|failed
     copy_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now, onupdate=_now)

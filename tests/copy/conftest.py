@@ -9,6 +9,7 @@ per batch".
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,32 @@ def catalog(settings: Settings) -> CatalogStore:
     assert report.stored > 0
     ingest_file(store, DEMO / "interactions.jsonl", "interactions")
     return store
+
+
+def postgres_settings(settings: Settings, url: str) -> Settings:
+    """`settings` on the PostgreSQL database `url`, with the demo catalogue in it."""
+    s = settings.model_copy(update={"database_url": url})
+    store = CatalogStore(url)
+    assert ingest_file(store, DEMO / "products.jsonl", "products").stored > 0
+    ingest_file(store, DEMO / "interactions.jsonl", "interactions")
+    return s
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(
+    request: pytest.FixtureRequest, settings: Settings, catalog: CatalogStore
+) -> Iterator[Settings]:
+    """The session's settings on SQLite (the session's catalogue), or on a fresh PostgreSQL
+    database with the demo catalogue (tests/postgres.py): the job and store tests run on
+    both. PostgreSQL jobs run on the database queue (service/copy/queue.py)."""
+    if request.param == "sqlite":
+        yield settings
+        return
+    from tests.postgres import fresh_database
+
+    with fresh_database() as url:
+        yield postgres_settings(settings, url)
+        get_engine(url).dispose()
 
 
 @pytest.fixture(scope="session")

@@ -27,10 +27,10 @@ class Crash(RuntimeError):
 
 
 def test_crashed_job_resumes_and_does_every_product_once(
-    settings: Settings, writer: CopyWriter, llm: FakeLLM
+    db_settings: Settings, llm: FakeLLM
 ) -> None:
-    s = settings.model_copy(update={"copy_max_retries": 0})
-    w = CopyWriter(s, llm=llm, catalog=writer.catalog)  # type: ignore[arg-type]
+    s = db_settings.model_copy(update={"copy_max_retries": 0})
+    w = CopyWriter(s, llm=llm)
     opts = CopyOptions(max_words=8)
     job = jobs.create_job("title", opts, category="Coffee & Tea", limit=4, batch_size=2, settings=s)
     assert job.total == 4 and job.status == "running" and job.pending == 4
@@ -60,11 +60,9 @@ def test_crashed_job_resumes_and_does_every_product_once(
     assert jobs.item_counts(job.id, settings=s).get("pending", 0) == 0
 
 
-def test_cancel_stops_before_the_next_batch(
-    settings: Settings, writer: CopyWriter, llm: FakeLLM
-) -> None:
-    s = settings.model_copy(update={"copy_max_retries": 0})
-    w = CopyWriter(s, llm=llm, catalog=writer.catalog)  # type: ignore[arg-type]
+def test_cancel_stops_before_the_next_batch(db_settings: Settings, llm: FakeLLM) -> None:
+    s = db_settings.model_copy(update={"copy_max_retries": 0})
+    w = CopyWriter(s, llm=llm)
     job = jobs.create_job(
         "title",
         CopyOptions(max_words=6),
@@ -86,10 +84,10 @@ def test_cancel_stops_before_the_next_batch(
         jobs.cancel_job(999_999, settings=s)
 
 
-def test_unknown_task_and_empty_selection(settings: Settings) -> None:
+def test_unknown_task_and_empty_selection(db_settings: Settings) -> None:
     with pytest.raises(ValueError, match="unknown batch task"):
-        jobs.create_job("poem", settings=settings)
-    empty = jobs.create_job("title", category="No Such Category", settings=settings)
+        jobs.create_job("poem", settings=db_settings)
+    empty = jobs.create_job("title", category="No Such Category", settings=db_settings)
     assert empty.total == 0 and empty.status == "done"
 
 
@@ -174,12 +172,10 @@ def test_cli_unknown_product_exits_non_zero(settings: Settings, catalog, model_p
     assert "unknown product id" in out and "nope-42" in out
 
 
-def test_start_job_runs_in_the_background_and_cancels(
-    settings: Settings, writer: CopyWriter, llm: FakeLLM
-) -> None:
+def test_start_job_runs_in_the_background_and_cancels(db_settings: Settings, llm: FakeLLM) -> None:
     """What the API does: start a job on a thread, poll it, cancel it."""
-    s = settings.model_copy(update={"copy_max_retries": 0})
-    w = CopyWriter(s, llm=llm, catalog=writer.catalog)  # type: ignore[arg-type]
+    s = db_settings.model_copy(update={"copy_max_retries": 0})
+    w = CopyWriter(s, llm=llm)
     started = jobs.start_job(
         "title", CopyOptions(max_words=5), category="Kitchen", limit=3, batch_size=1,
         settings=s, writer=w,

@@ -30,7 +30,14 @@ def _row(
 
 
 @pytest.fixture
-def store(settings: Settings, catalog) -> CopyStore:  # noqa: ANN001
+def store(db_settings: Settings) -> CopyStore:
+    """On SQLite and on PostgreSQL (tests/copy/conftest.py)."""
+    return CopyStore(db_settings.db_url)
+
+
+@pytest.fixture
+def sqlite_store(settings: Settings, catalog) -> CopyStore:  # noqa: ANN001
+    """The store the CLI reads (the session's settings)."""
     return CopyStore(settings.db_url)
 
 
@@ -80,9 +87,9 @@ def test_headline_rows_are_found_by_any_of_their_products(store: CopyStore) -> N
     assert h.id in [r.id for r in store.list(product_id="store-h2")]
 
 
-def test_an_edit_is_rechecked(settings: Settings, catalog, store: CopyStore) -> None:  # noqa: ANN001
+def test_an_edit_is_rechecked(db_settings: Settings, store: CopyStore) -> None:
     [r] = store.add([_row("k-edit", product_id="cof-0005")])
-    w = CopyWriter(settings, catalog=catalog, store=store)
+    w = CopyWriter(db_settings, store=store)
     res = w.edit(r.id, "A 2 L French press, guaranteed.")
     assert not res.checks["numbers"].ok and not res.checks["banned"].ok
     assert not res.passed and {"numbers", "banned"} <= set(res.failed_checks)
@@ -90,7 +97,27 @@ def test_an_edit_is_rechecked(settings: Settings, catalog, store: CopyStore) -> 
     assert store.get(r.id).passed is False  # the verdict every reader sees
 
 
-def test_cli_review_and_export(store: CopyStore, tmp_path) -> None:  # noqa: ANN001
+def test_a_job_text_is_stored_once_per_product_task_and_variant(store: CopyStore) -> None:
+    """Two workers writing the same item of a job (one presumed dead, still running): the
+    second insert finds the first row (ON CONFLICT DO NOTHING), nothing is duplicated."""
+    [first] = store.add([_row("k-job-1", product_id="cof-0005", job_id=4242, text="First")])
+    [again] = store.add([_row("k-job-2", product_id="cof-0005", job_id=4242, text="Second")])
+    assert again.id == first.id and again.text == "First"
+    # Another variant, another task or another job is another text.
+    others = store.add([
+        _row("k-job-3", product_id="cof-0005", job_id=4242, variant=1),
+        _row("k-job-4", product_id="cof-0005", job_id=4242, task="title"),
+        _row("k-job-5", product_id="cof-0005", job_id=4243),
+    ])  # fmt: skip
+    assert len({first.id, *(r.id for r in others)}) == 4
+    # Outside a job, the same request may be stored again (regenerate).
+    a, b = store.add([_row("k-free", product_id="cof-0005"), _row("k-free", product_id="cof-0005")])
+    assert a.id != b.id
+    assert len(store.list(job_id=4242, limit=10)) == 3
+
+
+def test_cli_review_and_export(sqlite_store: CopyStore, tmp_path) -> None:  # noqa: ANN001
+    store = sqlite_store
     a, b = store.add([_row("k-cli-a", text="Approved text"), _row("k-cli-b", text="Draft text")])
     runner = CliRunner()
     assert runner.invoke(copy_app, ["approve", str(a.id)]).exit_code == 0
