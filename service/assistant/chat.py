@@ -49,7 +49,13 @@ from typing import Any
 
 from langchain_core.output_parsers import StrOutputParser
 
-from service.assistant.grounding import AnswerGuard, Labels, StreamSanitizer, check_prices
+from service.assistant.grounding import (
+    AnswerGuard,
+    Labels,
+    StreamSanitizer,
+    check_details,
+    check_prices,
+)
 from service.assistant.lc import (
     SYSTEM_TEMPLATE,
     TURN_TEMPLATE,
@@ -343,8 +349,14 @@ class Assistant:
         answer = ""
         if guard is not None and degraded_reason is None:
             checked = check_prices(guard.text, labels)
-            answer = checked.answer
-            removed, flags = guard.removed + checked.removed, guard.flags + checked.flags
+            details = check_details(
+                checked.answer, labels, message, self.rs.settings.unsupported_claims
+            )
+            answer = details.answer
+            removed = guard.removed + checked.removed + details.removed
+            flags = guard.flags + checked.flags + details.flags
+            if details.removed and not labels.cited(answer):
+                answer = ""  # nothing grounded left: the templated answer from the data
         cited = labels.cited(answer) if answer else []
         if not answer:
             # No products, a failed model, or nothing usable written: the templated answer.

@@ -19,6 +19,13 @@ The model sees products labelled [1]..[n]. Its text is cleaned twice:
 3. At the end (`check_prices`): a sentence naming a price that none of its products has is
    removed (a wrong price is worse than none); other numbers not found in the products'
    data are flagged, not removed (sizes and counts are often paraphrased).
+4. Then (`check_details`): the copy writer's checks, per sentence, against the data of the
+   products the sentence cites (else the answer's, else all shown) plus the question: a
+   quantity with a unit the data does not have ("a 2 L tank"), an invented attribute
+   (colour, material, size range, audience: "a glass tea bag", "for women with sensitive
+   skin") or praise the data does not state ("luxurious", "the finest") removes the
+   sentence. When nothing that cites a product is left, the caller serves the templated
+   answer built from the data instead.
 
 Id-shaped means letters, then a separator (- _ :), then more, with a digit somewhere:
 "kit-0001", "FAKE-9999". A genuine model number like "XR-500" in an answer is removed too;
@@ -35,6 +42,9 @@ from typing import Any
 from service.catalog.models import Product
 from service.copy.checks import (
     Facts,
+    check_attributes,
+    check_claims,
+    check_numbers,
     injection_grams,
     looks_like_instruction,
     normalise_text,
@@ -377,3 +387,45 @@ def check_prices(text: str, labels: Labels) -> Checked:
         if v not in known and v not in labels.by_label:
             flags.append({"kind": "ungrounded_number", "text": m.group(0)})
     return Checked(answer=answer, removed=removed, flags=flags)
+
+
+# Phrases of the copy writer's unsupported-claims list that are a recommendation in a chat
+# answer ("the best match for you is [1]"), not praise of the product.
+CHAT_ALLOWED_CLAIMS = frozenset({"the best", "最好", "最佳"})
+
+
+def check_details(
+    text: str, labels: Labels, question: str = "", claims: Sequence[str] = ()
+) -> Checked:
+    """Remove sentences that state what their products' data does not: numbers with units,
+    attributes, unsupported praise (the copy checks). Flags say what was found."""
+    claims = [c for c in claims if c not in CHAT_ALLOWED_CLAIMS]
+    cited_all = [labels.by_label[labels.label_of[i]] for i in labels.cited(text)]
+    kept: list[str] = []
+    removed: list[str] = []
+    flags: list[dict[str, Any]] = []
+    facts_of: dict[tuple[str, ...], Facts] = {}
+    for sent in sentences(text):
+        own = [labels.by_label[labels.label_of[i]] for i in labels.cited(sent)]
+        ref = own or cited_all or labels.products
+        key = tuple(p.id for p in ref)
+        if key not in facts_of:
+            facts_of[key] = Facts.from_products(ref, extra=[question] if question else [])
+        facts = facts_of[key]
+        body = LABEL.sub(" ", sent)
+        failed = [
+            c
+            for c in (
+                check_numbers(body, facts),
+                check_attributes(body, facts),
+                check_claims(body, facts, claims),
+            )
+            if not c.ok
+        ]
+        if failed:
+            removed.append(sent.strip())
+            found = [f for c in failed for f in c.found]
+            flags.append({"kind": "invented_detail", "text": sent.strip(), "found": found})
+            continue
+        kept.append(sent)
+    return Checked(answer="".join(kept).strip(), removed=removed, flags=flags)
