@@ -399,13 +399,13 @@ class Application:
         if not products:
             raise Invalid("no product in the request is valid")
         inserted, updated, changed = self.catalog.upsert_products(products)
-        report = self.index.sync() if changed else None
+        report = self.index.apply_changes() if changed else None  # the changed ones only
         unique = len({p.id for p in products})
         return Upserted(inserted, updated, unique - inserted - updated, report)
 
     def delete_product(self, product_id: str) -> None:
         self.catalog.delete_product(product_id)
-        self.index.sync()
+        self.index.apply_changes()
 
     def add_interactions(self, events: list[Interaction]) -> Appended:
         """Events for products the catalogue holds are appended (exact duplicates skipped);

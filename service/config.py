@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 
@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     # re-scored exactly; no graph), or "auto" (faiss above the threshold).
     index_kind: Literal["auto", "exact", "faiss"] = "auto"
     index_faiss_threshold: int = 50_000
+    # Where the vectors live: "memory" = in each process (the kinds above), kept in step
+    # across processes through the catalogue change log; "pgvector" = in PostgreSQL next to
+    # the products (HNSW, filters in SQL; needs a postgresql database_url and the extension).
+    vector_index: Literal["memory", "pgvector"] = "memory"
+    pgvector_ef_search: int = Field(default=100, ge=10, le=1000)
+    pgvector_exact_below: int = Field(default=10_000, ge=0)  # filters this narrow: exact search
+    # How often (ms) a process looks for writes made by other processes; 0 = before every read.
+    index_check_interval_ms: int = Field(default=200, ge=0)
 
     # LLM: "transformers" runs in-process; "openai" talks to a vLLM (or any
     # OpenAI-compatible) server at llm_base_url; "llamacpp" runs the GGUF in-process
@@ -174,6 +182,17 @@ class Settings(BaseSettings):
     # order (or no headline) is served, degraded, and the model call is abandoned.
     rerank_timeout_s: float = Field(default=30.0, gt=0)
     headline_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("vector_index")
+    @classmethod
+    def _pgvector_needs_postgres(cls, v: str, info: ValidationInfo) -> str:
+        url = str(info.data.get("database_url") or "")
+        if v == "pgvector" and not url.startswith("postgresql"):
+            raise ValueError(
+                "pgvector keeps the vectors in PostgreSQL: set RECSMITH_DATABASE_URL to a "
+                "postgresql+psycopg:// URL, or use memory"
+            )
+        return v
 
     @field_validator("llm_base_url")
     @classmethod

@@ -1,11 +1,12 @@
 """Keeping the indexes in step with writes, without blocking readers needlessly (owned by
 the Application; the API's concurrent requests are why it exists).
 
-Readers (search, similar, recommendations) share the indexes; an index sync replaces
-arrays under them, so syncs take the lock exclusively. Product writes sync at once (the
-response reports it, and a search right after sees the product); interaction appends only
-mark the co-interaction graph stale, and the next read rebuilds it at most every
-`min_interval_s` (a click stream must not rebuild it per event).
+Readers (search, similar, recommendations) share the indexes; an index write changes
+arrays under them, so writes take the lock exclusively. Product writes are indexed at once
+(the response reports it, and a search right after sees the product); interaction appends
+mark the co-interaction graph stale, and the next read brings it up to date at most every
+`min_interval_s`. Several API processes share the database: each follows its versions
+(IndexState.refresh), so none serves an index that drifted after another's write.
 """
 
 from __future__ import annotations
@@ -59,12 +60,25 @@ class RWLock:
 
 
 class IndexState:
-    def __init__(self, rs: Recsmith, min_interval_s: float = 2.0) -> None:
+    """The lock, plus the catalogue/event versions this process has applied. Before a read
+    (at most every `check_interval_s`) the versions in the database are compared with them
+    — two primary-key lookups — so a product written through another API process, or
+    another host, is indexed here before this process serves (`Recsmith.apply_changes`:
+    only the changed products), and new events reach co-interaction at most every
+    `min_interval_s` (a click stream must not refresh it per event)."""
+
+    def __init__(
+        self, rs: Recsmith, min_interval_s: float = 2.0, check_interval_s: float | None = None
+    ) -> None:
         self.rs = rs
         self.lock = RWLock()
         self.min_interval_s = min_interval_s
+        if check_interval_s is None:
+            check_interval_s = rs.settings.index_check_interval_ms / 1000
+        self.check_interval_s = check_interval_s
         self._stale = False
         self._last_sync = 0.0
+        self._last_check = -float("inf")
         self._flag = threading.Lock()
 
     def sync(
@@ -72,6 +86,7 @@ class IndexState:
         progress: Callable[[int], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> IndexReport:
+        """The full path: every product's hash compared, co-interaction rebuilt."""
         with self.lock.write():
             report = self.rs.sync_index(progress, on_total)
             with self._flag:
@@ -79,16 +94,44 @@ class IndexState:
                 self._last_sync = time.monotonic()
             return report
 
+    def apply_changes(self) -> IndexReport:
+        """The incremental path of a product write: only the changed products."""
+        with self.lock.write():
+            return self.rs.apply_changes()
+
     def mark_stale(self) -> None:
         with self._flag:
             self._stale = True
 
+    def refresh(self) -> None:
+        """Apply what other processes (or this one) wrote since the versions applied."""
+        now = time.monotonic()
+        with self._flag:
+            if now - self._last_check < self.check_interval_s:
+                check = False
+            else:
+                check, self._last_check = True, now
+            events_due = now - self._last_sync >= self.min_interval_s
+        if not self.rs.synced:
+            self.sync()
+            return
+        catalogue, events = self.rs.store.versions() if check else (0, 0)
+        applied_catalogue, applied_events = self.rs.versions()
+        if catalogue > applied_catalogue:
+            self.apply_changes()
+        with self._flag:
+            stale = self._stale or events > applied_events
+            self._stale = stale
+        if stale and events_due:
+            with self.lock.write():
+                self.rs.apply_events()
+                with self._flag:
+                    self._stale = False
+                    self._last_sync = time.monotonic()
+
     @contextmanager
     def reading(self) -> Iterator[Recsmith]:
-        """Use the indexes; first refresh them if interactions arrived a while ago."""
-        with self._flag:
-            due = self._stale and time.monotonic() - self._last_sync >= self.min_interval_s
-        if due:
-            self.sync()
+        """Use the indexes, in step with the database (see the class)."""
+        self.refresh()
         with self.lock.read():
             yield self.rs

@@ -14,14 +14,13 @@ from service.config import Settings, get_settings
 from service.llm.base import LLM
 from service.llm.factory import Role, get_llm
 from service.retrieval.cooccur import CoInteraction
-from service.retrieval.dense import DenseIndex
 from service.retrieval.encoder import Encoder, get_encoder
-from service.retrieval.filters import ProductMeta
 from service.retrieval.fusion import Fusion, FusionStatus
-from service.retrieval.indexer import Indexer
+from service.retrieval.indexer import Indexer, IndexReport
 from service.retrieval.lexical import LexicalIndex
 from service.retrieval.retriever import Candidate, RetrievalRequest, Retriever
 from service.retrieval.sequential import SequentialScorer
+from service.retrieval.vector_index import MemoryVectorIndex, VectorIndex
 
 
 class Recsmith:
@@ -64,9 +63,16 @@ class Recsmith:
         return self.settings.data_dir / "index"
 
     @cached_property
-    def dense(self) -> DenseIndex:
+    def dense(self) -> VectorIndex:
+        """The vector index the settings choose (service/retrieval/vector_index.py)."""
         s = self.settings
-        return DenseIndex.load(
+        if s.vector_index == "pgvector":
+            from service.retrieval.vector_index_pg import PgVectorIndex  # PostgreSQL only
+
+            return PgVectorIndex(
+                self.store.engine, self.encoder.dim, s.pgvector_ef_search, s.pgvector_exact_below
+            )
+        return MemoryVectorIndex.load(
             self.index_dir,
             self.encoder.dim,
             self.encoder.model_id,
@@ -79,19 +85,20 @@ class Recsmith:
         return LexicalIndex(self.index_dir / "lexical.sqlite")
 
     @cached_property
-    def meta(self) -> ProductMeta:
-        return ProductMeta()
-
-    @cached_property
     def indexer(self) -> Indexer:
         return Indexer(
-            self.store, self.encoder, self.dense, self.lexical, self.meta, self.index_dir
+            self.store, self.encoder, self.dense, self.lexical, self.index_dir, margin=self._margin
         )
+
+    @property
+    def _margin(self) -> int:
+        # PostgreSQL may commit ids out of order: re-read a few below the newest applied.
+        return 64 if self.store.engine.dialect.name == "postgresql" else 0
 
     @property
     def co(self) -> CoInteraction:
         if self._co is None:
-            self._co = CoInteraction.build(self.store.all_interactions())
+            self._co = CoInteraction.from_store(self.store)
         return self._co
 
     def sequential_model(self) -> SequentialScorer | None:  # optional trained source
@@ -108,7 +115,6 @@ class Recsmith:
             lambda texts: self.encoder.encode_queries(texts),  # e5: "query: " prefix
             self.dense,
             self.lexical,
-            self.meta,
             co=self.co,
             sequential=self.sequential_model(),
             half_life=self.settings.history_recency_half_life,
@@ -124,6 +130,36 @@ class Recsmith:
                 self.retriever.co = self.co
             self._synced = True
             return report
+
+    def apply_changes(self) -> IndexReport:
+        """Index only the products written or deleted since the version applied (by this
+        process or another): the incremental path of a product write."""
+        with self._lock:
+            if not self._synced:
+                return self.sync_index()
+            report = self.indexer.apply_changes()
+            if report is None:  # the change log was pruned past our version
+                return self.sync_index()
+            if report.removed_ids and self._co is not None:
+                self._co.forget_products(self.store, report.removed_ids)
+            return report
+
+    def apply_events(self) -> int:
+        """Bring co-interaction in step with the events logged since (any process's);
+        returns the users touched."""
+        with self._lock:
+            if self._co is None:
+                return 0  # built from the whole log on first use anyway
+            return self._co.apply_events(self.store, self._margin)
+
+    def versions(self) -> tuple[int, int]:
+        """(catalogue version, event version) this process has applied."""
+        co = self._co
+        return self.indexer.seq, co.event_id if co is not None else 0
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
 
     def ensure_ready(self) -> None:
         """Indexes in step with the store (cheap when nothing changed)."""
@@ -150,7 +186,8 @@ class Recsmith:
         NotFound naming the field), not a degraded list. A user without interactions is
         fine when a query, history or seed gives retrieval something to go on."""
         if req.history:
-            missing = [(n, p) for n, p in enumerate(req.history) if p not in self.dense.row]
+            known = self.dense.known(req.history)
+            missing = [(n, p) for n, p in enumerate(req.history) if p not in known]
             if missing:
                 raise NotFound(
                     f"unknown product id(s) in history: {', '.join(p for _, p in missing[:5])}",
@@ -163,7 +200,7 @@ class Recsmith:
                 "send a query or history for a new user",
                 fields=[("user_id", "unknown user")],
             )
-        if req.seed_product_id and req.seed_product_id not in self.dense.row:
+        if req.seed_product_id and req.seed_product_id not in self.dense:
             raise NotFound(f"unknown product id {req.seed_product_id!r}")
 
     def llm(self, role: Role = "writer") -> LLM:

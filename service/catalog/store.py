@@ -16,6 +16,7 @@ from service.catalog.models import Interaction, Product
 from service.catalog.tables import InteractionRow, ProductRow
 from service.db import get_engine, session_scope
 from service.errors import NotFound  # noqa: F401 - raised here, re-exported
+from service.retrieval.vector_index_tables import CatalogChangeRow
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class CatalogStore:
                 updated += [pid for pid in chunk if stored.get(pid) != by_id[pid]]
             if updated:
                 s.execute(upsert, [rows[pid] for pid in updated])
-        written = inserted | set(updated)
+            written = inserted | set(updated)
+            self._log_changes(s, sorted(written), now)
         return len(inserted), len(updated), [pid for pid in ids if pid in written]
 
     def get_product(self, product_id: str) -> Product:
@@ -164,6 +166,66 @@ class CatalogStore:
                 raise NotFound(f"unknown product id {product_id!r}")
             s.delete(row)
             s.execute(delete(InteractionRow).where(InteractionRow.product_id == product_id))
+            self._log_changes(s, [product_id], datetime.utcnow())
+
+    # -- the change log: what every index process follows -------------------------------
+    @staticmethod
+    def _log_changes(s: Any, ids: Sequence[str], now: datetime) -> None:
+        """In the writing transaction: readers never see a product without its change row."""
+        if ids:
+            s.execute(
+                CatalogChangeRow.__table__.insert(), [{"product_id": i, "at": now} for i in ids]
+            )
+
+    def versions(self) -> tuple[int, int]:
+        """(catalogue version, interaction log version): the newest change and event ids.
+        Two primary-key lookups: cheap enough to run before every read."""
+        stmt = select(
+            select(func.max(CatalogChangeRow.seq)).scalar_subquery(),
+            select(func.max(InteractionRow.id)).scalar_subquery(),
+        )
+        with session_scope(self.engine) as s:
+            seq, event = s.execute(stmt).one()
+        return seq or 0, event or 0
+
+    def changes_since(self, seq: int, limit: int = 100_000) -> tuple[int, list[str], bool]:
+        """(newest seq read, product ids written or deleted after `seq`, complete): complete
+        is False when the log no longer reaches back to `seq` (pruned), so the caller must
+        compare the whole catalogue instead."""
+        with session_scope(self.engine) as s:
+            oldest = s.scalar(select(func.min(CatalogChangeRow.seq)))
+            rows = s.execute(
+                select(CatalogChangeRow.seq, CatalogChangeRow.product_id)
+                .where(CatalogChangeRow.seq > seq)
+                .order_by(CatalogChangeRow.seq)
+                .limit(limit)
+            ).all()
+        complete = (oldest is None or oldest <= seq + 1) and len(rows) < limit
+        newest = rows[-1][0] if rows else seq
+        return newest, list(dict.fromkeys(pid for _, pid in rows)), complete
+
+    def prune_changes(self, keep: int = 1_000_000) -> int:
+        """Drop all but the newest `keep` change rows (a process further behind than that
+        re-reads the catalogue's hashes once)."""
+        with session_scope(self.engine) as s:
+            newest = s.scalar(select(func.max(CatalogChangeRow.seq))) or 0
+            res = s.execute(delete(CatalogChangeRow).where(CatalogChangeRow.seq <= newest - keep))
+            return res.rowcount or 0
+
+    def index_rows(self) -> Iterator[tuple[str, str, str, float | None, bool]]:
+        """(id, content_hash, category, price, in_stock) of every product, streamed: what a
+        full index sync compares and filters on, without loading whole products."""
+        stmt = select(
+            ProductRow.id,
+            ProductRow.content_hash,
+            ProductRow.category,
+            ProductRow.price,
+            ProductRow.in_stock,
+        ).order_by(ProductRow.id)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=20_000).execute(stmt)
+            for pid, h, cat, price, stock in result:
+                yield pid, h or "", cat or "", price, bool(stock)
 
     def categories(self) -> list[str]:
         with session_scope(self.engine) as s:
@@ -233,6 +295,39 @@ class CatalogStore:
         ).order_by(InteractionRow.user_id, InteractionRow.ts, InteractionRow.id)
         with session_scope(self.engine) as s:
             return [tuple(r) for r in s.execute(stmt).all()]  # type: ignore[misc]
+
+    def events_since(self, event_id: int) -> tuple[int, list[tuple[int, str, str, str]]]:
+        """(newest id read, [(id, user_id, product_id, event)]) of the events after
+        `event_id`."""
+        stmt = (
+            select(
+                InteractionRow.id,
+                InteractionRow.user_id,
+                InteractionRow.product_id,
+                InteractionRow.event,
+            )
+            .where(InteractionRow.id > event_id)
+            .order_by(InteractionRow.id)
+        )
+        with session_scope(self.engine) as s:
+            rows = s.execute(stmt).all()
+        newest = rows[-1][0] if rows else event_id
+        return newest, [(i, u, p, e) for i, u, p, e in rows]
+
+    def user_events(self, user_ids: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """Each user's (product_id, event), in all_interactions() order (time, then id)."""
+        users = sorted(set(user_ids))
+        out: dict[str, list[tuple[str, str]]] = {u: [] for u in users}
+        with session_scope(self.engine) as s:
+            for i in range(0, len(users), _CHUNK):
+                stmt = (
+                    select(InteractionRow.user_id, InteractionRow.product_id, InteractionRow.event)
+                    .where(InteractionRow.user_id.in_(users[i : i + _CHUNK]))
+                    .order_by(InteractionRow.user_id, InteractionRow.ts, InteractionRow.id)
+                )
+                for u, p, e in s.execute(stmt):
+                    out[u].append((p, e))
+        return out
 
     def count_interactions(self) -> int:
         with session_scope(self.engine) as s:

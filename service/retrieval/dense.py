@@ -8,6 +8,8 @@ codes instead and re-scores the best few exactly (see _search_faiss); measured s
 side with exact search in eval/bench_retrieval.py. (HNSW was tried first: an hour-scale
 build at 1M and recall that collapses on poorly clustered vectors.)
 Filters are a boolean mask applied before the top-k, so a filtered query still returns k.
+This is the engine of the in-process index (service/retrieval/vector_index.py); the
+database one is pgvector (service/retrieval/vector_index_pg.py).
 """
 
 from __future__ import annotations
@@ -28,49 +30,116 @@ def _one_blas_thread():  # noqa: ANN202 - a threadpoolctl context manager
 
 
 class DenseIndex:
+    """Rows of normalised vectors, grown in place (capacity doubles, no vstack per write).
+
+    A write never rebuilds anything: a new product is appended (and added to the FAISS
+    codes when they exist); a changed or removed one leaves a dead row behind (masked out
+    of every search) and the changed vector is appended. Dead rows are compacted away once
+    they are a quarter of the rows, which is the only time the FAISS codes are rebuilt.
+    Per-row filter columns (`columns`) live beside the vectors so a filter is a few
+    vectorised comparisons over the same rows (service/retrieval/vector_index.py)."""
+
+    COLUMNS: dict[str, np.dtype] = {}  # name -> dtype of per-row columns (a subclass adds)
+
     def __init__(self, dim: int, kind: str = "auto", faiss_threshold: int = 50_000) -> None:
         self.dim = dim
         self.kind = kind
         self.faiss_threshold = faiss_threshold
-        self.ids: list[str] = []
+        self.ids: list[str | None] = []  # per row; None = a dead row
         self.row: dict[str, int] = {}
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self._faiss = None  # built lazily when used
+        self._buf = np.zeros((0, dim), dtype=np.float32)
+        self._alive = np.zeros(0, dtype=bool)
+        self.columns: dict[str, np.ndarray] = {
+            name: np.zeros(0, dtype=dt) for name, dt in self.COLUMNS.items()
+        }
+        self._dead = 0
+        self._faiss = None  # built lazily when used, then extended by appends
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.row)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every row, dead ones included (a view, no copy)."""
+        return self._buf[: len(self.ids)]
 
     # -- updates ----------------------------------------------------------------------
-    def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
-        if not ids:
+    def _reserve(self, extra: int) -> None:
+        need = len(self.ids) + extra
+        cap = len(self._buf)
+        if need <= cap:
             return
-        vectors = np.asarray(vectors, dtype=np.float32)
-        new_rows: list[np.ndarray] = []
+        cap = max(need, 2 * cap, 1024)
+        buf = np.zeros((cap, self.dim), dtype=np.float32)
+        buf[: len(self.ids)] = self._buf[: len(self.ids)]
+        self._buf = buf
+        alive = np.zeros(cap, dtype=bool)
+        alive[: len(self.ids)] = self._alive[: len(self.ids)]
+        self._alive = alive
+        for name, col in self.columns.items():
+            grown = np.zeros(cap, dtype=col.dtype)
+            grown[: len(self.ids)] = col[: len(self.ids)]
+            self.columns[name] = grown
+
+    def _kill(self, r: int) -> None:
+        self.ids[r] = None
+        self._alive[r] = False
+        self._dead += 1
+
+    def upsert(self, ids: list[str], vectors: np.ndarray) -> list[int]:
+        """Write vectors; returns each id's row (its columns are carried over when the
+        vector moves to a new row)."""
+        if not ids:
+            return []
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        self._reserve(len(ids))
+        first_new = len(self.ids)
+        rows: list[int] = []
         for pid, vec in zip(ids, vectors, strict=True):
-            r = self.row.get(pid)
-            if r is None:
-                self.row[pid] = len(self.ids)
-                self.ids.append(pid)
-                new_rows.append(vec)
-            else:
-                self.vectors[r] = vec
-        if new_rows:
-            self.vectors = np.vstack([self.vectors, np.stack(new_rows)])
-        self._faiss = None
+            old = self.row.get(pid)
+            if old is not None and self._faiss is None:
+                self._buf[old] = vec  # no codes to keep in step: overwrite in place
+                rows.append(old)
+                continue
+            r = len(self.ids)
+            if old is not None:  # the FAISS codes hold the old vector: retire its row
+                for col in self.columns.values():
+                    col[r] = col[old]
+                self._kill(old)
+            self.ids.append(pid)
+            self.row[pid] = r
+            self._buf[r] = vec
+            self._alive[r] = True
+            rows.append(r)
+        if self._faiss is not None and len(self.ids) > first_new:
+            self._faiss.add(self._buf[first_new : len(self.ids)])
+        if self._dead > max(1024, len(self.ids) // 4):
+            self.compact()
+            rows = [self.row[pid] for pid in ids]
+        return rows
 
     def remove(self, ids: list[str]) -> None:
-        drop = {self.row[i] for i in ids if i in self.row}
-        if not drop:
-            return
-        keep = [r for r in range(len(self.ids)) if r not in drop]
+        for pid in ids:
+            r = self.row.pop(pid, None)
+            if r is not None:
+                self._kill(r)
+        if self._dead > max(1024, len(self.ids) // 4):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop dead rows (renumbers rows; the FAISS codes are rebuilt on next use)."""
+        keep = np.flatnonzero(self._alive[: len(self.ids)])
+        self._buf = self._buf[keep].copy()
+        self._alive = np.ones(len(keep), dtype=bool)
+        self.columns = {name: col[keep].copy() for name, col in self.columns.items()}
         self.ids = [self.ids[r] for r in keep]
-        self.vectors = self.vectors[keep]
-        self.row = {pid: r for r, pid in enumerate(self.ids)}
+        self.row = {pid: r for r, pid in enumerate(self.ids)}  # type: ignore[misc]
+        self._dead = 0
         self._faiss = None
 
     def vector(self, pid: str) -> np.ndarray | None:
         r = self.row.get(pid)
-        return None if r is None else self.vectors[r]
+        return None if r is None else self._buf[r]
 
     # -- search -----------------------------------------------------------------------
     def use_faiss(self) -> bool:
@@ -84,6 +153,9 @@ class DenseIndex:
         if n == 0 or k <= 0:
             return []
         q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if self._dead:
+            alive = self._alive[:n]
+            mask = alive if mask is None else (mask & alive)
         if self.use_faiss():
             return self._search_faiss(q, k, mask)
         with _one_blas_thread():
@@ -104,12 +176,13 @@ class DenseIndex:
         import faiss
 
         if self._faiss is None:
+            vectors = self.vectors
             index = faiss.IndexScalarQuantizer(
                 self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
             )
             faiss.omp_set_num_threads(1)  # one query at a time: threads only add sync cost
-            index.train(self.vectors)
-            index.add(self.vectors)
+            index.train(vectors)
+            index.add(vectors)
             self._faiss = index
         params = None
         if mask is not None:
@@ -118,16 +191,18 @@ class DenseIndex:
             bits = np.packbits(mask.astype(np.uint8), bitorder="little")
             sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
             params = faiss.SearchParameters(sel=sel)  # `bits` stays alive until search returns
-        fetch = min(max(3 * k, k + 20), len(self))
+        fetch = min(max(3 * k, k + 20), len(self.ids))
         _, idx = self._faiss.search(q[None, :], fetch, params=params)
         rows = idx[0][idx[0] >= 0]
-        exact = self.vectors[rows] @ q
+        exact = self._buf[rows] @ q
         order = np.argsort(-exact, kind="stable")[:k]
         return [(self.ids[rows[i]], float(exact[i])) for i in order]
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: Path, model_id: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        if self._dead:
+            self.compact()
         tmp = directory / "dense.tmp.npy"
         np.save(tmp, self.vectors)
         tmp.replace(directory / "dense.npy")  # atomic: a crash never leaves half a matrix
@@ -154,5 +229,9 @@ class DenseIndex:
             return index
         index.ids = list(meta["ids"])
         index.row = {pid: r for r, pid in enumerate(index.ids)}
-        index.vectors = vectors.astype(np.float32)
+        index._buf = vectors.astype(np.float32)
+        index._alive = np.ones(len(index.ids), dtype=bool)
+        index.columns = {
+            name: np.zeros(len(index.ids), dtype=dt) for name, dt in cls.COLUMNS.items()
+        }
         return index

@@ -27,6 +27,14 @@ class Filters(BaseModel):
         return self
 
 
+def filters_active(f: Filters | None) -> bool:
+    """Whether a filter narrows the catalogue (exclusions aside)."""
+    return bool(
+        f
+        and (f.categories or f.min_price is not None or f.max_price is not None or f.in_stock_only)
+    )
+
+
 class ProductMeta:
     """Per-product columns, with numpy arrays aligned to the dense index rows so a filter is
     a few vectorised comparisons even at 100k+ products."""
@@ -86,10 +94,7 @@ class ProductMeta:
 
     def mask(self, ids: list[str], f: Filters, excluded: set[str]) -> np.ndarray | None:
         """Boolean mask over `ids` (the dense index rows); None when nothing is filtered."""
-        active = (
-            f.categories or f.min_price is not None or f.max_price is not None or f.in_stock_only
-        )
-        if not (active or excluded):
+        if not (filters_active(f) or excluded):
             return None
         self._align(ids)
         m = self._cat_codes >= 0

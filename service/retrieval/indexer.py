@@ -1,22 +1,33 @@
-"""Keeps the dense and lexical indexes in step with the catalogue, incrementally.
+"""Keeps the vector and lexical indexes in step with the catalogue.
 
-The index directory holds state.json (product id -> content hash at indexing time); only
-products whose hash changed are re-encoded, and the encoder's own cache means even those
-cost no model call if their text was seen before.
+Two paths:
+- `sync` (start-up, `recsmith index`): compares every product's content hash with what
+  this process indexed (state.json) and encodes only the products whose text changed (the
+  encoder's cache makes even those free when the text was seen before);
+- `apply_changes` (after a write, here or in another process): reads the catalogue change
+  log (service/catalog/store.py) since the last version applied and touches only those
+  products: no full read of hashes or products, only changed texts encoded, rows appended
+  or updated in place.
+
+With pgvector the vectors are shared in the database, so a product another process already
+encoded is not encoded again (its stored content hash matches); the lexical index is a
+local file and follows the same log.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.catalog.models import Product
 from service.catalog.store import CatalogStore
-from service.retrieval.dense import DenseIndex
 from service.retrieval.encoder import Encoder
-from service.retrieval.filters import ProductMeta
 from service.retrieval.lexical import LexicalIndex
+from service.retrieval.vector_index import MemoryVectorIndex, VectorIndex
+
+_BATCH = 512
 
 
 @dataclass
@@ -25,9 +36,15 @@ class IndexReport:
     encoded: int
     removed: int
     model_calls: int
+    removed_ids: list[str] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, int]:
-        return self.__dict__.copy()
+        return {
+            "total": self.total,
+            "encoded": self.encoded,
+            "removed": self.removed,
+            "model_calls": self.model_calls,
+        }
 
 
 class Indexer:
@@ -35,72 +52,127 @@ class Indexer:
         self,
         store: CatalogStore,
         encoder: Encoder,
-        dense: DenseIndex,
+        index: VectorIndex,
         lexical: LexicalIndex,
-        meta: ProductMeta,
         directory: Path,
+        save_below: int = 20_000,
+        margin: int = 0,
     ) -> None:
-        self.store, self.encoder, self.dense, self.lexical, self.meta = (
-            store,
-            encoder,
-            dense,
-            lexical,
-            meta,
-        )
+        self.store, self.encoder, self.index, self.lexical = store, encoder, index, lexical
         self.directory = directory
+        # Up to this many products the index (and state.json) is saved after each write
+        # (cheap); beyond, at the full sync only (a restart compares hashes once).
+        self.save_below = save_below
+        # Change-log entries re-read below the newest applied: PostgreSQL can commit
+        # sequence numbers out of order (re-applying a change is idempotent).
+        self.margin = margin
         self.state_path = directory / "state.json"
-        self.state: dict[str, str] = {}
-        if self.state_path.exists() and len(dense):
-            self.state = json.loads(self.state_path.read_text())
+        self.state: dict[str, str] = {}  # id -> content hash this process has indexed
+        self.seq = 0  # the catalogue change applied last
+        if self.state_path.exists() and (index.persistent or len(index)):
+            saved = json.loads(self.state_path.read_text())
+            if isinstance(saved.get("hashes"), dict):
+                self.state, self.seq = saved["hashes"], int(saved.get("seq", 0))
+            else:  # the format before the change log: hashes only
+                self.state = saved
 
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    def _index_products(
+        self, products: Sequence[Product], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Encode the products whose vector is stale, write them, refresh their lexical rows
+        and filter columns; returns how many were encoded."""
+        todo = self.index.stale(products, self.state, self.model_id)
+        if todo:
+            vecs = self.encoder.encode([p.embedding_text() for p in todo], progress)
+            self.index.upsert(todo, vecs, self.model_id)
+        lex = [p for p in products if self.state.get(p.id) != p.content_hash()]
+        if lex:
+            self.lexical.upsert(lex)
+        self.index.set_columns((p.id, p.category, p.price, p.in_stock) for p in products)
+        for p in products:
+            self.state[p.id] = p.content_hash()
+        return len(todo)
+
+    def _remove(self, ids: list[str]) -> None:
+        if ids:
+            self.index.remove(ids)
+            self.lexical.remove(ids)
+            for pid in ids:
+                self.state.pop(pid, None)
+
+    # -- the full path -------------------------------------------------------------------
     def sync(
         self,
         progress: Callable[[int], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> IndexReport:
-        hashes = self.store.content_hashes()
-        changed = [
-            pid
-            for pid, h in hashes.items()
-            if self.state.get(pid) != h or pid not in self.dense.row
-        ]
-        removed = [pid for pid in self.state if pid not in hashes]
+        seq, _ = self.store.versions()  # read first: changes during the scan are re-applied
         calls_before = self.encoder.model_calls
+        hashes: dict[str, str] = {}
+        columns = []
+        for pid, h, category, price, in_stock in self.store.index_rows():
+            hashes[pid] = h
+            columns.append((pid, category, price, in_stock))
+        todo = {pid for pid, h in hashes.items() if self.state.get(pid) != h}
+        if self.index.persistent:
+            todo.update(self.index.stale_ids(self.model_id))  # type: ignore[attr-defined]
+        else:
+            todo.update(set(hashes) - self.index.known(hashes))
+        removed = [pid for pid in self.state if pid not in hashes]
+        if isinstance(self.index, MemoryVectorIndex):
+            removed += [pid for pid in self.index.row if pid not in hashes]
+        removed = list(dict.fromkeys(removed))
         if self.lexical.rebuilt:  # a new lexical format: refill it from the store, no encoding
-            todo = set(changed)  # those are upserted below anyway
             unchanged = [pid for pid in hashes if pid not in todo]
-            for start in range(0, len(unchanged), 512):
+            for start in range(0, len(unchanged), _BATCH):
                 self.lexical.upsert(
-                    self.store.get_products(unchanged[start : start + 512]).values()
+                    self.store.get_products(unchanged[start : start + _BATCH]).values()
                 )
             self.lexical.rebuilt = False
         if on_total:
-            on_total(len(changed))
-        for start in range(0, len(changed), 512):
-            ids = changed[start : start + 512]
+            on_total(len(todo))
+        ordered = sorted(todo)
+        encoded = 0
+        for start in range(0, len(ordered), _BATCH):
+            ids = ordered[start : start + _BATCH]
             products = self.store.get_products(ids)
-            batch = [products[i] for i in ids if i in products]
-            vecs = self.encoder.encode([p.embedding_text() for p in batch], progress)
-            self.dense.upsert([p.id for p in batch], vecs)
-            self.lexical.upsert(batch)
-            for p in batch:
-                self.state[p.id] = hashes[p.id]
-        if removed:
-            self.dense.remove(removed)
-            self.lexical.remove(removed)
-            self.meta.remove(removed)
-            for pid in removed:
-                self.state.pop(pid, None)
-        if changed or removed:
+            encoded += self._index_products([products[i] for i in ids if i in products], progress)
+        self._remove(removed)
+        # Filter columns come from the store every time (a price changes without the text).
+        self.index.set_columns(columns)
+        self.seq = max(self.seq, seq)
+        if todo or removed or not self.state_path.exists():
             self.save()
-        # Filter columns always come from the store (prices and stock change without text).
-        self.meta.update(list(self.store.iter_products()))
         return IndexReport(
-            len(hashes), len(changed), len(removed), self.encoder.model_calls - calls_before
+            len(hashes), encoded, len(removed), self.encoder.model_calls - calls_before, removed
+        )
+
+    # -- the incremental path --------------------------------------------------------------
+    def apply_changes(self) -> IndexReport | None:
+        """The products written or deleted since the last version applied (by any process).
+        None when the log no longer reaches back that far (the caller runs `sync`)."""
+        newest, ids, complete = self.store.changes_since(max(0, self.seq - self.margin))
+        if not complete:
+            return None
+        calls_before = self.encoder.model_calls
+        found = self.store.get_products(ids) if ids else {}
+        encoded = self._index_products([found[i] for i in ids if i in found])
+        removed = [i for i in ids if i not in found and (i in self.state or i in self.index)]
+        self._remove(removed)
+        self.seq = max(self.seq, newest)
+        if ids and len(self.state) <= self.save_below:
+            self.save()
+        return IndexReport(
+            len(self.state), encoded, len(removed), self.encoder.model_calls - calls_before, removed
         )
 
     def save(self) -> None:
-        self.dense.save(self.directory, self.encoder.model_id)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.index.save(self.directory, self.model_id)
         tmp = self.directory / "state.tmp.json"
-        tmp.write_text(json.dumps(self.state))
+        tmp.write_text(json.dumps({"seq": self.seq, "hashes": self.state}))
         tmp.replace(self.state_path)

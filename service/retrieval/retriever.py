@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from service.catalog.models import EVENT_WEIGHT
 from service.retrieval.cooccur import CoInteraction
-from service.retrieval.dense import DenseIndex
-from service.retrieval.filters import Filters, ProductMeta
+from service.retrieval.filters import Filters
 from service.retrieval.fusion import Fusion
 from service.retrieval.lexical import LexicalIndex
+from service.retrieval.vector_index import VectorIndex
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: flattens the head, keeps the tail
 
@@ -76,9 +76,8 @@ class Retriever:
     def __init__(
         self,
         encode_query: Callable[[list[str]], np.ndarray],
-        dense: DenseIndex,
+        dense: VectorIndex,
         lexical: LexicalIndex,
-        meta: ProductMeta,
         co: CoInteraction | None = None,
         sequential: SequenceScorer | None = None,
         weights: SourceWeights | None = None,
@@ -88,7 +87,6 @@ class Retriever:
         self.encode_query = encode_query
         self.dense = dense
         self.lexical = lexical
-        self.meta = meta
         self.co = co
         self.sequential = sequential
         self.weights = weights or SourceWeights()
@@ -130,62 +128,60 @@ class Retriever:
             excluded |= purchased
         if req.seed_product_id:
             excluded.add(req.seed_product_id)
-        mask = self.meta.mask(self.dense.ids, f, excluded)
         # Each source over-fetches so fusion has room to reorder.
         depth = max(req.k * 3, 50)
         ranked: dict[str, list[tuple[str, float]]] = {}
+        # The dense index filters inside its search (in SQL for pgvector); the other
+        # sources' lists are filtered by it in one call each.
+        test = self.dense.allows(f, excluded)
 
-        def allowed(pid: str) -> bool:
-            return self.meta.allowed(pid, f, excluded)
+        def keep(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
+            if test is not None:
+                return [(p, s) for p, s in items if test(p)][:depth]
+            ok = self.dense.allowed([p for p, _ in items], f, excluded)
+            return [(p, s) for p, s in items if p in ok][:depth]
 
         item_weights = self.profile_weights(history) if history else {}
         if item_weights:
-            vecs, ws = [], []
-            for pid, w in item_weights.items():
-                v = self.dense.vector(pid)
-                if v is not None:
-                    vecs.append(v)
-                    ws.append(w)
+            stored = self.dense.vectors(list(item_weights))
+            vecs = [stored[p] for p in item_weights if p in stored]
+            ws = [w for p, w in item_weights.items() if p in stored]
             if vecs:
                 profile = np.average(np.stack(vecs), axis=0, weights=np.asarray(ws))
                 profile /= np.linalg.norm(profile) + 1e-12
-                ranked["dense_history"] = self.dense.search(profile, depth, mask)
+                ranked["dense_history"] = self.dense.search(profile, depth, f, excluded)
             if self.co:
                 # Over-fetch past the excluded items too: a heavy user's own items fill the top.
                 fetch = depth * 3 + len(excluded)
-                ranked["co_interaction"] = [
-                    (p, s) for p, s in self.co.neighbours(item_weights, fetch) if allowed(p)
-                ][:depth]
-                ranked["item_knn"] = [
-                    (p, s)
-                    for p, s in self.co.recent_neighbours([p for p, _ in history], fetch)
-                    if allowed(p)
-                ][:depth]
+                ranked["co_interaction"] = keep(self.co.neighbours(item_weights, fetch))
+                ranked["item_knn"] = keep(self.co.recent_neighbours([p for p, _ in history], fetch))
+                ranked["next_item"] = keep(self.co.next_neighbours([p for p, _ in history], fetch))
             if self.sequential is not None:
                 # A broken trained model must not break retrieval.
                 with contextlib.suppress(Exception):
                     seq = [p for p, _ in history]
-                    ranked["sequential"] = self.sequential.top_k(seq, depth, allowed)
+                    if test is not None:
+                        ranked["sequential"] = self.sequential.top_k(seq, depth, test)
+                    else:  # no per-id test (pgvector): over-fetch, then filter in one query
+                        wide = self.sequential.top_k(
+                            seq, depth * 4 + len(excluded), lambda p: p not in excluded
+                        )
+                        ranked["sequential"] = keep(wide)
         if req.query and req.query.strip():
             q = self.encode_query([req.query.strip()])[0]
-            ranked["dense_query"] = self.dense.search(q, depth, mask)
-            lex = self.lexical.search(req.query, depth * 3)
-            ranked["lexical"] = [(p, s) for p, s in lex if allowed(p)][:depth]
+            ranked["dense_query"] = self.dense.search(q, depth, f, excluded)
+            ranked["lexical"] = keep(self.lexical.search(req.query, depth * 3))
         if req.seed_product_id:
             v = self.dense.vector(req.seed_product_id)
             if v is not None:
-                ranked["similar"] = self.dense.search(v, depth, mask)
+                ranked["similar"] = self.dense.search(v, depth, f, excluded)
             if self.co:
-                ranked["co_interaction_seed"] = [
-                    (p, s)
-                    for p, s in self.co.neighbours({req.seed_product_id: 1.0}, depth * 3)
-                    if allowed(p)
-                ][:depth]
+                ranked["co_interaction_seed"] = keep(
+                    self.co.neighbours({req.seed_product_id: 1.0}, depth * 3)
+                )
         if not any(ranked.values()) and self.co:
             # Cold start: nothing personal to go on, so the most popular allowed items.
-            ranked["popularity"] = [
-                (p, s) for p, s in self.co.most_popular(depth * 5) if allowed(p)
-            ][:depth]
+            ranked["popularity"] = keep(self.co.most_popular(depth * 5))
         return ranked
 
     def source_weight(self, source: str) -> float:
@@ -198,7 +194,7 @@ class Retriever:
             return w.lexical
         if source.startswith("co_interaction"):
             return w.co_interaction
-        if source == "item_knn":
+        if source in ("item_knn", "next_item"):  # both unweighted until a fusion is fitted
             return w.item_knn
         if source == "sequential":
             return w.sequential

@@ -1,0 +1,294 @@
+"""The pgvector index: product vectors in the database (`product_vectors`, float4[] beside
+the products), an HNSW index on `embedding::vector(dim)` with cosine ops, the business
+filters in the same SQL statement. Every API process and host reads the same rows, so
+there is nothing to keep in step after a write.
+
+Filtered search on pgvector 0.6.2 (what the pgserver wheel bundles; iterative index scans
+arrived in 0.8): an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
+applied after it, so a selective filter can leave fewer than k. Hence, per query, the
+planner's estimate of the rows the filter keeps decides:
+- few (≤ `exact_below`): exact search over those rows (a b-tree/heap scan, then distances);
+- otherwise HNSW with ef_search raised by 1/selectivity (at most 1000, pgvector's cap) so
+  about ef_search allowed candidates survive the filter; when fewer than k come back
+  anyway, the exact search answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
+
+from service.catalog.models import Product
+from service.config import ConfigError
+from service.retrieval.filters import Filters, filters_active
+from service.retrieval.vector_index import Hits, VectorIndex
+from service.retrieval.vector_index_tables import ProductVectorRow
+
+EF_MAX = 1000  # pgvector's upper bound of hnsw.ef_search
+
+
+def _literal(vec: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vec, dtype=np.float32).ravel()) + "]"
+
+
+class PgVectorIndex(VectorIndex):
+    persistent = True
+
+    def __init__(
+        self,
+        engine: Engine,
+        dim: int,
+        ef_search: int = 100,
+        exact_below: int = 10_000,
+        m: int = 16,
+        ef_construction: int = 64,
+    ) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ConfigError(
+                "RECSMITH_VECTOR_INDEX=pgvector needs a PostgreSQL database "
+                f"(RECSMITH_DATABASE_URL=postgresql+psycopg://…), not {engine.dialect.name}"
+            )
+        self.engine, self.dim = engine, dim
+        self.ef_search, self.exact_below = ef_search, exact_below
+        self.m, self.ef_construction = m, ef_construction
+        self._vec = f"vector({dim})"
+        self._dist = f"(v.embedding::{self._vec} <=> CAST(:q AS {self._vec}))"
+        self.ensure()
+
+    @property
+    def index_name(self) -> str:
+        return f"ix_product_vectors_hnsw_{self.dim}"
+
+    def ensure(self, with_hnsw: bool = True) -> None:
+        """The extension and the indexes (idempotent). `with_hnsw=False` defers the HNSW
+        index: a bulk load builds it once afterwards (build_hnsw), much faster."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        except DBAPIError as e:
+            raise ConfigError(
+                "RECSMITH_VECTOR_INDEX=pgvector: the PostgreSQL server cannot create the "
+                f"`vector` extension (pgvector not installed?): {str(e.orig).strip()[:200]}"
+            ) from None
+        with self.engine.begin() as c:
+            # Category filters compare lower-cased names, as the in-process index does.
+            c.execute(
+                text(
+                    "CREATE INDEX IF NOT EXISTS ix_products_category_lower "
+                    "ON products (lower(category))"
+                )
+            )
+        if with_hnsw:
+            self.build_hnsw()
+
+    def build_hnsw(self) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                text(
+                    f"CREATE INDEX IF NOT EXISTS {self.index_name} ON product_vectors "
+                    f"USING hnsw ((embedding::{self._vec}) vector_cosine_ops) "
+                    f"WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)})"
+                )
+            )
+
+    # -- reads ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(text("SELECT count(*) FROM product_vectors")).scalar() or 0)
+
+    def known(self, ids: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return set()
+        with self.engine.connect() as c:
+            rows = c.execute(
+                text("SELECT product_id FROM product_vectors WHERE product_id = ANY(:ids)"),
+                {"ids": ids},
+            )
+            return {r[0] for r in rows}
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        with self.engine.connect() as c:
+            rows = c.execute(
+                text(
+                    "SELECT product_id, embedding FROM product_vectors "
+                    "WHERE product_id = ANY(:ids) AND embedding IS NOT NULL"
+                ),
+                {"ids": list(ids)},
+            )
+            return {pid: np.asarray(e, dtype=np.float32) for pid, e in rows}
+
+    @staticmethod
+    def _where(filters: Filters | None, excluded: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        clauses, params = ["TRUE"], {}
+        f = filters or Filters()
+        if f.categories:
+            clauses.append("lower(p.category) = ANY(:cats)")
+            params["cats"] = sorted({c.lower() for c in f.categories})
+        if f.min_price is not None:
+            clauses.append("p.price >= :min_price")
+            params["min_price"] = f.min_price
+        if f.max_price is not None:
+            clauses.append("p.price <= :max_price")
+            params["max_price"] = f.max_price
+        if f.in_stock_only:
+            clauses.append("p.in_stock")
+        if excluded:
+            clauses.append("p.id <> ALL(:excluded)")
+            params["excluded"] = list(excluded)
+        return " AND ".join(clauses), params
+
+    def estimate(self, filters: Filters | None) -> tuple[float, float]:
+        """(rows the filter keeps, all rows): the planner's estimates, no scan."""
+        where, params = self._where(filters, [])
+        with self.engine.connect() as c:
+            total = c.execute(
+                text("SELECT reltuples FROM pg_class WHERE relname = 'product_vectors'")
+            ).scalar()
+            plan = c.execute(
+                text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE {where}"), params
+            ).scalar()
+        rows = float(plan[0]["Plan"]["Plan Rows"])
+        return rows, float(total) if total and total > 0 else rows
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        excluded: Iterable[str] = (),
+    ) -> Hits:
+        if k <= 0:
+            return []
+        excluded = sorted(set(excluded))
+        ef = max(self.ef_search, k)
+        if filters_active(filters):
+            matching, total = self.estimate(filters)
+            if matching <= self.exact_below:
+                return self.exact(query, k, filters, excluded)
+            ef = math.ceil(ef * total / max(matching, 1.0))
+        ef = min(ef + len(excluded), EF_MAX)
+        where, params = self._where(filters, excluded)
+        sql = (
+            f"SELECT v.product_id, 1 - {self._dist} AS score FROM product_vectors v "
+            f"JOIN products p ON p.id = v.product_id WHERE {where} "
+            f"ORDER BY v.embedding::{self._vec} <=> CAST(:q AS {self._vec}) LIMIT :k"
+        )
+        with self.engine.begin() as c:
+            c.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+            hits = [
+                (pid, float(s))
+                for pid, s in c.execute(text(sql), {**params, "q": _literal(query), "k": k})
+            ]
+        if len(hits) < k and filters_active(filters):
+            return self.exact(query, k, filters, excluded)  # the graph ran dry: be exact
+        return hits
+
+    def exact(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        excluded: Iterable[str] = (),
+    ) -> Hits:
+        """Exact search (no graph): the ground truth, and the plan for selective filters.
+        `+ 0` keeps the planner off the HNSW index."""
+        where, params = self._where(filters, sorted(set(excluded)))
+        sql = (
+            f"SELECT v.product_id, 1 - {self._dist} AS score FROM product_vectors v "
+            f"JOIN products p ON p.id = v.product_id WHERE {where} "
+            f"ORDER BY {self._dist} + 0, v.product_id LIMIT :k"
+        )
+        with self.engine.begin() as c:
+            rows = c.execute(text(sql), {**params, "q": _literal(query), "k": k})
+            return [(pid, float(s)) for pid, s in rows]
+
+    def allowed(self, ids: Sequence[str], filters: Filters, excluded: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return set()
+        where, params = self._where(filters, sorted(set(excluded)))
+        sql = (
+            "SELECT p.id FROM products p JOIN product_vectors v ON v.product_id = p.id "
+            f"WHERE p.id = ANY(:ids) AND {where}"
+        )
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(text(sql), {**params, "ids": ids})}
+
+    def stale(
+        self, products: Sequence[Product], hashes: Mapping[str, str], model_id: str
+    ) -> list[Product]:
+        if not products:
+            return []
+        with self.engine.connect() as c:
+            stored = dict(
+                c.execute(
+                    text(
+                        "SELECT product_id, content_hash FROM product_vectors "
+                        "WHERE product_id = ANY(:ids) AND model_id = :model"
+                    ),
+                    {"ids": [p.id for p in products], "model": model_id},
+                ).all()
+            )
+        return [p for p in products if stored.get(p.id) != p.content_hash()]
+
+    def stale_ids(self, model_id: str) -> list[str]:
+        """Every product without a current vector (the full sync's one query)."""
+        sql = (
+            "SELECT p.id FROM products p LEFT JOIN product_vectors v ON v.product_id = p.id "
+            "WHERE v.product_id IS NULL OR v.content_hash <> p.content_hash "
+            "OR v.model_id <> :model ORDER BY p.id"
+        )
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(text(sql), {"model": model_id})]
+
+    # -- writes --------------------------------------------------------------------------
+    def upsert(self, products: Sequence[Product], vectors: np.ndarray, model_id: str) -> None:
+        if not products:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(products), self.dim)
+        rows = [
+            {
+                "product_id": p.id,
+                "model_id": model_id,
+                "content_hash": p.content_hash(),
+                "embedding": v.tolist(),
+            }
+            for p, v in zip(products, vectors, strict=True)
+        ]
+        stmt = pg_insert(ProductVectorRow)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["product_id"],
+            set_={c: stmt.excluded[c] for c in ("model_id", "content_hash", "embedding")},
+        )
+        with self.engine.begin() as c:
+            # A product deleted meanwhile has no row to point at: write only living ones.
+            alive = {
+                r[0]
+                for r in c.execute(
+                    text("SELECT id FROM products WHERE id = ANY(:ids) FOR SHARE"),
+                    {"ids": [r["product_id"] for r in rows]},
+                )
+            }
+            rows = [r for r in rows if r["product_id"] in alive]
+            if rows:
+                c.execute(stmt, rows)
+
+    def set_columns(self, rows: Iterable[tuple[str, str, float | None, bool]]) -> None:
+        """The filters read the products table itself: nothing to copy."""
+
+    def remove(self, ids: Sequence[str]) -> None:
+        if ids:
+            with self.engine.begin() as c:
+                c.execute(
+                    text("DELETE FROM product_vectors WHERE product_id = ANY(:ids)"),
+                    {"ids": list(ids)},
+                )
