@@ -483,10 +483,14 @@ def run_job(
             claim = claim_batch(engine, worker_id, lease_s=lease_s, job_id=job_id,
                                 max_attempts=settings.worker_max_attempts)  # fmt: skip
             if claim is None:
-                if settle_job(engine, job_id, lease_s) == "done" or not shared:
+                if _cancel_requested(engine, job_id):
+                    break  # asked between the check above and the claim
+                if not shared:  # nothing pending (claims of dead runs were claimable)
                     return _finish(engine, job_id, "done")
-                if get_job(job_id, settings=settings).status != "running":
-                    return get_job(job_id, settings=settings)
+                settle_job(engine, job_id, lease_s)
+                now = get_job(job_id, settings=settings)
+                if now.status != "running":
+                    return now
                 beating.wait(settings.worker_poll_s)  # the rest is held by live workers
                 continue
             run_batch(engine, writer, claim, options, worker_id)

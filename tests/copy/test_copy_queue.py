@@ -158,6 +158,24 @@ def test_a_clean_release_gives_items_back_uncounted(pg: Settings) -> None:
     assert again is not None and len(again.items) == 3
 
 
+def test_a_model_that_is_down_gives_the_batch_back_uncounted(pg: Settings) -> None:
+    """An LLMError says nothing about the products: the worker returns them to the queue
+    (attempts unchanged), and the next worker with a model writes them."""
+    from service.llm.base import LLMError
+    from service.worker import Worker
+
+    job = jobs.create_job("title", category="Cycling", limit=2, batch_size=2, settings=pg)
+    down = FakeLLM(pg, error=LLMError("connection refused"))
+    w = Worker(pg, lambda: CopyWriter(pg, llm=down), concurrency=1)
+    assert w.run_once(CopyWriter(pg, llm=down)) is True
+    items = _items(pg, job.id)
+    assert all(i.status == "pending" and i.worker_id is None and i.attempts == 0 for i in items)
+    up = Worker(pg, lambda: CopyWriter(pg, llm=FakeLLM(pg, writes_names())), concurrency=1)
+    assert up.run_once(CopyWriter(pg, llm=FakeLLM(pg, writes_names()))) is True
+    assert up.run_once(CopyWriter(pg, llm=FakeLLM(pg, writes_names()))) is False
+    assert jobs.get_job(job.id, settings=pg).status == "done" and up.done == 2
+
+
 def test_cancel_waits_for_the_batches_in_flight(pg: Settings) -> None:
     engine = get_engine(pg.db_url)
     job = jobs.create_job("title", category="Cycling", limit=6, batch_size=2, settings=pg)
