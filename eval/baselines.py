@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from eval.split import history_matrix
+from service.offline.split import history_matrix
 
 EASE_MAX_ITEMS = 12_000
 EASE_LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)

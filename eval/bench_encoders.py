@@ -202,10 +202,10 @@ def lexical_before_after() -> dict[str, Any]:
 def content_row(encoder_model: str, kind: str = "passage") -> dict[str, Any]:
     """The ML-100k content-only baseline with one encoder (the harness's split, metrics)."""
     from eval.baselines import ContentMean
-    from eval.datasets import load
     from eval.ranking import evaluate_baseline, sample_rows
-    from eval.split import leave_last_two_out
     from service.config import Settings
+    from service.offline.datasets import load
+    from service.offline.split import leave_last_two_out
     from service.retrieval.encoder import get_encoder
 
     s = Settings()

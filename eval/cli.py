@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +18,17 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+)
+
+from eval.learned import run_learned
+from service.cli_support import fail, out, progress_bar
+from service.offline.pipeline import Reporter
+from service.training.cli import (
+    DataDirOpt,
+    TieOpt,
+    load_dataset_split,
+    settings_for,
+    train_app,
 )
 
 eval_app = typer.Typer(help="Offline evaluation on real data.", no_args_is_help=True)
@@ -94,9 +107,9 @@ def ranking(
     tag: Annotated[str, typer.Option(help="suffix for the result file names")] = "",
 ) -> None:
     """Ranking quality (Recall/NDCG@5/10/20, MRR) of every method side by side."""
-    from eval.datasets import DatasetError, load, load_files
     from eval.ranking import run_ranking
     from eval.report import print_table, write_report
+    from service.offline.datasets import DatasetError, load, load_files
 
     if tie_break not in ("item_id", "original"):
         raise typer.BadParameter("use item_id or original", param_hint="--tie-break")
@@ -182,7 +195,7 @@ def copy_eval(
 ) -> None:
     """Summaries of the ComparEdge catalogue: checks pass rate, length, language, ROUGE-L."""
     from eval.copy_eval import run_copy_eval, write_copy_report
-    from eval.datasets import DatasetError
+    from service.offline.datasets import DatasetError
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -239,3 +252,99 @@ def report(
         tag="",
     )
     copy_eval(limit=copy_limit, max_words=25, seed=0, out=out)
+
+
+# Mounted as `recsmith train evaluate`, beside the training it scores; evaluation code, so it
+# lives here (training never imports eval/).
+@train_app.command("evaluate")
+def evaluate_learned(
+    dataset: Annotated[str, typer.Option(help="ml-100k | book-crossing")] = "ml-100k",
+    tie_break: TieOpt = "item_id",
+    rerank_users: Annotated[int, typer.Option(help="seeded sample for the LLM rerankers")] = 40,
+    seed: int = 0,
+    tuned: Annotated[bool, typer.Option(help="also the LoRA-tuned verbalizer")] = True,
+    data_dir: DataDirOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder")] = Path("eval/results"),
+    command: Annotated[
+        str, typer.Option(help="the training commands, recorded in the report")
+    ] = "",
+) -> None:
+    """Test-target metrics of the saved models (train them with --dataset first): SASRec on
+    every user, its top-20 reranked by the base and the LoRA-tuned verbalizer on a sample.
+    Writes <date>-learned-<dataset>.json and .md under --out."""
+    from service.training.lora import AdapterError
+    from service.training.sequential import SequentialModelError
+
+    settings = settings_for(data_dir)
+    ds, split = load_dataset_split(dataset, tie_break)
+
+    with progress_bar() as bar:
+
+        class _Rep(Reporter):
+            task: Any = None
+
+            def stage(self, label: str, total: int | None = None) -> None:
+                self.task = bar.add_task(label, total=total)
+
+            def advance(self, n: int = 1) -> None:
+                if self.task is not None:
+                    bar.advance(self.task, n)
+
+        try:
+            run = run_learned(ds, split, settings, rerank_users, seed, _Rep(), tuned)
+        except (SequentialModelError, AdapterError) as e:
+            raise fail(str(e)) from None
+    run["command"] = "recsmith train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    run["training_commands"] = [c for c in command.split(";") if c.strip()]
+    run["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{datetime.now(UTC):%Y-%m-%d}-learned-{dataset}"
+    stem.with_suffix(".json").write_text(json.dumps(run, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(_learned_markdown(run))
+    out.print(_learned_markdown(run), markup=False, soft_wrap=True)
+    console.print(f"wrote {stem}.json and {stem}.md")
+
+
+def _learned_markdown(run: dict[str, Any]) -> str:
+    lines = [
+        f"# Learned ranking on {run['dataset']}",
+        "",
+        f"Test target (last item), full ranking over unseen items, time ties by "
+        f"{run['tie_break']}. {run['stats']['users']} users, {run['stats']['products']} items.",
+        "",
+        "| method | users | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | MRR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in run["results"]:
+        t = r["test"]
+        lines.append(
+            f"| {r['name']} | {r['users']} | {t['recall@10']:.4f} | {t['ndcg@10']:.4f} | "
+            f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f} | {t['mrr']:.4f} |"
+        )
+    st = run["sasrec_training"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- SASRec: best epoch {st.get('best_epoch')} of {st.get('epochs_run')} "
+        f"(stopped: {st.get('stopped')}), {st.get('train_s')} s wall, "
+        f"{st.get('train_cpu_s')} s CPU, {st.get('threads')} thread(s); "
+        f"validation NDCG@10 {st.get('val', {}).get('ndcg@10', float('nan')):.4f}.",
+    ]
+    lt = run.get("lora_training")
+    if lt:
+        vb, va = lt.get("val_before") or {}, lt.get("val_after") or {}
+        lines.append(
+            f"- LoRA: {lt.get('examples')} prompts, {lt.get('steps')}/{lt.get('total_steps')} "
+            f"steps, {lt.get('train_s')} s on {lt.get('device')}; on {lt.get('val_examples')} "
+            f"validation prompts (ground truth among the 20): accuracy "
+            f"{vb.get('accuracy', float('nan')):.3f} → {va.get('accuracy', float('nan')):.3f}, "
+            f"NDCG@10 {vb.get('ndcg@10', float('nan')):.4f} → "
+            f"{va.get('ndcg@10', float('nan')):.4f}."
+        )
+    for r in run["results"]:
+        if r.get("note"):
+            lines.append(f"- {r['name']}: {r['note']}")
+    lines += ["", "## Commands", "", "```"]
+    lines += [c.strip() for c in run.get("training_commands", [])] + [run["command"], "```", ""]
+    return "\n".join(lines)

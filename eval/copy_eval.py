@@ -22,8 +22,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import SOURCES, PackagedData, fetch
 from service.catalog.models import Product
+from service.offline.datasets import SOURCES, PackagedData, fetch
 
 COMPAREDGE = PackagedData(
     key="comparedge",

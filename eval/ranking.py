@@ -24,50 +24,37 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from eval.baselines import EASE, EASE_LAMBDAS, EASE_MAX_ITEMS, Method, default_methods
-from eval.datasets import Dataset
-from eval.fusion_fit import FitResult, data_version, fit_fusion
-from eval.metrics import KS, TargetRanks, ranks_from_lists, summarize, target_ranks
-from eval.split import Split, Target, TieBreak, leave_last_two_out
-from service.catalog.models import Event, Interaction, Product
+from service.catalog.models import Product
+from service.offline.datasets import Dataset
+from service.offline.metrics import KS, TargetRanks, ranks_from_lists, summarize, target_ranks
+from service.offline.pipeline import (
+    HISTORY_LIMIT,
+    PIPELINE_K,
+    Encoder,
+    Reporter,
+    default_encoder,
+)
+from service.offline.pipeline import application_over as _application_over
+from service.offline.pipeline import source_lists as _source_lists
+from service.offline.split import Split, Target, TieBreak, leave_last_two_out
 from service.retrieval.fusion import Fusion
-from service.retrieval.retriever import RRF_K, Candidate, RetrievalRequest
+from service.retrieval.retriever import RRF_K, Candidate
+from service.training.fusion_fit import (
+    FitResult,
+    data_version,
+    fit_fusion_on_validation,
+)
 
 SHORTLIST = 20
-HISTORY_LIMIT = 200  # what Recsmith.history() hands the retriever for a known user
 RERANK_HISTORY = 10  # history items shown to a reranker, as service.recommend does
 SCORE_BATCH = 256
-
-
-class Encoder(Protocol):
-    """What the harness needs from service.retrieval.encoder.Encoder (tests pass a fake)."""
-
-    dim: int
-    model_id: str
-    model_calls: int
-
-    def encode(
-        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
-    ) -> Any: ...
-
-
-class Reporter:
-    """Progress hooks; the CLI draws them with rich, the library stays quiet."""
-
-    def stage(self, label: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
 
 
 @dataclass
@@ -191,16 +178,6 @@ def encoder_label(encoder: Encoder) -> str:
     return "MiniLM" if "minilm" in mid.lower() else Path(mid).name
 
 
-def default_encoder() -> Encoder:
-    """The packaged all-MiniLM-L6-v2, with the data directory's embedding cache."""
-    from service.config import Settings
-    from service.retrieval.encoder import get_encoder
-
-    s = Settings()
-    cache = s.data_dir / "cache" / "embeddings.sqlite"
-    return get_encoder(s.encoder_model, s.encoder_batch_size, s.encoder_max_length, str(cache))
-
-
 # -- recsmith retrieval ----------------------------------------------------------------------
 @dataclass
 class RerankCase:
@@ -230,118 +207,17 @@ def _history_products_for(split: Split, rows: np.ndarray) -> list[list[str]]:
     return [[split.item_ids[i] for i in hist[r]] for r in rows]
 
 
-def _ingest_histories(rs: Any, ds: Dataset, split: Split, target: Target = "test") -> int:
-    """Products, and every user's history for `target` (never that target, nor anything
-    after it). Each rated item is stored as a purchase, so the service's own
-    exclude-purchased filter hides what the user has seen, as the protocol requires (one
-    event kind for all: rankings are the same as with ratings). Times are synthetic, one
-    second apart in split order, so the store replays the split's order (ties included)."""
-    for start in range(0, len(ds.products), 2000):
-        rs.store.upsert_products(ds.products[start : start + 2000])
-    t0 = datetime(2000, 1, 1, tzinfo=UTC)
-    batch: list[Interaction] = []
-    n = 0
-    for user, hist in zip(split.users, split.history(target), strict=True):
-        for pos, item in enumerate(hist):
-            batch.append(
-                Interaction(
-                    user_id=user,
-                    product_id=split.item_ids[item],
-                    event=Event.purchase,
-                    ts=t0 + timedelta(seconds=pos),
-                )
-            )
-        if len(batch) >= 20_000:
-            n += rs.store.add_interactions(batch)
-            batch = []
-    n += rs.store.add_interactions(batch)
-    return n
-
-
 SOURCE_LABELS = {
     "dense_history": "recsmith retrieval: dense history (MiniLM profile)",
     "co_interaction": "recsmith retrieval: co-interaction (window)",
     "item_knn": "recsmith retrieval: item-kNN (last 20, 0.5^age)",
+    "next_item": "recsmith retrieval: next-item transitions (last 20, 0.5^age)",
     "sequential": "recsmith retrieval: SASRec (sequential source)",
 }
 HYBRID_FITTED = "recsmith retrieval: hybrid, fitted fusion"
 HYBRID_RRF = "recsmith retrieval: hybrid, default RRF weights (before fitting)"
 PIPELINE = "recsmith pipeline"
-PIPELINE_K = 50  # items asked of recommend(); the rest of the catalogue counts as misses
 POOL = 10**9  # fuse() cut-off that keeps every candidate of every source
-
-
-def _application_over(
-    root: Path,
-    encoder: Encoder,
-    ds: Dataset,
-    split: Split,
-    target: Target,
-    sequential: Path | None = None,
-) -> Any:
-    """The service's `Application` over `root` holding every user's history for `target`,
-    sharing `encoder` (and its embedding cache) with the content baseline; `sequential`: a
-    trained model folder put where the service loads it from (DATA_DIR/models/sequential)."""
-    import shutil
-
-    from service.application import Application
-    from service.config import Settings
-
-    if sequential is not None:
-        shutil.copytree(sequential, root / "models" / "sequential")
-    app = Application(Settings(data_dir=root, database_url=""), encoder=encoder)
-    _ingest_histories(app.engine, ds, split, target)
-    app.sync_index()
-    return app
-
-
-def _source_lists(
-    rs: Any, split: Split, rows: np.ndarray, target: Target, k: int, reporter: Reporter
-) -> tuple[list[dict[str, list[tuple[str, float]]]], list[float]]:
-    """Every source's list per user, from the service's own `Retriever.source_lists`."""
-    hist = split.history(target)
-    out, latency = [], []
-    for r in rows:
-        ids = [split.item_ids[i] for i in hist[r]]
-        recent = [(pid, Event.purchase.value) for pid in ids[-HISTORY_LIMIT:]]
-        req = RetrievalRequest(user_id=split.users[r], k=k)
-        t0 = time.perf_counter()
-        out.append(rs.retriever.source_lists(req, history=recent, purchased=set(ids)))
-        latency.append(time.perf_counter() - t0)
-        reporter.advance()
-    return out, latency
-
-
-def fit_fusion_on_validation(
-    ds: Dataset,
-    split: Split,
-    rows: np.ndarray,
-    encoder: Encoder,
-    k: int = PIPELINE_K,
-    reporter: Reporter | None = None,
-    sequential: Path | None = None,
-) -> FitResult:
-    """Source lists for each user's validation history (a store that never holds a
-    validation or test item), then the fusion fitted on the validation items."""
-    reporter = reporter or Reporter()
-    with tempfile.TemporaryDirectory(prefix="recsmith-fusion-") as tmp:
-        reporter.stage("fusion: ingest + index validation histories")
-        rs = _application_over(Path(tmp), encoder, ds, split, "val", sequential).engine
-        reporter.stage("fusion: source lists on the validation target", len(rows))
-        lists, _lat = _source_lists(rs, split, rows, "val", k, reporter)
-        reporter.stage("fusion: fit")
-        val_targets = split.targets("val")
-        targets = [split.item_ids[val_targets[r]] for r in rows]
-        sources = sorted({s for ranked in lists for s in ranked})
-        defaults = {s: rs.retriever.source_weight(s) for s in sources}
-        hist = split.history("val")
-        info = {
-            "dataset": ds.name,
-            "data_version": data_version(ds.name, [hist[r] for r in rows], split.tie_break),
-            "encoder_id": str(encoder.model_id),
-            "retrieval_k": k,
-        }
-        return fit_fusion(lists, targets, defaults, info)
 
 
 def _train_sequential(split: Split, root: Path, minutes: float, reporter: Reporter) -> Path:

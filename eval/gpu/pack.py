@@ -87,10 +87,10 @@ def join_parts(pack: Path, meta: dict[str, Any], dest: Path) -> Path:
 def encode_cases(cases: dict[str, list[Any]], limits: dict[str, int | None]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from eval.datasets import load
     from eval.ranking import RERANK_HISTORY
     from service.config import get_settings
     from service.llm.prepare import resolve_model_path
+    from service.offline.datasets import load
     from service.training.lora import RankExample, encode_prompt, label_token_ids, prompt_messages
 
     path = resolve_model_path(get_settings())

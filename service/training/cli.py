@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from service.cli_support import console, fail, out, progress_bar
+from service.cli_support import fail, out, progress_bar
 
 train_app = typer.Typer(
     help="Train the sequential retriever and the LoRA reranker.", no_args_is_help=True
@@ -28,7 +28,7 @@ TieOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the metrics as JSON")]
 
 
-def _settings(data_dir: Path | None) -> Any:
+def settings_for(data_dir: Path | None) -> Any:
     from service.config import Settings, get_settings
 
     base = get_settings()
@@ -42,9 +42,9 @@ def _settings(data_dir: Path | None) -> Any:
     return s
 
 
-def _load_dataset(name: str, tie_break: str) -> tuple[Any, Any]:
-    from eval.datasets import DatasetError, load
-    from eval.split import leave_last_two_out
+def load_dataset_split(name: str, tie_break: str) -> tuple[Any, Any]:
+    from service.offline.datasets import DatasetError, load
+    from service.offline.split import leave_last_two_out
 
     if tie_break not in ("item_id", "original"):
         raise typer.BadParameter("use item_id or original", param_hint="--tie-break")
@@ -101,7 +101,7 @@ def retriever(
 
     if loss not in ("ce", "bce"):
         raise typer.BadParameter("use ce or bce", param_hint="--loss")
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     cfg = SASRecConfig(
         loss=loss,
         lr=lr,
@@ -124,7 +124,7 @@ def retriever(
 
         try:
             if dataset:
-                ds, split = _load_dataset(dataset, tie_break)
+                ds, split = load_dataset_split(dataset, tie_break)
                 rows = _rows(ds)
                 bar.update(task, description=f"training on {dataset} ({len(split.users)} users)")
                 metrics = train_on_sequences(
@@ -235,7 +235,7 @@ def reranker(
         raise typer.BadParameter("needs --dataset", param_hint="--candidates pipeline")
     if minutes is not None:
         max_minutes = minutes
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     cfg = LoraTrainConfig(
         examples=examples,
         val_examples=val_examples,
@@ -336,7 +336,7 @@ def _pipeline_source(
 ) -> tuple[list[Any], list[Any], dict[str, Any], str]:
     """Prompts from the served pipeline's shortlists (service.training.rerank_data): the
     first `users` training users of the seeded order, each with up to `cuts` cut points."""
-    from eval.datasets import load
+    from service.offline.datasets import load
     from service.training.lora import RankExample
     from service.training.rerank_data import make_cases_file
 
@@ -366,7 +366,7 @@ def _dataset_source(name: str, tie_break: str, settings: Any) -> tuple[Any, Any,
     from service.training.lora import AdapterError
     from service.training.sequential import SequentialModelError, model_dir, read_model
 
-    ds, split = _load_dataset(name, tie_break)
+    ds, split = load_dataset_split(name, tie_break)
     try:
         scorer = read_model(model_dir(settings))
     except SequentialModelError as e:
@@ -401,103 +401,3 @@ def _store_source(settings: Any) -> tuple[Any, Any, Any, str]:
         return [c.product_id for c in rs.retriever.candidates(req, history=hist)]
 
     return seqs, retrieve, rs.store.get_products(item_ids), "recsmith retriever"
-
-
-@train_app.command("evaluate")
-def evaluate(
-    dataset: Annotated[str, typer.Option(help="ml-100k | book-crossing")] = "ml-100k",
-    tie_break: TieOpt = "item_id",
-    rerank_users: Annotated[int, typer.Option(help="seeded sample for the LLM rerankers")] = 40,
-    seed: int = 0,
-    tuned: Annotated[bool, typer.Option(help="also the LoRA-tuned verbalizer")] = True,
-    data_dir: DataDirOpt = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="results folder")] = Path("eval/results"),
-    command: Annotated[
-        str, typer.Option(help="the training commands, recorded in the report")
-    ] = "",
-) -> None:
-    """Test-target metrics of the saved models (train them with --dataset first): SASRec on
-    every user, its top-20 reranked by the base and the LoRA-tuned verbalizer on a sample.
-    Writes <date>-learned-<dataset>.json and .md under --out."""
-    import shlex
-    import sys
-    from datetime import UTC, datetime
-
-    from eval.ranking import Reporter
-    from service.training.evaluate import run_learned
-    from service.training.lora import AdapterError
-    from service.training.sequential import SequentialModelError
-
-    settings = _settings(data_dir)
-    ds, split = _load_dataset(dataset, tie_break)
-
-    with progress_bar() as bar:
-
-        class _Rep(Reporter):
-            task: Any = None
-
-            def stage(self, label: str, total: int | None = None) -> None:
-                self.task = bar.add_task(label, total=total)
-
-            def advance(self, n: int = 1) -> None:
-                if self.task is not None:
-                    bar.advance(self.task, n)
-
-        try:
-            run = run_learned(ds, split, settings, rerank_users, seed, _Rep(), tuned)
-        except (SequentialModelError, AdapterError) as e:
-            raise fail(str(e)) from None
-    run["command"] = "recsmith train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    run["training_commands"] = [c for c in command.split(";") if c.strip()]
-    run["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{datetime.now(UTC):%Y-%m-%d}-learned-{dataset}"
-    stem.with_suffix(".json").write_text(json.dumps(run, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(_markdown(run))
-    out.print(_markdown(run), markup=False, soft_wrap=True)
-    console.print(f"wrote {stem}.json and {stem}.md")
-
-
-def _markdown(run: dict[str, Any]) -> str:
-    lines = [
-        f"# Learned ranking on {run['dataset']}",
-        "",
-        f"Test target (last item), full ranking over unseen items, time ties by "
-        f"{run['tie_break']}. {run['stats']['users']} users, {run['stats']['products']} items.",
-        "",
-        "| method | users | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | MRR |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in run["results"]:
-        t = r["test"]
-        lines.append(
-            f"| {r['name']} | {r['users']} | {t['recall@10']:.4f} | {t['ndcg@10']:.4f} | "
-            f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f} | {t['mrr']:.4f} |"
-        )
-    st = run["sasrec_training"]
-    lines += [
-        "",
-        "## Training",
-        "",
-        f"- SASRec: best epoch {st.get('best_epoch')} of {st.get('epochs_run')} "
-        f"(stopped: {st.get('stopped')}), {st.get('train_s')} s wall, "
-        f"{st.get('train_cpu_s')} s CPU, {st.get('threads')} thread(s); "
-        f"validation NDCG@10 {st.get('val', {}).get('ndcg@10', float('nan')):.4f}.",
-    ]
-    lt = run.get("lora_training")
-    if lt:
-        vb, va = lt.get("val_before") or {}, lt.get("val_after") or {}
-        lines.append(
-            f"- LoRA: {lt.get('examples')} prompts, {lt.get('steps')}/{lt.get('total_steps')} "
-            f"steps, {lt.get('train_s')} s on {lt.get('device')}; on {lt.get('val_examples')} "
-            f"validation prompts (ground truth among the 20): accuracy "
-            f"{vb.get('accuracy', float('nan')):.3f} → {va.get('accuracy', float('nan')):.3f}, "
-            f"NDCG@10 {vb.get('ndcg@10', float('nan')):.4f} → "
-            f"{va.get('ndcg@10', float('nan')):.4f}."
-        )
-    for r in run["results"]:
-        if r.get("note"):
-            lines.append(f"- {r['name']}: {r['note']}")
-    lines += ["", "## Commands", "", "```"]
-    lines += [c.strip() for c in run.get("training_commands", [])] + [run["command"], "```", ""]
-    return "\n".join(lines)

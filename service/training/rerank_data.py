@@ -51,11 +51,12 @@ class Case:
 def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "item_id") -> Any:
     """A Recsmith over `root` with every user's test history and the fitted fusion; built
     on first use (fusion fitted on validation as `recsmith eval ranking` fits it)."""
-    from eval.datasets import load
-    from eval.ranking import _application_over, default_encoder, fit_fusion_on_validation
-    from eval.split import leave_last_two_out
     from service.config import Settings
+    from service.offline.datasets import load
+    from service.offline.pipeline import application_over, default_encoder
+    from service.offline.split import leave_last_two_out
     from service.recsmith import Recsmith
+    from service.training.fusion_fit import fit_fusion_on_validation
 
     ds = load(dataset)
     split = leave_last_two_out(ds, tie_break)  # type: ignore[arg-type]
@@ -69,14 +70,14 @@ def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "it
     if not settings.fusion_file.exists():
         fit = fit_fusion_on_validation(ds, split, np.arange(len(split.users)), encoder)
         fit.fusion.save(settings.fusion_file)
-    rs = _application_over(root, encoder, ds, split, "test").engine
+    rs = application_over(root, encoder, ds, split, "test").engine
     (root / READY).write_text(json.dumps({"dataset": dataset, "tie_break": tie_break}) + "\n")
     return rs, ds, split
 
 
 def shortlister(rs: Any, k: int = SHORTLIST) -> Callable[[list[str]], list[str]]:
     """history -> the served pipeline's top-k for it (what the service shows the reranker)."""
-    from eval.ranking import HISTORY_LIMIT, PIPELINE_K
+    from service.offline.pipeline import HISTORY_LIMIT, PIPELINE_K
     from service.retrieval.retriever import RetrievalRequest
 
     def top(history: list[str]) -> list[str]:

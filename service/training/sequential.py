@@ -166,8 +166,8 @@ def rank_metrics(
     model: torch.nn.Module, inputs: Sequence[np.ndarray], targets: np.ndarray, max_len: int
 ) -> dict[str, float]:
     """Full-ranking Recall/NDCG@5/10/20 and MRR over items unseen in the input history
-    (eval.metrics; ties by item index)."""
-    from eval.metrics import summarize, target_ranks
+    (service.offline.metrics; ties by item index)."""
+    from service.offline.metrics import summarize, target_ranks
 
     if len(targets) == 0:
         return {}

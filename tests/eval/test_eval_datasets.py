@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import eval.datasets as dsm
-from eval.datasets import (
+import service.offline.datasets as dsm
+from service.offline.datasets import (
     ChecksumError,
     DatasetError,
     PackagedData,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.metrics import (
+from service.offline.metrics import (
     expected_metrics,
     ndcg_at_k,
     rank_of,

@@ -11,11 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.cli import eval_app
-from eval.datasets import load_movielens_100k, slice_users, write_ingest_files
-from eval.ranking import _ingest_histories, evaluate_reranker, run_ranking
+from eval.ranking import evaluate_reranker, run_ranking
 from eval.report import load_run, rewrite, write_report
-from eval.split import leave_last_two_out
 from service.config import Settings
+from service.offline.datasets import load_movielens_100k, slice_users, write_ingest_files
+from service.offline.pipeline import ingest_histories
+from service.offline.split import leave_last_two_out
 from service.ranking.base import RankResult, Reranker
 from service.ranking.factory import NoRerank
 from service.recsmith import Recsmith
@@ -94,7 +95,7 @@ def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None: 
 def test_the_store_never_holds_a_test_target(small, tmp_path: Path) -> None:  # noqa: ANN001
     split = leave_last_two_out(small, "item_id")
     rs = Recsmith(Settings(data_dir=tmp_path, database_url=""))
-    n = _ingest_histories(rs, small, split)
+    n = ingest_histories(rs, small, split)
     assert n == sum(len(h) for h in split.history("test"))
     for user, target in zip(split.users, split.targets("test"), strict=True):
         stored = [pid for pid, _e, _ts in rs.store.user_history(user, limit=10_000)]

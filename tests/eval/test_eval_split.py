@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from eval.baselines import EASE, ItemKNN, Popularity
-from eval.datasets import Dataset
-from eval.split import leave_last_two_out, user_history
 from service.catalog.models import Event, Interaction, Product
+from service.offline.datasets import Dataset
+from service.offline.split import leave_last_two_out, user_history
 
 
 def make_dataset(rows: list[tuple[str, str, int]], n_items: int = 10) -> Dataset:

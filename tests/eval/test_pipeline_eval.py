@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from eval.datasets import load_movielens_100k, slice_users
 from eval.ranking import PIPELINE, evaluate_recsmith
-from eval.split import leave_last_two_out
 from service.config import Settings
+from service.offline.datasets import load_movielens_100k, slice_users
+from service.offline.split import leave_last_two_out
 from tests.eval.fakes import HashEncoder
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.fusion_fit import build_data, fit_fusion, target_ranks
 from service.config import Settings
 from service.recsmith import Recsmith
 from service.retrieval.fusion import Fusion, FusionError, load_fusion
 from service.retrieval.retriever import Retriever
+from service.training.fusion_fit import build_data, fit_fusion, target_ranks
 from tests.eval.fakes import HashEncoder
 
 ITEMS = [f"i{n:03d}" for n in range(200)]

@@ -205,11 +205,11 @@ def test_bce_loss_also_learns() -> None:
 
 
 def test_harness_functions_give_the_harness_result_shape() -> None:
-    from eval.datasets import Dataset
+    from eval.learned import evaluate_sequential, sasrec_cases
     from eval.ranking import MethodResult, sample_rows
-    from eval.split import leave_last_two_out
     from service.catalog.models import Interaction, Product
-    from service.training.evaluate import evaluate_sequential, sasrec_cases
+    from service.offline.datasets import Dataset
+    from service.offline.split import leave_last_two_out
     from service.training.sequential import SASRecMethod
 
     rows = synthetic_log(users=100, length=10)

@@ -21,10 +21,10 @@ import numpy as np
 from service.training.sequential import EpochReport, SASRecConfig, SASRecMethod, rank_metrics
 
 if TYPE_CHECKING:
-    from eval.datasets import Dataset
     from eval.ranking import MethodResult, Reporter, RerankCase
-    from eval.split import Split
     from service.config import Settings
+    from service.offline.datasets import Dataset
+    from service.offline.split import Split
 
 
 def evaluate_sequential(
@@ -36,8 +36,8 @@ def evaluate_sequential(
 ) -> MethodResult:
     """SASRec beside the baselines. Pass a fitted `method` to reuse it (e.g. after
     `sasrec_cases`); else one is trained here (bounded by config.max_minutes)."""
-    from eval.metrics import summarize
     from eval.ranking import SHORTLIST, rank_targets
+    from service.offline.metrics import summarize
 
     cfg = config or (method.config if method else SASRecConfig())
     if method is None:
@@ -226,7 +226,7 @@ def run_learned(
 
 
 def _shortlist_order(cases: Sequence[RerankCase]) -> MethodResult:
-    from eval.metrics import summarize
+    from service.offline.metrics import summarize
 
     ranks = []
     for c in cases:

@@ -13,13 +13,24 @@ the other) says how much of the gain is fitted noise.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from service.offline.datasets import Dataset
+from service.offline.pipeline import (
+    PIPELINE_K,
+    Encoder,
+    Reporter,
+    application_over,
+    source_lists,
+)
+from service.offline.split import Split
 from service.retrieval.fusion import DEFAULT_RRF_K, Fusion
 
 RANK_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -232,3 +243,35 @@ def data_version(name: str, histories: Sequence[Sequence[int]], tie_break: str) 
 
 def _round(m: Mapping[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in m.items()}
+
+
+def fit_fusion_on_validation(
+    ds: Dataset,
+    split: Split,
+    rows: np.ndarray,
+    encoder: Encoder,
+    k: int = PIPELINE_K,
+    reporter: Reporter | None = None,
+    sequential: Path | None = None,
+) -> FitResult:
+    """Source lists for each user's validation history (a store that never holds a
+    validation or test item), then the fusion fitted on the validation items."""
+    reporter = reporter or Reporter()
+    with tempfile.TemporaryDirectory(prefix="recsmith-fusion-") as tmp:
+        reporter.stage("fusion: ingest + index validation histories")
+        rs = application_over(Path(tmp), encoder, ds, split, "val", sequential).engine
+        reporter.stage("fusion: source lists on the validation target", len(rows))
+        lists, _lat = source_lists(rs, split, rows, "val", k, reporter)
+        reporter.stage("fusion: fit")
+        val_targets = split.targets("val")
+        targets = [split.item_ids[val_targets[r]] for r in rows]
+        sources = sorted({s for ranked in lists for s in ranked})
+        defaults = {s: rs.retriever.source_weight(s) for s in sources}
+        hist = split.history("val")
+        info = {
+            "dataset": ds.name,
+            "data_version": data_version(ds.name, [hist[r] for r in rows], split.tie_break),
+            "encoder_id": str(encoder.model_id),
+            "retrieval_k": k,
+        }
+        return fit_fusion(lists, targets, defaults, info)

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -350,31 +351,11 @@ def load_files(items: Path, interactions: Path, name: str | None = None) -> Data
     for p in (items, interactions):
         if not p.is_file():
             raise DatasetError(f"no such file: {p}")
-    products: dict[str, Product] = {}
-    bad_products = 0
-    for _line, row, _raw in read_rows(items, detect_format(items)):
-        try:
-            if row is None:
-                raise ValueError("unparsable row")
-            p = Product.model_validate(row)
-        except (ValidationError, ValueError, TypeError):
-            bad_products += 1
-            continue
-        products[p.id] = p  # last row wins, as in ingest
-    log: list[Interaction] = []
-    bad_rows = unknown = 0
-    for _line, row, _raw in read_rows(interactions, detect_format(interactions)):
-        try:
-            if row is None:
-                raise ValueError("unparsable row")
-            it = Interaction.model_validate(row)
-        except (ValidationError, ValueError, TypeError):
-            bad_rows += 1
-            continue
-        if it.product_id not in products:
-            unknown += 1
-            continue
-        log.append(it)
+    valid_products, bad_products = _valid_rows(items, Product)
+    products = {p.id: p for p in valid_products}  # last row wins, as in ingest
+    valid_log, bad_rows = _valid_rows(interactions, Interaction)
+    log = [it for it in valid_log if it.product_id in products]
+    unknown = len(valid_log) - len(log)
     if not products or not log:
         raise DatasetError(
             f"nothing to evaluate: {len(products)} products, {len(log)} interactions"
@@ -392,6 +373,23 @@ def load_files(items: Path, interactions: Path, name: str | None = None) -> Data
         notes,
         {"items": str(items), "interactions": str(interactions)},
     )
+
+
+Row = TypeVar("Row", Product, Interaction)
+
+
+def _valid_rows(path: Path, model: type[Row]) -> tuple[list[Row], int]:
+    """The rows of `path` that validate as `model`, in file order, and how many did not."""
+    valid: list[Row] = []
+    bad = 0
+    for _line, row, _raw in read_rows(path, detect_format(path)):
+        try:
+            if row is None:
+                raise ValueError("unparsable row")
+            valid.append(model.model_validate(row))
+        except (ValidationError, ValueError, TypeError):
+            bad += 1
+    return valid, bad
 
 
 def _source(src: PackagedData) -> dict[str, str]:

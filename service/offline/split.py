@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from eval.datasets import Dataset
+from service.offline.datasets import Dataset
 
 Target = Literal["val", "test"]
 TieBreak = Literal["original", "item_id"]
