@@ -14,7 +14,16 @@ from typing import Any
 from service.llm.log import instrument_class
 from service.llm.types import Generation, GenParams, LLMError, Message, Prompt
 
-__all__ = ["LLM", "Generation", "GenParams", "LLMError", "Message", "Prompt"]
+__all__ = [
+    "LLM",
+    "BatchedLLM",
+    "Generation",
+    "GenParams",
+    "LLMError",
+    "Message",
+    "Prompt",
+    "distinct_choices",
+]
 
 
 class LLM(ABC):
@@ -53,3 +62,29 @@ class LLM(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections (the in-process model stays cached for the process)."""
+
+
+def distinct_choices(choices: Sequence[str]) -> list[str]:
+    """Each choice once, in the order given; at least one (a reranker with no labels is a
+    bug, not an empty ranking)."""
+    unique = list(dict.fromkeys(choices))
+    if not unique:
+        raise LLMError("choice_logprobs needs at least one choice")
+    return unique
+
+
+class BatchedLLM(LLM):
+    """A backend that scores prompts in batches: one prompt is a batch of one, and the
+    choices are checked once here, before `_score_choices`."""
+
+    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
+        return self.choice_logprobs_batch([prompt], choices)[0]
+
+    def choice_logprobs_batch(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
+        return self._score_choices(list(prompts), distinct_choices(choices))
+
+    @abstractmethod
+    def _score_choices(self, prompts: list[Prompt], choices: list[str]) -> list[dict[str, float]]:
+        """{choice: log-probability} per prompt, in order; choices distinct and non-empty."""

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings, get_settings
-from service.llm.base import LLM, Generation, GenParams, LLMError, Prompt
+from service.llm.base import BatchedLLM, Generation, GenParams, LLMError, Prompt
 from service.llm.prepare import resolve_gguf
 from service.llm.transformers_backend import _first_stop, extract_json
 
@@ -135,7 +135,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum())
 
 
-class LlamaCppLLM(LLM):
+class LlamaCppLLM(BatchedLLM):
     backend = "llamacpp"
 
     def __init__(self, settings: Settings | None = None, model_path: str | None = None) -> None:
@@ -390,15 +390,7 @@ class LlamaCppLLM(LLM):
         with self.m.lock:
             yield from self._decode(ids, params, {}, fixed)
 
-    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
-        return self.choice_logprobs_batch([prompt], choices)[0]
-
-    def choice_logprobs_batch(
-        self, prompts: Sequence[Prompt], choices: Sequence[str]
-    ) -> list[dict[str, float]]:
-        choices = list(dict.fromkeys(choices))
-        if not choices:
-            raise LLMError("choice_logprobs needs at least one choice")
+    def _score_choices(self, prompts: list[Prompt], choices: list[str]) -> list[dict[str, float]]:
         c_ids = [self._token_ids(c) for c in choices]
         if any(not c for c in c_ids):
             raise LLMError("a choice tokenises to nothing")

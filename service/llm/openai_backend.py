@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from service.config import Settings, get_settings
-from service.llm.base import LLM, Generation, GenParams, LLMError, Prompt
+from service.llm.base import BatchedLLM, Generation, GenParams, LLMError, Prompt
 from service.llm.pool import (
     CircuitBreaker,
     CircuitOpenError,
@@ -68,7 +68,7 @@ class _Refused(LLMError):
     """A 4xx: our request's fault, and proof that the server is alive."""
 
 
-class OpenAILLM(LLM):
+class OpenAILLM(BatchedLLM):
     backend = "openai"
 
     def __init__(
@@ -394,18 +394,10 @@ class OpenAILLM(LLM):
         tokens: what choice scoring compares the model's next tokens with."""
         return {c: self._choice_ids(c) for c in choices}
 
-    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
-        return self.choice_logprobs_batch([prompt], choices)[0]
-
-    def choice_logprobs_batch(
-        self, prompts: Sequence[Prompt], choices: Sequence[str]
-    ) -> list[dict[str, float]]:
-        choices = list(dict.fromkeys(choices))
-        if not choices:
-            raise LLMError("choice_logprobs needs at least one choice")
+    def _score_choices(self, prompts: list[Prompt], choices: list[str]) -> list[dict[str, float]]:
         # Tokenising and scoring on one server (token ids are only meaningful to the
         # tokenizer that made them); a failure moves the whole batch to another server.
-        return self._on_a_server(lambda s: self._score(s, list(prompts), choices), "choice scoring")
+        return self._on_a_server(lambda s: self._score(s, prompts, choices), "choice scoring")
 
     def _score(
         self, server: Server, prompts: list[Prompt], choices: list[str]

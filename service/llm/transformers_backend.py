@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, get_settings
-from service.llm.base import LLM, Generation, GenParams, LLMError, Prompt
+from service.llm.base import BatchedLLM, Generation, GenParams, LLMError, Prompt
 from service.llm.prepare import resolve_model_path
 
 # Sequences per forward pass when scoring: bounds activation memory on long batches.
@@ -84,7 +84,7 @@ def extract_json(text: str) -> Any | None:
     return None
 
 
-class TransformersLLM(LLM):
+class TransformersLLM(BatchedLLM):
     backend = "transformers"
 
     def __init__(self, settings: Settings | None = None, model_path: str | None = None) -> None:
@@ -285,17 +285,9 @@ class TransformersLLM(LLM):
             self.m.lock.release()
 
     # ---- choice scoring -----------------------------------------------------------------
-    def choice_logprobs(self, prompt: Prompt, choices: Sequence[str]) -> dict[str, float]:
-        return self.choice_logprobs_batch([prompt], choices)[0]
-
-    def choice_logprobs_batch(
-        self, prompts: Sequence[Prompt], choices: Sequence[str]
-    ) -> list[dict[str, float]]:
+    def _score_choices(self, prompts: list[Prompt], choices: list[str]) -> list[dict[str, float]]:
         import torch
 
-        choices = list(dict.fromkeys(choices))
-        if not choices:
-            raise LLMError("choice_logprobs needs at least one choice")
         tok = self.m.tokenizer
         c_ids = [list(tok(c, add_special_tokens=False)["input_ids"]) for c in choices]
         if any(not c for c in c_ids):
