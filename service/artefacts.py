@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from service.catalog.store import CatalogStore
 from service.config import Settings
 from service.llm.base import LLM
 from service.ranking.adapter import AdapterError, adapter_dir, load_adapter_into
+from service.ranking.blend import BLEND_FILE, BlendStatus, RerankBlend, load_blend
 from service.retrieval.fusion import Fusion, FusionStatus, load_fusion
 from service.retrieval.sequential import SequentialScorer, load_sequential
 
@@ -29,10 +31,19 @@ class Artefacts:
         self.strict = settings.artefacts_strict if strict is None else strict
         self._lock = threading.Lock()
         self._tuned: dict[int, LLM] = {}  # base LLM id() → the LLM with the adapter applied
+        self._blend: tuple[RerankBlend | None, BlendStatus] | None = None
 
     def fusion(self, encoder_id: str | None = None) -> tuple[Fusion | None, FusionStatus]:
         s = self.settings
         return load_fusion(s.fusion_file, s.fusion_strict or self.strict, encoder_id)
+
+    def rerank_blend(self) -> tuple[RerankBlend | None, BlendStatus]:
+        """The verbalizer's blend with its shortlist (artefacts/rerank_blend.json), read once."""
+        with self._lock:
+            if self._blend is None:
+                path = Path(self.settings.data_dir) / BLEND_FILE
+                self._blend = load_blend(path, self.strict)
+            return self._blend
 
     def sequential(self, store: CatalogStore | None = None) -> SequentialScorer | None:
         return load_sequential(self.settings, store, strict=self.strict)

@@ -173,7 +173,13 @@ def rank_shortlist(
         t1 = time.perf_counter()
         try:
             # Loaded lazily inside rank(): a model that fails to load degrades the answer.
-            reranker = get_reranker(rerank, lambda: model(rerank), timeout_s=budget)
+            opts: dict[str, Any] = {}
+            if rerank == RerankMode.verbalizer:  # blended with its shortlist when fitted
+                blend, blend_status = rs.artefacts.rerank_blend()
+                opts["blend"] = blend
+                if blend_status.degraded:
+                    degraded_stages.append("rerank_blend")
+            reranker = get_reranker(rerank, lambda: model(rerank), timeout_s=budget, **opts)
             # The reranker keeps its own deadline per model call; this outer one also
             # bounds whatever runs around them (a slow load, a custom reranker).
             result = call_with_budget(lambda: reranker.rank(sl.context, cands, products),
@@ -192,6 +198,8 @@ def rank_shortlist(
         stages.append(f"rerank:{rerank}")
 
     reasons = [result.reason] if result and result.degraded and result.reason else []
+    if "rerank_blend" in degraded_stages:
+        reasons.append("rerank: the LLM's own order (the fitted blend is unusable)")
     fusion = rs.fusion_status
     if fusion is not None and fusion.degraded:
         # A corrupt or mismatched fusion artefact: the default source weights ranked this.

@@ -29,6 +29,7 @@ from service.catalog.models import Product
 from service.llm.base import LLM, Message
 from service.prompts import Rendered, render
 from service.ranking.base import RankResult, UserContext
+from service.ranking.blend import RerankBlend
 from service.ranking.common import (
     ALL_LABELS,
     DEFAULT_WINDOW,
@@ -94,8 +95,12 @@ class VerbalizerReranker(LLMReranker):
         aggregate: str = "mean",
         max_history: int = 8,
         timeout_s: float | None = None,
+        blend: RerankBlend | None = None,
     ) -> None:
         super().__init__(llm, timeout_s)
+        # Fitted on the validation target (service/ranking/blend.py): the LLM's scores mixed
+        # with the shortlist's, weight 0 = the shortlist order. None: the LLM's order.
+        self.blend = blend
         if not 3 <= window <= len(ALL_LABELS):
             raise ValueError(
                 f"window must be between 3 and {len(ALL_LABELS)} (single-token labels)"
@@ -160,6 +165,8 @@ class VerbalizerReranker(LLMReranker):
                 per_pass[p][i] = sum(vals) / len(vals)
 
         scores = aggregate(per_pass, self.how)
+        if self.blend is not None:
+            scores = self.blend.scores([c.score for c in candidates], scores)
         return RankResult(
             order=order_by_scores(candidates, scores),
             method=self.name,
@@ -171,5 +178,6 @@ class VerbalizerReranker(LLMReranker):
                 "anchors": len(anchor_idx),
                 "prompts": len(prompts),
                 "labels": len(labels),
+                "blend_weight": self.blend.weight if self.blend is not None else None,
             },
         )
