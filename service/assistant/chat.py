@@ -108,9 +108,9 @@ class Assistant:
         rs: Any,  # service.recsmith.Recsmith
         llm: LLM | None = None,
         *,
-        top_n: int = 4,
+        top_n: int = 3,
         rerank: str = "none",
-        max_tokens: int = 120,
+        max_tokens: int = 96,
         context_turns: int = 2,
         piece_timeout_s: float | None = None,
     ) -> None:
