@@ -1,12 +1,86 @@
-"""Fixtures for the HTTP tests (defined in tests/api/support.py, shared with tests/web)."""
+"""Fixtures for the HTTP tests (defined in tests/api/support.py, shared with tests/web).
 
+The session app (`settings` → `app` → `client`) runs on SQLite and on a real PostgreSQL
+(tests/postgres.py): the modules in BOTH_DATABASES — products CRUD, recommendations, copy,
+assistant — run once per database; `RECSMITH_TEST_API_DATABASES=all` runs every test that
+uses the session app on both. PostgreSQL runs carry the `postgresql` marker
+(`-m postgresql` picks them, `-m "not postgresql"` leaves them out)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
 from tests.api.support import (  # noqa: F401 - pytest finds fixtures by name
     anon,
     app,
+    app_settings,
     client,
     demo_dir,
+    fresh_copy,
     live_server,
     llm_down_client,
     llm_path,
-    settings,
 )
+from tests.foundation import make_recsmith
+from tests.postgres import fresh_database
+
+BOTH_DATABASES = {
+    "test_api_products",
+    "test_api_recommendations",
+    "test_api_copy",
+    "test_api_assistant",
+}
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgresql: runs on the PostgreSQL test server")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" not in metafunc.fixturenames:
+        return
+    everywhere = os.environ.get("RECSMITH_TEST_API_DATABASES", "") == "all"
+    both = everywhere or metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_DATABASES
+    # Every test gets an explicit value: a session fixture asked for with and without a
+    # parameter would be torn down and rebuilt at each switch.
+    metafunc.parametrize(
+        "database", DATABASES if both else DATABASES[:1], indirect=True, scope="session"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database") == "postgresql":
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture(scope="session")
+def database(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database: str,
+    demo_dir: Path,  # noqa: F811 - the fixture imported above
+    llm_path: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Settings]:
+    """The session app's settings over a copy of the demo data directory; on PostgreSQL the
+    demo catalogue is ingested into a fresh database (the copied encoder cache makes the
+    index sync cheap)."""
+    data = fresh_copy(demo_dir, tmp_path_factory, f"api-{database}")
+    if database == "sqlite":
+        yield app_settings(data, llm_path)
+        return
+    with fresh_database() as url:
+        (data / "recsmith.db").unlink(missing_ok=True)  # nothing may read the SQLite copy
+        make_recsmith(data, database_url=url)
+        yield app_settings(data, llm_path, database_url=url)

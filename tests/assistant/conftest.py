@@ -1,12 +1,17 @@
 """Fixtures for the assistant tests: a temporary data dir with the demo catalogue (plus one
 product whose description tries to inject a fake id), and the REAL default model
-in-process (prepared once into the developer's var/models, then reused)."""
+in-process (prepared once into the developer's var/models, then reused).
+
+The store and turn tests (BOTH_DATABASES) run on SQLite and on a real PostgreSQL
+(tests/postgres.py); the PostgreSQL runs carry the `postgresql` marker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +22,7 @@ from service.llm.base import LLM
 from service.recsmith import Recsmith
 from tests.fakes import FakeLLM
 from tests.foundation import make_recsmith
+from tests.postgres import fresh_database
 
 FAKE_ID = "FAKE-9999"
 INJECTED = {
@@ -43,19 +49,64 @@ def model_path() -> str:
     return str(prepare_model())  # converts once into var/models, then cached
 
 
+BOTH_DATABASES = {"test_store", "test_turns"}
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgresql: runs on the PostgreSQL test server")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" not in metafunc.fixturenames:
+        return
+    both = metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_DATABASES
+    # Every test gets an explicit value: a session fixture asked for with and without a
+    # parameter would be torn down and rebuilt at each switch.
+    metafunc.parametrize(
+        "database", DATABASES if both else DATABASES[:1], indirect=True, scope="session"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database") == "postgresql":
+            item.add_marker(pytest.mark.postgresql)
+
+
 @pytest.fixture(scope="session")
-def rs(tmp_path_factory: pytest.TempPathFactory, model_path: str) -> Recsmith:
-    data = tmp_path_factory.mktemp("assistant-data")
+def database(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def db_url(database: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the test's kind."""
+    if database == "sqlite":
+        yield f"sqlite:///{tmp_path / 'c.db'}"
+        return
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def rs(
+    database: str, tmp_path_factory: pytest.TempPathFactory, model_path: str
+) -> Iterator[Recsmith]:
+    data = tmp_path_factory.mktemp(f"assistant-data-{database}")
     extra = data / "injected.jsonl"
     extra.write_text(json.dumps(INJECTED) + "\n", encoding="utf-8")
-    rs = make_recsmith(data, demo=False, llm_model=model_path)
-    from tests.foundation import DEMO
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_database()) if database == "postgresql" else ""
+        rs = make_recsmith(data, demo=False, llm_model=model_path, database_url=url)
+        from tests.foundation import DEMO
 
-    ingest_file(rs.store, DEMO / "products.jsonl", "products")
-    ingest_file(rs.store, DEMO / "interactions.jsonl", "interactions")
-    ingest_file(rs.store, extra, "products")
-    rs.sync_index()
-    return rs
+        ingest_file(rs.store, DEMO / "products.jsonl", "products")
+        ingest_file(rs.store, DEMO / "interactions.jsonl", "interactions")
+        ingest_file(rs.store, extra, "products")
+        rs.sync_index()
+        yield rs
 
 
 @pytest.fixture(scope="session")

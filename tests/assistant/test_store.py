@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from service.assistant import ConversationNotFound
@@ -11,8 +9,8 @@ from service.assistant.store import ConversationStore
 from service.catalog.store import NotFound
 
 
-def test_messages_round_trip_in_order(tmp_path: Path) -> None:
-    store = ConversationStore(f"sqlite:///{tmp_path / 'c.db'}")
+def test_messages_round_trip_in_order(db_url: str) -> None:
+    store = ConversationStore(db_url)
     cid = store.create(user_id="u1", title="skillets")
     store.add(cid, "user", "a skillet?")
     store.add(
@@ -28,8 +26,8 @@ def test_messages_round_trip_in_order(tmp_path: Path) -> None:
     assert store.messages(cid, limit=1)[0].role == "assistant"
 
 
-def test_unknown_conversation_raises_a_specific_not_found(tmp_path: Path) -> None:
-    store = ConversationStore(f"sqlite:///{tmp_path / 'c.db'}")
+def test_unknown_conversation_raises_a_specific_not_found(db_url: str) -> None:
+    store = ConversationStore(db_url)
     for call in (store.get, store.messages, store.require):
         with pytest.raises(ConversationNotFound, match="unknown conversation id"):
             call("nope")
