@@ -891,6 +891,47 @@ def check_keywords(text: str, keywords: Sequence[str]) -> CheckResult:
     return CheckResult("keywords", True)
 
 
+# A headline whose words are mostly one product's or interest's title is that title, not a
+# theme for the set ("Chef's Knife, 20 cm" for a set of coffee and kitchen items).
+THEME_TITLE_SHARE = 0.6
+THEME_CJK_RUN = 4  # characters in a row of one title, for Chinese
+
+
+def title_copied(text: str, titles: Sequence[str]) -> str | None:
+    """The title a headline copies, or None. English: at least THEME_TITLE_SHARE of the
+    headline's content words (and at least two) come from one title; Chinese: a run of
+    THEME_CJK_RUN characters of a title covers most of the headline."""
+    norm = normalise_text(text)
+    words = [w for w in re.findall(r"[a-z0-9']+", norm) if w not in _FUNCTION_WORDS]
+    cjk = "".join(_CJK_RE.findall(norm))
+    for title in titles:
+        t = normalise_text(title)
+        if words:
+            t_words = set(re.findall(r"[a-z0-9']+", t))
+            shared = [w for w in words if w in t_words]
+            if len(shared) >= 2 and len(shared) >= THEME_TITLE_SHARE * len(words):
+                return title
+        t_cjk = "".join(_CJK_RE.findall(t))
+        if len(cjk) >= THEME_CJK_RUN and t_cjk:
+            covered = set()
+            for i in range(len(cjk) - THEME_CJK_RUN + 1):
+                if cjk[i : i + THEME_CJK_RUN] in t_cjk:
+                    covered.update(range(i, i + THEME_CJK_RUN))
+            if len(covered) >= THEME_TITLE_SHARE * len(cjk):
+                return title
+    return None
+
+
+def check_theme(text: str, titles: Sequence[str]) -> CheckResult:
+    """A headline names a theme for the whole set, not one of its titles."""
+    copied = title_copied(text, titles)
+    if copied is not None:
+        return CheckResult(
+            "theme", False, f"the headline is a product title, not a theme: {copied}", (copied,)
+        )
+    return CheckResult("theme", True)
+
+
 def run_checks(
     text: str,
     facts: Facts,
@@ -902,6 +943,7 @@ def run_checks(
     keywords: Sequence[str] = (),
     claims: Sequence[str] = (),
     prompt_grams: tuple[frozenset, frozenset] | None = None,
+    titles: Sequence[str] = (),
 ) -> list[CheckResult]:
     """Every check, in the order a retry prompt lists them. `claims`: praise allowed only
     where the data says it; `prompt_grams` (echo_grams of the prompt): what an echo copies."""
@@ -922,6 +964,8 @@ def run_checks(
         results.append(check_topic(text, facts))
     if keywords:
         results.append(check_keywords(text, keywords))
+    if titles:  # a headline: the titles of its items and of the shopper's interests
+        results.append(check_theme(text, titles))
     return results
 
 

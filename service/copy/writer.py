@@ -58,6 +58,7 @@ from service.copy.tasks import (
     token_budget,
 )
 from service.llm.base import LLM, GenParams, Message
+from service.llm.log import log_context
 from service.prompts import PromptLibrary, library
 from service.vocab import ProductTask
 
@@ -111,6 +112,8 @@ class Draft:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # A headline's item and interest titles: it must name a theme, not copy one of them.
+    titles: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -266,6 +269,11 @@ class CopyWriter:
             topic=spec.topic_check and bool(products),
             keywords=row.params.get("keywords", []),
             claims=self.settings.unsupported_claims,
+            titles=(
+                [p.title for p in products] + list(row.params.get("interests", []))
+                if row.task == "headline"
+                else ()
+            ),
         )
         return {c.name: c.as_dict() for c in checks}
 
@@ -333,7 +341,7 @@ class CopyWriter:
             "claims": sorted(s.unsupported_claims),
             "retries": s.copy_max_retries,
             "on_fail": s.copy_on_fail,
-            "checks": 2,  # the check suite's version: claims, attributes, echo, repetition
+            "checks": 3,  # the check suite's version: claims, attributes, echo, repetition, theme
         }
         return hashlib.sha256(canonical_json(policy).encode()).hexdigest()[:12]
 
@@ -471,6 +479,7 @@ class CopyWriter:
                 template_version=version,
                 templates=versions,
                 topic_check=False,
+                titles=[p.title for p in products] + list(interests),
             )
             for v in range(req.variants)
         ]
@@ -500,8 +509,6 @@ class CopyWriter:
     def _produce(self, drafts: list[Draft]) -> None:
         """Generate, check, and retry the failures; one generate call per round and
         sampling setting."""
-        from service.llm.log import log_context
-
         pending = list(drafts)
         rounds = 1 + max(self.settings.copy_max_retries, 0)
         for attempt in range(rounds):
@@ -553,6 +560,7 @@ class CopyWriter:
                         keywords=d.keywords,
                         claims=self.settings.unsupported_claims,
                         prompt_grams=grams,
+                        titles=d.titles,
                     )
                     cut = g.finish_reason == "length" and d.text == clean_output(
                         g.text, single_line=d.limits.single_line
@@ -572,7 +580,7 @@ class CopyWriter:
 
     def _retry_text(self, d: Draft) -> str:
         """Every stricter rule a retry could add (all checks failed): for the echo check."""
-        names = ["numbers", "claims", "length", "language", "format", "topic", "keywords"]
+        names = ["numbers", "claims", "length", "language", "format", "topic", "keywords", "theme"]
         return self.prompts.render(f"copy_retry.{d.language}", **d.variables, failures=names).text
 
     def _row(self, d: Draft, job_id: int | None) -> CopyRow:

@@ -335,3 +335,31 @@ def test_an_overlong_text_is_cut_back_to_whole_sentences() -> None:
     assert len(fit_sentences("One two. " + "word " * 30, "en", Limits(max_words=20)).split()) > 20
     zh = "这是第一句。这是第二句。这是第三句。"
     assert fit_sentences(zh, "zh", Limits(max_chars=12)) == "这是第一句。这是第二句。"
+
+
+def test_a_headline_that_is_a_product_title_is_caught_and_retried_as_a_theme(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    """The small model answered u-alice's headline with one of her items' titles."""
+    from service.copy.checks import check_theme
+
+    titles = ["Damascus Chef's Knife, 20 cm", "Duetto Espresso Machine with Steam Wand"]
+    assert not check_theme("Chef's Knife, 20 cm", titles).ok
+    assert not check_theme("Duetto Espresso Machine", titles).ok
+    assert not check_theme("茶具套装、绿茶", ["白瓷功夫茶具套装（一壶六杯）"]).ok
+    for theme in ("Coffee and Kitchen Favourites", "Espresso Mornings, Sharp Knives"):
+        assert check_theme(theme, titles).ok, theme
+    assert check_theme("为你挑选的厨房好物", ["白瓷功夫茶具套装（一壶六杯）"]).ok
+
+    llm = FakeLLM(replies=("Chef's Knife, 20 cm", "Coffee mornings in your kitchen"))
+    w = _writer(settings, quiet_catalog, llm)
+    req = HeadlineRequest(product_ids=["cof-0001", "kit-0006"], user_id="u-alice", regenerate=True)
+    res = w.headline(req)
+    assert res.headline.passed and res.headline.attempts == 2, res.headline.checks
+    assert res.headline.text == "Coffee mornings in your kitchen"
+    first, retry = llm.prompts[0][-1]["content"], llm.prompts[1][-1]["content"]
+    assert "not the name of one product" in first
+    assert (
+        "Name a theme that the whole set shares" in retry
+        and "Chef's Knife, 20 cm" not in (retry.split("Be strict")[1])
+    )
