@@ -98,7 +98,7 @@ class Recsmith:
     @property
     def co(self) -> CoInteraction:
         if self._co is None:
-            self._co = CoInteraction.from_store(self.store)
+            self._co = CoInteraction.from_store(self.store, margin=self._margin)
         return self._co
 
     def sequential_model(self) -> SequentialScorer | None:  # optional trained source

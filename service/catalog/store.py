@@ -329,6 +329,18 @@ class CatalogStore:
                     out[u].append((p, e))
         return out
 
+    def interaction_log(self) -> list[tuple[int, str, str, str, datetime]]:
+        """(id, user_id, product_id, event, ts) in all_interactions() order, read at once."""
+        stmt = select(
+            InteractionRow.id,
+            InteractionRow.user_id,
+            InteractionRow.product_id,
+            InteractionRow.event,
+            InteractionRow.ts,
+        ).order_by(InteractionRow.user_id, InteractionRow.ts, InteractionRow.id)
+        with session_scope(self.engine) as s:
+            return [tuple(r) for r in s.execute(stmt).all()]  # type: ignore[misc]
+
     def count_interactions(self) -> int:
         with session_scope(self.engine) as s:
             return s.scalar(select(func.count()).select_from(InteractionRow)) or 0

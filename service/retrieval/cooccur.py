@@ -77,14 +77,13 @@ class CoInteraction:
         return self
 
     @classmethod
-    def from_store(cls, store: CatalogStore, **kwargs: float) -> CoInteraction:
-        """The full rebuild: the version is read first, so events written during the read
-        are applied again later (re-applying a user's events is idempotent)."""
-        _, event_id = store.versions()
-        self = cls.build(store.all_interactions(), **kwargs)  # type: ignore[arg-type]
-        self.event_id = event_id
-        # Events logged during the read above were counted by it: not again.
-        self._applied = set(range(event_id + 1, store.versions()[1] + 1))
+    def from_store(cls, store: CatalogStore, margin: int = 0, **kwargs: float) -> CoInteraction:
+        """The full rebuild, from one read of the log (with event ids, so later calls of
+        apply_events know exactly which events this one counted)."""
+        rows = store.interaction_log()
+        self = cls.build(((u, p, e, ts) for _i, u, p, e, ts in rows), **kwargs)  # type: ignore[arg-type]
+        self.event_id = max((r[0] for r in rows), default=0)
+        self._applied = {r[0] for r in rows if r[0] > self.event_id - margin}
         return self
 
     # -- incremental updates ---------------------------------------------------------------
