@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from service.config import Settings
+from service.llm.factory import get_llm
+from service.offline.datasets import load
+from service.offline.pipeline import application_over, default_encoder
+from service.offline.split import leave_last_two_out
 from service.ranking.blend import BLEND_FILE, WEIGHT_GRID, RerankBlend
+from service.ranking.verbalizer import VerbalizerReranker
+from service.recommend import shortlist
+from service.retrieval.fusion import Fusion, load_fusion
+from service.training.fusion_fit import fit_fusion_on_validation
 
 SHORTLIST = 20
 
@@ -80,7 +89,6 @@ def collect_cases(
 ) -> dict[str, Any]:
     """Shortlists for every user; the LLM on the users whose target is inside, in a seeded
     random order until `deadline` (time.monotonic()). Returns cases and counts."""
-    from service.recommend import shortlist
 
     rs = app.engine
     hits: list[tuple[str, str, Any]] = []
@@ -122,19 +130,12 @@ def collect_cases(
 
 
 def _llm_reranker(backend: str, model: str, threads: int) -> Any:
-    from service.config import Settings
-    from service.llm.factory import get_llm
-    from service.ranking.verbalizer import VerbalizerReranker
 
     s = Settings(llm_backend=backend, llm_model=model, llm_threads=threads)  # type: ignore[arg-type]
     return VerbalizerReranker(get_llm(s))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from service.offline.datasets import load
-    from service.offline.pipeline import application_over, default_encoder
-    from service.offline.split import leave_last_two_out
-    from service.training.fusion_fit import fit_fusion_on_validation
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="ml-100k")
@@ -158,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = np.sort(np.random.default_rng(0).choice(len(rows), args.users, replace=False))
     users = [split.users[r] for r in rows]
     encoder = default_encoder()
-    from service.retrieval.fusion import Fusion, load_fusion
 
     if args.fusion is not None:
         fusion, _status = load_fusion(args.fusion, strict=True)

@@ -15,6 +15,8 @@ from service.config import Settings
 from service.ranking.base import UserContext
 from service.ranking.blend import BLEND_FILE, BlendError, RerankBlend, load_blend
 from service.ranking.verbalizer import VerbalizerReranker
+from service.recommend import Shortlist, rank_shortlist
+from service.recsmith import Recsmith
 from tests.fakes import FakeLLM
 from tests.ranking.helpers import shortlist
 
@@ -89,9 +91,6 @@ def test_served_verbalizer_uses_the_saved_blend_and_a_corrupt_one_degrades(
     tmp_path: Path, catalogue: dict[str, Product], user: UserContext
 ) -> None:
     """rank_shortlist (what /v1/recommendations runs) applies DATA_DIR's rerank blend."""
-    from service.recommend import Shortlist, rank_shortlist
-    from service.recsmith import Recsmith
-
     cands = shortlist(catalogue, 8)
     ids = [c.product_id for c in cands]
     llm = FakeLLM(Settings(data_dir=tmp_path), label_scores=_reverse_scores)  # type: ignore[arg-type]

@@ -7,8 +7,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
+
+from service.offline.datasets import load_movielens_100k, slice_users
+from service.offline.pipeline import Reporter, application_over, source_lists
+from service.offline.split import leave_last_two_out
 from service.retrieval.cooccur import CoInteraction
-from service.retrieval.retriever import Retriever
+from service.retrieval.fusion import Fusion, load_fusion
+from service.retrieval.retriever import Retriever, SourceWeights
+from service.training.fusion_fit import build_data, fit_fusion, metrics, target_ranks
+from tests.eval.fakes import HashEncoder
 
 
 def _log(seqs: dict[str, list[str]]) -> list[tuple[str, str, str, int]]:
@@ -64,7 +72,6 @@ def test_a_new_sequence_is_seen_after_an_update() -> None:
 
 def test_retriever_lists_it_unweighted_until_a_fusion_weighs_it() -> None:
     r = Retriever.__new__(Retriever)
-    from service.retrieval.retriever import SourceWeights
 
     r.weights = SourceWeights()
     assert r.source_weight("next_item") == 0.0 == r.source_weight("item_knn")
@@ -74,15 +81,6 @@ def test_on_a_movielens_slice_the_fitted_fusion_beats_equal_weights(tmp_path) ->
     """Real source lists (the service's Retriever over a store of validation histories,
     next_item included) for 120 ML-100k users: the fusion fitted on their validation items
     ranks those items better than equal weights, and the saved artefact ranks identically."""
-    import numpy as np
-
-    from service.offline.datasets import load_movielens_100k, slice_users
-    from service.offline.pipeline import Reporter, application_over, source_lists
-    from service.offline.split import leave_last_two_out
-    from service.retrieval.fusion import Fusion, load_fusion
-    from service.training.fusion_fit import build_data, fit_fusion, metrics, target_ranks
-    from tests.eval.fakes import HashEncoder
-
     ds = slice_users(load_movielens_100k(), 120, seed=5)
     split = leave_last_two_out(ds, "item_id")
     rows = np.arange(len(split.users))
