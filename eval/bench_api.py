@@ -32,6 +32,11 @@ from typing import Any
 
 import httpx
 
+from service.application import Application
+from service.config import Settings
+from service.llm.prepare import prepare_model
+from service.recommend import rank_shortlist, shortlist
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO = REPO / "service" / "demo"
@@ -55,10 +60,6 @@ def free_port() -> int:
 
 def prepare_data(data_dir: Path) -> Path:
     """Demo catalogue ingested and indexed; returns the prepared default LLM folder."""
-    from service.application import Application
-    from service.config import Settings
-    from service.llm.prepare import prepare_model
-
     app = Application(Settings(data_dir=data_dir))
     app.ingest(DEMO / "products.jsonl", "products")
     app.ingest(DEMO / "interactions.jsonl", "interactions")
@@ -169,10 +170,6 @@ def single_client(url: str, rerank: str, n: int, k: int) -> list[float]:
 def bare_calls(data_dir: Path, llm_path: Path, rerank: str, n: int, k: int) -> dict[str, Any]:
     """The same work in this process: Application.recommend() without HTTP, and the model
     stage alone (service.recommend.rank_shortlist on a shortlist made beforehand)."""
-    from service.application import Application
-    from service.config import Settings
-    from service.recommend import rank_shortlist, shortlist
-
     app = Application(Settings(data_dir=data_dir, llm_model=str(llm_path)))
     app.sync_index()
     pipeline, stage = [], []

@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.catalog.ingest import ingest_file
+from service.config import Settings
+from service.recsmith import Recsmith
+
 CONVERSATIONS: list[list[str]] = [
     ["a gift for a tea lover", "a cheaper one?"],
     ["推荐一款咖啡机", "有便宜点的吗？"],
@@ -34,10 +38,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def run_chat_bench(profile: str, backend: str | None = None, threads: int = 2) -> dict[str, Any]:
+    # lazy: service.assistant.chat pulls langchain_core (not needed to import this module)
     from service.assistant.chat import Assistant
-    from service.catalog.ingest import ingest_file
-    from service.config import Settings
-    from service.recsmith import Recsmith
 
     repo = Path(__file__).resolve().parents[1]
     demo = repo / "service" / "demo"

@@ -29,6 +29,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from service.application import Application
+from service.config import Settings, get_settings
+from service.copy.tasks import CopyOptions, CopyRequest
+from service.llm.base import GenParams
+from service.llm.factory import get_llm
+from service.llm.prepare import resolve_model_path
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO = Path(__file__).resolve().parent.parent / "service" / "demo" / "products.jsonl"
 
@@ -46,12 +53,6 @@ class CountingLLM:
 
 
 def run(task: str, n: int, max_words: int, category: str, threads: int) -> dict[str, Any]:
-    from service.application import Application
-    from service.config import Settings, get_settings
-    from service.copy.tasks import CopyOptions, CopyRequest
-    from service.llm.factory import get_llm
-    from service.llm.prepare import resolve_model_path
-
     model = resolve_model_path(get_settings())  # the prepared folder in the main data dir
     tmp = tempfile.TemporaryDirectory(prefix="recsmith-bench-copy-")
     settings = Settings(
@@ -86,7 +87,6 @@ def run(task: str, n: int, max_words: int, category: str, threads: int) -> dict[
     t_seq, seq = t_seq1 + t_seq2, seq1 + seq2
     # The prompt's share: the same prompts with one new token (prefill only), both ways.
     # Batching saves decode steps, not prefill compute, on a compute-bound CPU.
-    from service.llm.base import GenParams
 
     prompts = writer.plan(task, products, options)
     t0 = time.perf_counter()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -26,6 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from eval.baselines import ContentMean
+from eval.ranking import evaluate_baseline, sample_rows
+from service.catalog.ingest import ingest_file
+from service.catalog.models import Product
+from service.config import Settings
+from service.offline.datasets import load
+from service.offline.split import leave_last_two_out
+from service.recsmith import Recsmith
+from service.retrieval.encoder import get_encoder
+from service.retrieval.lexical import LexicalIndex
+from service.retrieval.retriever import RetrievalRequest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "service" / "demo"
@@ -100,11 +114,6 @@ def scores(ranks: list[int]) -> dict[str, float]:
 
 
 def demo_run(encoder_model: str) -> dict[str, Any]:
-    from service.catalog.ingest import ingest_file
-    from service.config import Settings
-    from service.recsmith import Recsmith
-    from service.retrieval.retriever import RetrievalRequest
-
     with tempfile.TemporaryDirectory() as tmp:
         rs = Recsmith(Settings(data_dir=Path(tmp), encoder_model=encoder_model))
         ingest_file(rs.store, DEMO / "products.jsonl", "products")
@@ -155,12 +164,6 @@ def demo_run(encoder_model: str) -> dict[str, Any]:
 def lexical_before_after() -> dict[str, Any]:
     """BM25 alone, the format-1 index (unicode61 only, as before the CJK table) vs now,
     on the demo catalogue: no model involved."""
-    import re
-    import sqlite3
-
-    from service.catalog.models import Product
-    from service.retrieval.lexical import LexicalIndex
-
     products = [Product(**json.loads(x)) for x in (DEMO / "products.jsonl").open()]
     db = sqlite3.connect(":memory:")
     db.execute(
@@ -201,13 +204,6 @@ def lexical_before_after() -> dict[str, Any]:
 
 def content_row(encoder_model: str, kind: str = "passage") -> dict[str, Any]:
     """The ML-100k content-only baseline with one encoder (the harness's split, metrics)."""
-    from eval.baselines import ContentMean
-    from eval.ranking import evaluate_baseline, sample_rows
-    from service.config import Settings
-    from service.offline.datasets import load
-    from service.offline.split import leave_last_two_out
-    from service.retrieval.encoder import get_encoder
-
     s = Settings()
     cache = s.data_dir / "cache" / "embeddings.sqlite"
     enc = get_encoder(encoder_model, s.encoder_batch_size, s.encoder_max_length, str(cache))

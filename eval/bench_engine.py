@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from eval.bench_llm import DEMO, prompts
-from service.config import Settings
+from service.config import Settings, get_settings
 from service.llm.base import LLM, GenParams, Prompt
+from service.llm.llamacpp_backend import LlamaCppLLM
+from service.llm.prepare import models_dir
+from service.llm.transformers_backend import TransformersLLM
 from service.prompts import render
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -196,12 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     used = sys.argv[1:] if argv is None else argv
     command = "python -m eval.bench_engine " + " ".join(shlex.quote(a) for a in used)
 
+    # lazy: llama_cpp loads a native library; only the llama.cpp backend needs it
     import llama_cpp
-
-    from service.config import get_settings
-    from service.llm.llamacpp_backend import LlamaCppLLM
-    from service.llm.prepare import models_dir
-    from service.llm.transformers_backend import TransformersLLM
 
     shared_models = models_dir(get_settings())  # the prepared profiles, not a scratch copy
     before = _uptime()

@@ -29,8 +29,12 @@ from typing import Any
 from service.catalog.models import Product
 from service.config import Settings
 from service.llm.base import LLM
+from service.llm.factory import get_llm
+from service.llm.prepare import prepare_model
 from service.ranking.base import RankResult, UserContext
+from service.ranking.common import ALL_LABELS, Item, product_text
 from service.ranking.factory import get_reranker
+from service.ranking.verbalizer import build_prompt
 from service.retrieval.retriever import Candidate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,10 +115,8 @@ def raw_logprobs_request(
     prompt_logprobs requests: this separates the engine's cost from that fallback's."""
     if llm.backend != "openai":
         return {}
+    # lazy: httpx takes ~0.4 s; only this command talks HTTP
     import httpx
-
-    from service.ranking.common import ALL_LABELS, Item, product_text
-    from service.ranking.verbalizer import build_prompt
 
     items = [
         Item(ALL_LABELS[k], product_text(products.get(c.product_id), c.product_id))
@@ -152,6 +154,7 @@ def closed_port() -> int:
 
 def bench_degraded(data_dir: Path, inproc: LLM, n: int) -> dict[str, Any]:
     """Time to a degraded (retrieval-order) answer when the model cannot answer."""
+    # lazy: service.llm.openai_backend pulls httpx (not needed to import this module)
     from service.llm.openai_backend import OpenAILLM
 
     user, cands, products = workload(n)
@@ -175,8 +178,10 @@ def bench_degraded(data_dir: Path, inproc: LLM, n: int) -> dict[str, Any]:
 
 def vllm_llm(args: argparse.Namespace, settings: Settings) -> tuple[LLM | None, Any, str]:
     """An OpenAI backend for a reachable/started vLLM, the server we started, and a note."""
+    # lazy: httpx takes ~0.4 s; only this command talks HTTP
     import httpx
 
+    # lazy: service.llm.openai_backend pulls httpx (not needed to import this module)
     from service.llm.openai_backend import OpenAILLM
 
     if args.no_vllm:
@@ -184,6 +189,7 @@ def vllm_llm(args: argparse.Namespace, settings: Settings) -> tuple[LLM | None, 
     server = None
     url, name = args.vllm_url, settings.llm_served_name
     if args.start_vllm:
+        # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
         from service.llm.vllm_server import VLLMServer, free_port
 
         server = VLLMServer(args.model_path, port=free_port(), served_name=name,
@@ -280,9 +286,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python -m eval.bench_rerank " + " ".join(shlex.quote(a) for a in argv_used)
-
-    from service.llm.factory import get_llm
-    from service.llm.prepare import prepare_model
 
     args.model_path = str(prepare_model())
     data_dir = Path(tempfile.mkdtemp(prefix="bench-rerank-"))  # llm_calls log of this run

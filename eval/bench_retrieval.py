@@ -34,6 +34,7 @@ def demo_texts(n: int) -> list[str]:
 
 
 def bench_encoder(n: int, batch_size: int = 64) -> dict[str, float]:
+    # lazy: optional reference library, only for this benchmark
     from sentence_transformers import SentenceTransformer
 
     texts = demo_texts(n)

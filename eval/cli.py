@@ -20,9 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from eval.learned import run_learned
 from service.cli_support import fail, out, progress_bar
-from service.offline.pipeline import Reporter
+from service.offline.datasets import DatasetError, load, load_files
 from service.training.cli import (
     DataDirOpt,
     TieOpt,
@@ -107,9 +106,9 @@ def ranking(
     tag: Annotated[str, typer.Option(help="suffix for the result file names")] = "",
 ) -> None:
     """Ranking quality (Recall/NDCG@5/10/20, MRR) of every method side by side."""
+    # lazy: `recsmith` imports this module at start-up; eval.ranking pulls the Application and scipy
     from eval.ranking import run_ranking
     from eval.report import print_table, write_report
-    from service.offline.datasets import DatasetError, load, load_files
 
     if tie_break not in ("item_id", "original"):
         raise typer.BadParameter("use item_id or original", param_hint="--tie-break")
@@ -171,6 +170,7 @@ def ranking_report(
     result: Annotated[Path, typer.Argument(help="a ranking JSON written by `eval ranking`")],
 ) -> None:
     """Rewrite the Markdown and the plot of a ranking run from its JSON, and print it."""
+    # lazy: `recsmith` imports this module at start-up; eval.report pulls the Application and scipy
     from eval.report import load_run, print_table, rewrite
 
     if not result.is_file():
@@ -194,8 +194,8 @@ def copy_eval(
     out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
 ) -> None:
     """Summaries of the ComparEdge catalogue: checks pass rate, length, language, ROUGE-L."""
+    # lazy: `recsmith` imports this module at start-up; eval.copy_eval pulls the engine
     from eval.copy_eval import run_copy_eval, write_copy_report
-    from service.offline.datasets import DatasetError
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -272,6 +272,9 @@ def evaluate_learned(
     """Test-target metrics of the saved models (train them with --dataset first): SASRec on
     every user, its top-20 reranked by the base and the LoRA-tuned verbalizer on a sample.
     Writes <date>-learned-<dataset>.json and .md under --out."""
+    # lazy: `recsmith` imports this module at start-up; these pull the Application
+    from eval.learned import run_learned
+    from service.offline.pipeline import Reporter
     from service.training.lora import AdapterError
     from service.training.sequential import SequentialModelError
 

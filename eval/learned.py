@@ -10,6 +10,7 @@ result shape (eval.ranking.MethodResult) as the baselines:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -18,7 +19,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.training.sequential import EpochReport, SASRecConfig, SASRecMethod, rank_metrics
+from eval.ranking import (
+    RERANK_HISTORY,
+    SHORTLIST,
+    MethodResult,
+    RerankCase,
+    evaluate_reranker,
+    rank_targets,
+    sample_rows,
+    seen_mask,
+)
+from service.config import get_settings
+from service.llm.factory import get_llm
+from service.offline.metrics import summarize
+from service.ranking.verbalizer import VerbalizerReranker
+from service.retrieval.retriever import Candidate
+from service.training.lora import adapter_dir, load_adapter_into
+from service.training.sequential import (
+    EpochReport,
+    SASRecConfig,
+    SASRecMethod,
+    SequentialModelError,
+    model_dir,
+    rank_metrics,
+    read_model,
+)
 
 if TYPE_CHECKING:
     from eval.ranking import MethodResult, Reporter, RerankCase
@@ -36,9 +61,6 @@ def evaluate_sequential(
 ) -> MethodResult:
     """SASRec beside the baselines. Pass a fitted `method` to reuse it (e.g. after
     `sasrec_cases`); else one is trained here (bounded by config.max_minutes)."""
-    from eval.ranking import SHORTLIST, rank_targets
-    from service.offline.metrics import summarize
-
     cfg = config or (method.config if method else SASRecConfig())
     if method is None:
         method = SASRecMethod(cfg, _epoch_hook(reporter))
@@ -87,9 +109,6 @@ def sasrec_cases(
 ) -> list[RerankCase]:
     """eval.ranking.RerankCase per row from a fitted SASRecMethod's top-`shortlist` over the
     test history (unseen items only), as LlamaRec hands its retriever's list to the LLM."""
-    from eval.ranking import RERANK_HISTORY, RerankCase, seen_mask
-    from service.retrieval.retriever import Candidate
-
     history = RERANK_HISTORY if history is None else history
     products = {p.id: p for p in ds.products}
     hist = split.history("test")
@@ -135,12 +154,6 @@ def evaluate_tuned_reranker(
 ) -> MethodResult:
     """The verbalizer with the LoRA adapter over the given cases. Raises AdapterError when
     the adapter is missing or unusable (an evaluation must not silently fall back)."""
-    from eval.ranking import evaluate_reranker
-    from service.config import get_settings
-    from service.llm.factory import get_llm
-    from service.ranking.verbalizer import VerbalizerReranker
-    from service.training.lora import adapter_dir, load_adapter_into
-
     s = settings or get_settings()
     llm = load_adapter_into(get_llm(s), Path(adapter) if adapter else adapter_dir(s))
     reranker = VerbalizerReranker(llm, **verbalizer_opts)
@@ -169,8 +182,6 @@ def _epoch_hook(reporter: Reporter | None) -> Any:
 
 
 def _result(**kw: Any) -> MethodResult:
-    from eval.ranking import MethodResult
-
     return MethodResult(kind="learned", **kw)
 
 
@@ -185,12 +196,6 @@ def run_learned(
 ) -> dict[str, Any]:
     """The saved SASRec (all users, no retraining) and, on a seeded sample, SASRec's top-20
     as is, reranked by the base verbalizer, and by the LoRA-tuned one."""
-    from eval.ranking import evaluate_reranker, sample_rows
-    from service.llm.factory import get_llm
-    from service.ranking.verbalizer import VerbalizerReranker
-    from service.training.lora import adapter_dir
-    from service.training.sequential import SequentialModelError, model_dir, read_model
-
     scorer = read_model(model_dir(settings))
     trained = scorer.info["metrics"].get("tie_break")
     if trained != split.tie_break:
@@ -226,8 +231,6 @@ def run_learned(
 
 
 def _shortlist_order(cases: Sequence[RerankCase]) -> MethodResult:
-    from service.offline.metrics import summarize
-
     ranks = []
     for c in cases:
         ids = [x.product_id for x in c.candidates]
@@ -243,8 +246,6 @@ def _shortlist_order(cases: Sequence[RerankCase]) -> MethodResult:
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -32,6 +32,7 @@ import numpy as np
 
 from eval.baselines import EASE, EASE_LAMBDAS, EASE_MAX_ITEMS, Method, default_methods
 from service.catalog.models import Product
+from service.config import Settings
 from service.offline.datasets import Dataset
 from service.offline.metrics import KS, TargetRanks, ranks_from_lists, summarize, target_ranks
 from service.offline.pipeline import (
@@ -44,6 +45,7 @@ from service.offline.pipeline import (
 from service.offline.pipeline import application_over as _application_over
 from service.offline.pipeline import source_lists as _source_lists
 from service.offline.split import Split, Target, TieBreak, leave_last_two_out
+from service.ranking.base import UserContext
 from service.retrieval.fusion import Fusion
 from service.retrieval.retriever import RRF_K, Candidate
 from service.training.fusion_fit import (
@@ -51,6 +53,7 @@ from service.training.fusion_fit import (
     data_version,
     fit_fusion_on_validation,
 )
+from service.training.sequential import SASRecConfig, model_dir, train_on_sequences
 
 SHORTLIST = 20
 RERANK_HISTORY = 10  # history items shown to a reranker, as service.recommend does
@@ -223,9 +226,6 @@ POOL = 10**9  # fuse() cut-off that keeps every candidate of every source
 def _train_sequential(split: Split, root: Path, minutes: float, reporter: Reporter) -> Path:
     """SASRec as `recsmith train retriever` trains it, on the split's sequences: it learns
     from the items before each user's validation target and stops early on that target."""
-    from service.config import Settings
-    from service.training.sequential import SASRecConfig, model_dir, train_on_sequences
-
     reporter.stage(f"SASRec: train (at most {minutes:g} min)")
     settings = Settings(data_dir=root, database_url="")
     n = sum(len(s) for s in split.sequences)
@@ -415,8 +415,6 @@ def evaluate_reranker(
     """'retrieval top-20 → rerank' for each case: any object with
     `rank(UserContext, candidates, products) -> RankResult`. A target outside the shortlist
     keeps its retrieval rank (the reranker only permutes the shortlist)."""
-    from service.ranking.base import UserContext
-
     reporter = reporter or Reporter()
     label = name or getattr(reranker, "name", type(reranker).__name__)
     if warmup and cases:

@@ -236,9 +236,11 @@ def markdown(run: RankingRun, command: str = "") -> str:
 
 
 def plot(run: RankingRun, path: Path) -> Path:
+    # lazy: matplotlib takes ~3 s; only the plot needs it
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib takes ~3 s; only the plot needs it
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -196,7 +196,7 @@ class Application:
     def assistant(self) -> Any:  # service.assistant.chat.Assistant
         with self._lock:
             if self._assistant is None:
-                # Imported here: LangChain adds ~3 s to every CLI command's start-up.
+                # lazy: LangChain (service.assistant.chat) adds ~3 s to every CLI command's start-up
                 from service.assistant.chat import Assistant
 
                 self._assistant = Assistant(self.engine, self._writer_llm)

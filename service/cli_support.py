@@ -56,7 +56,8 @@ def fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
 
 def build_application() -> Application:
     """The Application for one command (a bad RECSMITH_* setting: one line, exit 2)."""
-    # Imported here: the models' libraries (torch, transformers) add seconds to --help.
+    # lazy: every `recsmith` command imports this module; only those that build the
+    # Application load it (~0.7 s, and the models' libraries add seconds to --help)
     from service.application import Application
 
     try:

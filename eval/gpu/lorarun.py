@@ -140,6 +140,7 @@ def evaluate(
 
 
 def load_model(args: argparse.Namespace, device: str) -> Any:
+    # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -159,6 +160,7 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
 def train(
     model: Any, pack: dict[str, Any], args: argparse.Namespace, device: str, log: Any
 ) -> tuple[Any, dict[str, Any]]:
+    # lazy: peft pulls torch + transformers; only training/adapter loading needs it
     from peft import LoraConfig, get_peft_model
 
     meta = pack["meta"]
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     training: dict[str, Any] | None = None
     if args.adapter or not args.no_train:
         if args.adapter:
+            # lazy: peft pulls torch + transformers; only training/adapter loading needs it
             from peft import PeftModel
 
             tuned = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
@@ -425,6 +428,7 @@ def paired_main(argv: list[str] | None = None) -> int:
     model score the SAME test users, batch by batch in a seeded random order of the users
     whose target is in the shortlist, one JSON line per user appended to --jsonl as it goes
     (shards --shard i/n split the users), so a run cut short is a random paired sample."""
+    # lazy: peft pulls torch + transformers; only training/adapter loading needs it
     from peft import PeftModel
 
     p = argparse.ArgumentParser(description=paired_main.__doc__.splitlines()[0])

@@ -27,6 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from eval.ranking import RERANK_HISTORY
+from service.config import get_settings
+from service.llm.prepare import resolve_model_path
+from service.offline.datasets import load
+from service.prompts import library
+from service.training.lora import RankExample, encode_prompt, label_token_ids, prompt_messages
+from service.training.rerank_data import load_cases
+
 PARTS = 2
 KIND = {"train": 0, "val": 1, "test": 2}
 
@@ -85,13 +93,8 @@ def join_parts(pack: Path, meta: dict[str, Any], dest: Path) -> Path:
 
 
 def encode_cases(cases: dict[str, list[Any]], limits: dict[str, int | None]) -> dict[str, Any]:
+    # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import AutoTokenizer
-
-    from eval.ranking import RERANK_HISTORY
-    from service.config import get_settings
-    from service.llm.prepare import resolve_model_path
-    from service.offline.datasets import load
-    from service.training.lora import RankExample, encode_prompt, label_token_ids, prompt_messages
 
     path = resolve_model_path(get_settings())
     tok = AutoTokenizer.from_pretrained(path)
@@ -125,9 +128,6 @@ def encode_cases(cases: dict[str, list[Any]], limits: dict[str, int | None]) -> 
 
 
 def pack(cases_path: Path, out: Path, dry_run: bool = False) -> dict[str, Any]:
-    from service.prompts import library
-    from service.training.rerank_data import load_cases
-
     cases, info = load_cases(cases_path)
     limits: dict[str, int | None] = (
         {"train": 8, "val": 4, "test": 12}
@@ -142,6 +142,7 @@ def pack(cases_path: Path, out: Path, dry_run: bool = False) -> dict[str, Any]:
     man = json.loads((Path(enc["model_path"]) / "manifest.json").read_text())
     gguf = Path(man["gguf_path"])
     parts = split_file(gguf, out)
+    # lazy: gguf only for packing the GPU run
     import gguf as gguf_pkg  # the pure-Python reader transformers uses for gguf_file=
 
     pkg = Path(gguf_pkg.__file__).parent

@@ -216,6 +216,7 @@ def read_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None
                 clean = {k.strip(): v for k, v in row.items() if k and v is not None}
                 yield n, clean, json.dumps(row, ensure_ascii=False)
     elif fmt == "parquet":
+        # lazy: pyarrow takes ~0.5 s; only Parquet files need it
         import pyarrow.parquet as pq
 
         try:
@@ -234,6 +235,7 @@ def read_header(path: Path, fmt: str) -> list[str] | None:
     """Column names of a CSV/TSV/Parquet file; None for JSONL (each row has its own)."""
     try:
         if fmt == "parquet":
+            # lazy: pyarrow takes ~0.5 s; only Parquet files need it
             import pyarrow.parquet as pq
 
             return list(pq.ParquetFile(path).schema_arrow.names)
@@ -430,6 +432,7 @@ def count_rows(path: Path, fmt: str) -> int | None:
     """Row count for a progress bar (cheap for the formats we read)."""
     try:
         if fmt == "parquet":
+            # lazy: pyarrow takes ~0.5 s; only Parquet files need it
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows

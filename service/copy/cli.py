@@ -28,6 +28,7 @@ from service.copy.store import STATUSES
 from service.copy.tasks import CopyOptions, HeadlineRequest
 from service.llm.base import LLMError
 from service.vocab import ProductTask
+from service.worker import check_queue, run_until_signalled
 
 copy_app = typer.Typer(help="Generate, store and export product copy.", no_args_is_help=True)
 
@@ -357,8 +358,6 @@ def worker(
 ) -> None:
     """Write batch copy from the job queue in the database until stopped (SIGTERM, Ctrl-C);
     start one per host or more. Needs PostgreSQL (RECSMITH_DATABASE_URL)."""
-    from service.worker import check_queue, run_until_signalled
-
     with clear_errors():
         application = build_application()
         try:

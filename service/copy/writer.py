@@ -288,6 +288,107 @@ class CopyWriter:
             return self.store.approve(copy_id)
         return self.store.approve(copy_id, text, self.recheck(copy_id, text))
 
+    # -- texts with parts, as JSON ----------------------------------------------------
+    def blurb_variants(
+        self, product_id: str, n: int = 3, options: CopyOptions | None = None
+    ) -> dict[str, Any]:
+        """n blurbs for one product in ONE model call, as constrained JSON; each variant
+        checked like a blurb. Not stored: a studio's "give me options" preview.
+        {"variants": [{"text", "passed", "failed_checks"}], "attempts", "model_id"}."""
+        from service.copy.structured import generate_json, variants_schema
+
+        options = options or CopyOptions()
+        product = self.catalog.get_product(product_id)
+        [draft] = self._plan_product("blurb", product, options.model_copy(update={"variants": 1}))
+        limit = draft.params.get("max_chars") or draft.params.get("max_words") or 50
+        chars = limit if draft.language == "zh" else limit * 6
+        # The grammar closes the JSON only if the budget lets every string reach its cap
+        # (a token is at least one character): the cap, not the usual length, sets it.
+        system = self.prompts.render(f"copy_system.{draft.language}", **draft.variables).text
+        user = self.prompts.render(f"copy_variants.{draft.language}", **draft.variables, n=n).text
+        messages: list[Message] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]
+        res = generate_json(
+            self.llm, messages, variants_schema(n, chars),
+            max_tokens=min(n * (chars + 8) + 32, 2048),
+            repetition_penalty=self.settings.writer_repetition_penalty,
+            temperature=options.temperature or 0.0, seed=options.seed,
+        )  # fmt: skip
+        out = []
+        for text in res.data["variants"]:
+            text = fit_sentences(clean_output(text), draft.language, draft.limits)
+            checks = run_checks(
+                text, draft.facts, language=draft.language, limits=draft.limits,
+                banned=self.settings.banned_claims, topic=True, keywords=draft.keywords,
+                claims=self.settings.unsupported_claims,
+            )  # fmt: skip
+            failed = [c.name for c in checks if not c.ok]
+            out.append({"text": text, "passed": not failed, "failed_checks": failed})
+        return {"variants": out, "attempts": res.attempts, "model_id": self.llm.model_id}
+
+    def headline_with_notes(
+        self,
+        product_ids: Sequence[str],
+        interests: Sequence[str] = (),
+        language: str | None = None,
+    ) -> dict[str, Any]:
+        """A theme headline and one note per item in ONE model call, as constrained JSON;
+        the headline checked like a headline, each note against its own product's data.
+        {"headline", "headline_checks", "notes": [{"product_id", "note", "passed",
+        "failed_checks"}], "attempts", "language"}."""
+        from service.copy.structured import generate_json, headline_notes_schema
+
+        found = self.catalog.get_products(list(product_ids))
+        missing = [pid for pid in product_ids if pid not in found]
+        if missing:
+            raise NotFound(f"unknown product id(s): {', '.join(missing[:5])}")
+        products = [found[pid] for pid in product_ids]
+        language = language or (self._text_language(list(interests)) if interests else None)
+        req = HeadlineRequest(product_ids=list(product_ids), interests=list(interests))
+        [draft] = self._plan_headline(products, list(interests), req, language)
+        lang = draft.language
+        system = self.prompts.render(f"copy_system.{lang}", **draft.variables).text
+        user = self.prompts.render(f"copy_headline_notes.{lang}", **draft.variables).text
+        messages: list[Message] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]
+        note_chars, head_chars = (40, 24) if lang == "zh" else (120, 80)
+        res = generate_json(
+            self.llm, messages,
+            headline_notes_schema(len(products), head_chars, note_chars),
+            max_tokens=min(head_chars + len(products) * (note_chars + 8) + 32, 2048),
+            repetition_penalty=self.settings.writer_repetition_penalty,
+        )  # fmt: skip
+        headline = clean_output(res.data["headline"], single_line=True)
+        h_checks = run_checks(
+            headline, draft.facts, language=lang, limits=draft.limits,
+            banned=self.settings.banned_claims, topic=False,
+            claims=self.settings.unsupported_claims, titles=draft.titles,
+        )  # fmt: skip
+        notes = []
+        for p, note in zip(products, res.data["notes"], strict=True):
+            note = clean_output(note)
+            checks = run_checks(
+                note, Facts.from_products([p]), language=lang,
+                limits=Limits(max_words=None, max_chars=None, single_line=False),
+                banned=self.settings.banned_claims, topic=False,
+                claims=self.settings.unsupported_claims,
+            )  # fmt: skip
+            failed = [c.name for c in checks if not c.ok]
+            notes.append(
+                {"product_id": p.id, "note": note, "passed": not failed, "failed_checks": failed}
+            )
+        return {
+            "headline": headline,
+            "headline_checks": [c.name for c in h_checks if not c.ok],
+            "notes": notes,
+            "attempts": res.attempts,
+            "language": lang,
+        }
+
     # -- planning ---------------------------------------------------------------------
     @staticmethod
     def _text_language(texts: Sequence[str]) -> str:

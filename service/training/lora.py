@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 from service.artefacts import Artefacts  # noqa: E402
 from service.config import get_settings  # noqa: E402
 from service.llm.factory import get_llm  # noqa: E402
+from service.llm.prepare import resolve_model_path
+from service.prompts import library
 from service.ranking.adapter import (  # noqa: E402
     ADAPTER_FILES,
     FORMAT_VERSION,
@@ -63,6 +65,10 @@ from service.ranking.adapter import (  # noqa: E402
     load_adapter_into,  # noqa: F401 - re-exported for the training CLI and tests
     read_manifest,  # noqa: F401 - re-exported for the training CLI and tests
 )
+from service.ranking.base import UserContext
+from service.ranking.common import ALL_LABELS, Item, product_text
+from service.ranking.verbalizer import VerbalizerReranker, build_prompt
+from service.training.sequential import train_threads
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +163,6 @@ def prompt_messages(
     ex: RankExample, products: dict[str, Product], max_history: int
 ) -> list[dict[str, str]]:
     """The verbalizer's own prompt for this example (one window, labels A..)."""
-    from service.ranking.base import UserContext
-    from service.ranking.common import ALL_LABELS, Item, product_text
-    from service.ranking.verbalizer import build_prompt
-
     hist = [products[p] for p in ex.history if p in products]
     items = [
         Item(ALL_LABELS[i], product_text(products.get(p), p)) for i, p in enumerate(ex.candidates)
@@ -177,8 +179,6 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 def label_token_ids(tokenizer: Any, n: int) -> list[int]:
-    from service.ranking.common import ALL_LABELS
-
     ids = []
     for lab in ALL_LABELS[:n]:
         t = tokenizer(lab, add_special_tokens=False)["input_ids"]
@@ -190,6 +190,7 @@ def label_token_ids(tokenizer: Any, n: int) -> list[int]:
 
 # -- model helpers -------------------------------------------------------------------------
 def pick_device(requested: str = "auto") -> str:
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
 
     if requested != "auto":
@@ -199,6 +200,7 @@ def pick_device(requested: str = "auto") -> str:
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, Any, Any]:
     """Left padding with positions counting real tokens only (as TransformersLLM does)."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
 
     width = max(len(s) for s in seqs)
@@ -230,6 +232,7 @@ def _evaluate(
 ) -> dict[str, float]:
     """Over the labels shown (as the verbalizer renormalises): accuracy, NDCG@10, MRR and
     the mean answer log-probability, ground truth always among the candidates."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
 
     if not encoded:
@@ -284,14 +287,11 @@ def train_reranker(
 ) -> dict[str, Any]:
     """LoRA-tune the verbalizer's LLM; resumes from out_dir/checkpoints/latest.pt when it
     was made for the same configuration and examples (fresh=True ignores it)."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from peft import set_peft_model_state_dict as set_lora
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from service.llm.prepare import resolve_model_path
-    from service.prompts import library
-    from service.training.sequential import train_threads
 
     cfg = config or LoraTrainConfig()
     if not train:
@@ -515,8 +515,6 @@ def reranker_llm(settings: Settings | None = None) -> LLM:
 
 def tuned_verbalizer(settings: Settings | None = None, **opts: Any) -> Any:
     """A VerbalizerReranker over `reranker_llm` (loaded on its first rank call)."""
-    from service.ranking.verbalizer import VerbalizerReranker
-
     r = VerbalizerReranker(lambda: reranker_llm(settings), **opts)
     r.name = "verbalizer+lora"
     return r

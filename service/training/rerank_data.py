@@ -30,6 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from service.config import Settings
+from service.offline.datasets import load
+from service.offline.pipeline import HISTORY_LIMIT, PIPELINE_K, application_over, default_encoder
+from service.offline.split import leave_last_two_out
+from service.recsmith import Recsmith
+from service.retrieval.retriever import RetrievalRequest
+from service.training.fusion_fit import fit_fusion_on_validation
+
 SHORTLIST = 20
 READY = ".pipeline-ready"
 
@@ -51,13 +59,6 @@ class Case:
 def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "item_id") -> Any:
     """A Recsmith over `root` with every user's test history and the fitted fusion; built
     on first use (fusion fitted on validation as `recsmith eval ranking` fits it)."""
-    from service.config import Settings
-    from service.offline.datasets import load
-    from service.offline.pipeline import application_over, default_encoder
-    from service.offline.split import leave_last_two_out
-    from service.recsmith import Recsmith
-    from service.training.fusion_fit import fit_fusion_on_validation
-
     ds = load(dataset)
     split = leave_last_two_out(ds, tie_break)  # type: ignore[arg-type]
     encoder = default_encoder()
@@ -77,8 +78,6 @@ def pipeline_recsmith(root: Path, dataset: str = "ml-100k", tie_break: str = "it
 
 def shortlister(rs: Any, k: int = SHORTLIST) -> Callable[[list[str]], list[str]]:
     """history -> the served pipeline's top-k for it (what the service shows the reranker)."""
-    from service.offline.pipeline import HISTORY_LIMIT, PIPELINE_K
-    from service.retrieval.retriever import RetrievalRequest
 
     def top(history: list[str]) -> list[str]:
         recent = [(p, "purchase") for p in history[-HISTORY_LIMIT:]]

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 # The inference side (network, checkpoint format, scorer) is the serving module's; training
 # builds on it, never the other way round.
+from service.offline.metrics import summarize, target_ranks
 from service.retrieval.sequential import (  # noqa: E402
     EVAL_BATCH,
     FILES,
@@ -167,8 +168,6 @@ def rank_metrics(
 ) -> dict[str, float]:
     """Full-ranking Recall/NDCG@5/10/20 and MRR over items unseen in the input history
     (service.offline.metrics; ties by item index)."""
-    from service.offline.metrics import summarize, target_ranks
-
     if len(targets) == 0:
         return {}
     ranks = []
@@ -203,6 +202,7 @@ def fit_sasrec(
     progress: Callable[[EpochReport], None] | None = None,
 ) -> FitResult:
     """Train on data.train, early-stop on data.val_*; returns the best epoch's model."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -221,6 +221,7 @@ def train_threads(requested: int = 0) -> int:
     """Threads for training. On a CPU shared with other busy processes, extra torch threads
     spin waiting for each other: measured here with load 16 on 2 cores, one thread ran a
     SASRec step in 1.8 s and two threads in 6 s. So auto = the cores left idle, at least 1."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
 
     if requested > 0:
@@ -240,6 +241,7 @@ def _fit(
     progress: Callable[[EpochReport], None] | None,
     t0: float,
 ) -> FitResult:
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
     from torch.nn import functional as F  # noqa: N812
 
@@ -312,6 +314,7 @@ def save_model(
 ) -> Path:
     """Write every file into a temporary sibling, then swap it in: a reader never sees a
     half-written model."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
     from safetensors.torch import save_file
 
