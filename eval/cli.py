@@ -192,10 +192,31 @@ def copy_eval(
     max_words: Annotated[int, typer.Option(min=5, max=200, help="summary word limit")] = 25,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     out: Annotated[Path, typer.Option(help="results folder")] = Path("eval/results"),
+    profile: Annotated[
+        str, typer.Option(help="writer profiles side by side, e.g. tiny,small (issue 10)")
+    ] = "",
+    zh: Annotated[
+        int, typer.Option(min=0, max=6, help="with --profile: Chinese demo products")
+    ] = 6,
 ) -> None:
-    """Summaries of the ComparEdge catalogue: checks pass rate, length, language, ROUGE-L."""
+    """Summaries of the ComparEdge catalogue: checks pass rate, length, language, ROUGE-L.
+    With --profile: per-profile quality, latency and sample texts (copy-profiles report)."""
     # lazy: `recsmith` imports this module at start-up; eval.copy_eval pulls the engine
-    from eval.copy_eval import run_copy_eval, write_copy_report
+    from eval.copy_eval import run_copy_eval, run_profiles_report, write_copy_report
+
+    if profile:
+        names = [p.strip() for p in profile.split(",") if p.strip()]
+        bad = [p for p in names if p not in ("tiny", "small", "base")]
+        if bad:
+            console.print(f"[red]error:[/red] unknown profile {bad[0]!r}: use tiny, small or base")
+            raise typer.Exit(2)
+        command = "recsmith eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        paths = run_profiles_report(
+            names, out, command, n_comparedge=min(limit, 40), n_chinese=zh,
+            progress=lambda s: console.print(s),
+        )  # fmt: skip
+        console.print(paths[1].read_text())
+        return
 
     progress = Progress(
         TextColumn("{task.description}"),

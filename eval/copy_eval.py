@@ -11,9 +11,11 @@ and mean latency per item.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,7 +24,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from eval.bench_chat import CONVERSATIONS
+from service.catalog.ingest import ingest_file  # noqa: F401 - the demo's loader format
 from service.catalog.models import Product
+from service.catalog.store import CatalogStore
+from service.config import Settings, get_settings
+from service.copy.checks import _CJK_RE, normalise_text
+from service.copy.tasks import CopyOptions, CopyRequest
+from service.copy.writer import CopyWriter
 from service.offline.datasets import SOURCES, PackagedData, fetch
 
 COMPAREDGE = PackagedData(
@@ -123,11 +132,6 @@ def run_copy_eval(
     data_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    from service.catalog.store import CatalogStore
-    from service.config import Settings, get_settings
-    from service.copy.tasks import CopyOptions
-    from service.copy.writer import CopyWriter
-
     cases = load_comparedge()
     random.Random(seed).shuffle(cases)
     cases = cases[:limit]
@@ -279,8 +283,6 @@ def key_attributes(p: Product) -> list[str]:
 def mentions(text: str, fact: str) -> bool:
     """A fact is mentioned when half its content words (Chinese: one of its character
     pairs, or its digits) occur in the text."""
-    from service.copy.checks import _CJK_RE, normalise_text
-
     t, f = normalise_text(text), normalise_text(fact)
     cjk = "".join(_CJK_RE.findall(f))
     if cjk:
@@ -301,8 +303,6 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def demo_chinese_products() -> list[Product]:
-    from service.catalog.ingest import ingest_file  # noqa: F401 - the demo's loader format
-
     path = Path(__file__).resolve().parents[1] / "service" / "demo" / "products.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [Product(**r) for r in rows if "-zh-" in r["id"]]
@@ -321,11 +321,6 @@ def run_profile_eval(
 ) -> dict[str, Any]:
     """Each product × task written one request at a time (as a shopper-facing call is), with
     the writer's defaults (retries included): quality rates, latency, tokens/s, texts."""
-    from service.catalog.store import CatalogStore
-    from service.config import Settings
-    from service.copy.tasks import CopyRequest
-    from service.copy.writer import CopyWriter
-
     backend = backend or PROFILE_BACKENDS.get(profile, "llamacpp")
     cases = load_comparedge()
     random.Random(seed).shuffle(cases)
@@ -531,18 +526,59 @@ def write_profiles_report(
     return out.with_suffix(".json"), out.with_suffix(".md")
 
 
-def _chat_conversations() -> list[list[str]]:
-    from eval.bench_chat import CONVERSATIONS
+def run_profiles_report(
+    profiles: list[str],
+    out_dir: Path,
+    command: str,
+    n_comparedge: int = 8,
+    n_chinese: int = 6,
+    threads: int = 0,
+    chat: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Path, Path]:
+    """`recsmith eval copy --profile tiny,small`: each profile's copy run (and chat turns),
+    one after another so each has the CPU to itself, into one report
+    (<out_dir>/<date>-copy-profiles.{json,md}) with the load average of each run."""
+    import os
+    import platform
+    from datetime import date
 
+    from eval.bench_chat import run_chat_bench
+
+    results: list[dict[str, Any]] = []
+    chats: dict[str, Any] = {}
+    loads: list[str] = []
+    for prof in profiles:
+        before = os.getloadavg()[0]
+        results.append(
+            run_profile_eval(
+                prof, n_comparedge=n_comparedge, n_chinese=n_chinese, threads=threads,
+                progress=progress,
+            )
+        )  # fmt: skip
+        if chat:
+            chats[prof] = run_chat_bench(prof, threads=threads)
+        loads.append(f"{prof}: load {before:.2f} → {os.getloadavg()[0]:.2f}")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs; 1-min load average " + "; ".join(loads)
+    chat_part = (
+        {
+            "note": "Turns: " + " → ".join(" / ".join(c) for c in _chat_conversations()),
+            "profiles": chats,
+        }
+        if chats
+        else None
+    )
+    out = out_dir / f"{date.today().isoformat()}-copy-profiles"
+    return write_profiles_report(results, chat_part, out, command, machine)
+
+
+def _chat_conversations() -> list[list[str]]:
     return CONVERSATIONS
 
 
 def main_profiles(argv: list[str] | None = None) -> None:
     """python -m eval.copy_eval --profile small [--n 8] --out /tmp/x.json: one profile's
     run to a JSON file (profiles run one by one, so each has the CPU to itself)."""
-    import argparse
-    import sys
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default=None)
     ap.add_argument("--merge", nargs="*", type=Path, default=None, help="profile JSONs")
