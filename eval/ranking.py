@@ -211,7 +211,7 @@ def _history_products_for(split: Split, rows: np.ndarray) -> list[list[str]]:
 
 
 SOURCE_LABELS = {
-    "dense_history": "recsmith retrieval: dense history (MiniLM profile)",
+    "dense_history": "recsmith retrieval: dense history (profile of the encoder in use)",
     "co_interaction": "recsmith retrieval: co-interaction (window)",
     "item_knn": "recsmith retrieval: item-kNN (last 20, 0.5^age)",
     "next_item": "recsmith retrieval: next-item transitions (last 20, 0.5^age)",
