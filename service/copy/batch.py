@@ -36,6 +36,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
@@ -172,13 +173,25 @@ def find_job(
         return _status(row, _counts(s, [row.id])[row.id]) if row else None
 
 
+BATCH_SIZE = 8  # products per writer call unless a job says otherwise
+
+
+class JobScope(TypedDict, total=False):
+    """`create_job`'s keywords for which products a job covers and how it runs them."""
+
+    category: str | None
+    limit: int | None
+    batch_size: int
+    settings: Settings | None
+
+
 def create_job(
     task: str,
     options: CopyOptions | None = None,
     *,
     category: str | None = None,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     settings: Settings | None = None,
     owner: bool = False,
 ) -> JobStatus:
@@ -376,18 +389,15 @@ def adopt_orphans(*, settings: Settings | None = None) -> list[int]:
 
 
 def submit_job(
-    task: str,
-    options: CopyOptions | None = None,
-    *,
-    category: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    settings: Settings | None = None,
+    task: str, options: CopyOptions | None = None, **scope: Unpack[JobScope]
 ) -> tuple[JobStatus, bool]:
     """(job, reused): the queued or running job for the same task, options and products if
-    there is one, else a new job owned by this process. Raises TooManyJobs at the cap."""
-    settings = settings or get_settings()
+    there is one, else a new job owned by this process (`create_job` with the same
+    arguments). Raises TooManyJobs at the cap."""
+    settings = scope.get("settings") or get_settings()
     options = options or CopyOptions()
+    category, limit = scope.get("category"), scope.get("limit")
+    batch_size = scope.get("batch_size", BATCH_SIZE)
     engine = _engine(settings)
     sig = job_signature(task, options, category, limit)
     with _submit_lock:
@@ -410,8 +420,7 @@ def submit_job(
                 f"{len(active)} copy jobs are queued or running (the limit is {cap}); "
                 "wait for one to finish or cancel one"
             )
-        job = create_job(task, options, category=category, limit=limit, batch_size=batch_size,
-                         settings=settings, owner=True)  # fmt: skip
+        job = create_job(task, options, **{**scope, "settings": settings}, owner=True)
         return job, False
 
 
