@@ -1,7 +1,12 @@
-"""The pgvector index: product vectors in the database (`product_vectors`, float4[] beside
-the products), an HNSW index on `embedding::vector(dim)` with cosine ops, the business
-filters in the same SQL statement. Every API process and host reads the same rows, so
-there is nothing to keep in step after a write.
+"""The pgvector index: product vectors in the database (`product_vectors`, beside the
+products), an HNSW index with cosine ops, the business filters in the same SQL statement.
+Every API process and host reads the same rows, so there is nothing to keep in step after
+a write.
+
+The migration creates the column as float4[] (no extension needed, no dimension known);
+this index turns it into `vector(dim)` with the encoder's dimension when it first opens the
+database. Native vectors matter: computing distances through a float4[] -> vector cast was
+15x slower (50 ms vs 3.5 ms over 2,000 rows of 384 dimensions).
 
 Filtered search on pgvector 0.6.2 (what the pgserver wheel bundles; iterative index scans
 arrived in 0.8): an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
@@ -58,7 +63,7 @@ class PgVectorIndex(VectorIndex):
         self.ef_search, self.exact_below = ef_search, exact_below
         self.m, self.ef_construction = m, ef_construction
         self._vec = f"vector({dim})"
-        self._dist = f"(v.embedding::{self._vec} <=> CAST(:q AS {self._vec}))"
+        self._dist = f"(v.embedding <=> CAST(:q AS {self._vec}))"
         self.ensure()
 
     @property
@@ -77,6 +82,24 @@ class PgVectorIndex(VectorIndex):
                 f"`vector` extension (pgvector not installed?): {str(e.orig).strip()[:200]}"
             ) from None
         with self.engine.begin() as c:
+            kind = c.execute(
+                text(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = 'product_vectors'::regclass AND attname = 'embedding'"
+                )
+            ).scalar()
+            if kind != self._vec:
+                # Another dimension means another encoder: its vectors cannot be kept.
+                using = "embedding" if kind == "real[]" else "NULL"
+                if kind != "real[]":
+                    c.execute(text("DELETE FROM product_vectors"))
+                c.execute(text("LOCK TABLE product_vectors IN ACCESS EXCLUSIVE MODE"))
+                c.execute(
+                    text(
+                        f"ALTER TABLE product_vectors ALTER COLUMN embedding TYPE {self._vec} "
+                        f"USING {using}::{self._vec}"
+                    )
+                )
             # Category filters compare lower-cased names, as the in-process index does.
             c.execute(
                 text(
@@ -92,7 +115,7 @@ class PgVectorIndex(VectorIndex):
             c.execute(
                 text(
                     f"CREATE INDEX IF NOT EXISTS {self.index_name} ON product_vectors "
-                    f"USING hnsw ((embedding::{self._vec}) vector_cosine_ops) "
+                    "USING hnsw (embedding vector_cosine_ops) "
                     f"WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)})"
                 )
             )
@@ -119,7 +142,7 @@ class PgVectorIndex(VectorIndex):
         with self.engine.connect() as c:
             rows = c.execute(
                 text(
-                    "SELECT product_id, embedding FROM product_vectors "
+                    "SELECT product_id, embedding::real[] FROM product_vectors "
                     "WHERE product_id = ANY(:ids) AND embedding IS NOT NULL"
                 ),
                 {"ids": list(ids)},
@@ -180,7 +203,7 @@ class PgVectorIndex(VectorIndex):
         sql = (
             f"SELECT v.product_id, 1 - {self._dist} AS score FROM product_vectors v "
             f"JOIN products p ON p.id = v.product_id WHERE {where} "
-            f"ORDER BY v.embedding::{self._vec} <=> CAST(:q AS {self._vec}) LIMIT :k"
+            f"ORDER BY v.embedding <=> CAST(:q AS {self._vec}) LIMIT :k"
         )
         with self.engine.begin() as c:
             c.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))

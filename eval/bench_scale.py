@@ -1,0 +1,379 @@
+"""A large synthetic catalogue on PostgreSQL: ingest rate, index build, filtered and
+unfiltered query latency and recall@10 against exact search for the pgvector HNSW index and
+the in-process index (FAISS 8-bit scan), memory, and a single-product upsert end to end.
+
+    nice -n 10 python -m eval.bench_scale --products 1000000      # the issue's size
+    nice -n 10 python -m eval.bench_scale --products 200000 --out eval/results/scale.json
+
+The catalogue is generated from templates (seeded): 50 categories, 400 brands, titles and
+descriptions from word lists, prices and stock. Encoding a million texts takes hours on two
+CPU cores, so only `--sample` products (spread over the categories) are encoded with the
+real encoder, which measures its rate; every other product gets a vector made from those:
+a random convex mix of two encoded vectors of its own category plus Gaussian noise
+(σ per coordinate `--noise`/√dim), normalised. The vectors thus keep the encoder's
+geometry (anisotropy, category clusters) without its cost. Queries are real query texts
+encoded by the real encoder. Exact search (numpy over every vector, with the filter) is the
+ground truth for recall.
+
+Ingest: the first `--ingest-sample` products go through the service's store
+(CatalogStore.upsert_products, batches of 2,000: validation, hashes, change log) to measure
+its rate; the rest are bulk-copied (COPY), as is every vector (binary COPY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from service.catalog.models import Product
+
+CATEGORIES = [
+    f"{a} {b}"
+    for a in ("Home", "Outdoor", "Kitchen", "Office", "Travel", "Garden", "Kids", "Sport", "Pet",
+              "Audio")
+    for b in ("Basics", "Pro", "Classics", "Essentials", "Gear")
+]  # fmt: skip
+ADJ = "compact durable lightweight waterproof insulated ergonomic foldable wireless "
+ADJ += "stainless organic rechargeable heavy-duty modular handmade quiet portable"
+NOUN = "bottle jacket lamp kettle backpack tent chair speaker blender mat knife pan "
+NOUN += "headphones charger notebook planter leash tripod cooler grill blanket helmet"
+MATERIAL = "steel bamboo cotton wool leather aluminium ceramic glass nylon oak silicone"
+USE = "camping, the office, travel, everyday cooking, long walks, small flats, gifts, kids"
+
+
+def make_products(n: int, seed: int = 0) -> list[Product]:
+    rng = np.random.default_rng(seed)
+    adj, noun, mat = ADJ.split(), NOUN.split(), MATERIAL.split()
+    uses = [u.strip() for u in USE.split(",")]
+    cat = rng.integers(0, len(CATEGORIES), n)
+    a1, a2 = rng.integers(0, len(adj), n), rng.integers(0, len(adj), n)
+    no, ma, us = rng.integers(0, len(noun), n), rng.integers(0, len(mat), n), rng.integers(0, 8, n)
+    brand = rng.integers(0, 400, n)
+    price = np.round(rng.lognormal(3.5, 0.8, n), 2)
+    stock = rng.random(n) > 0.15
+    return [
+        Product(
+            id=f"syn-{i:07d}",
+            title=f"{adj[a1[i]].capitalize()} {adj[a2[i]]} {noun[no[i]]}, {mat[ma[i]]}",
+            description=(
+                f"A {adj[a1[i]]} {noun[no[i]]} made of {mat[ma[i]]} for {uses[us[i]]}. "
+                f"Model {i % 997}, series {i % 13}."
+            ),
+            category=CATEGORIES[cat[i]],
+            brand=f"Brand{brand[i]:03d}",
+            price=float(price[i]),
+            in_stock=bool(stock[i]),
+        )
+        for i in range(n)
+    ]
+
+
+def synthetic_vectors(
+    products: list[Product],
+    sample_idx: np.ndarray,
+    sample_vecs: np.ndarray,
+    noise: float,
+    seed: int,
+) -> np.ndarray:
+    """Encoded vectors where there is one; elsewhere a random mix of two encoded vectors of
+    the same category plus noise, normalised (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    n, dim = len(products), sample_vecs.shape[1]
+    cats = np.array([CATEGORIES.index(p.category) for p in products])
+    out = np.empty((n, dim), dtype=np.float32)
+    for c in range(len(CATEGORIES)):
+        rows = np.flatnonzero(cats == c)
+        pool = np.flatnonzero(cats[sample_idx] == c)
+        if len(pool) == 0:
+            pool = np.arange(len(sample_idx))
+        a = sample_vecs[pool[rng.integers(0, len(pool), len(rows))]]
+        b = sample_vecs[pool[rng.integers(0, len(pool), len(rows))]]
+        w = rng.random((len(rows), 1)).astype(np.float32)
+        v = w * a + (1 - w) * b + rng.normal(0, noise / np.sqrt(dim), (len(rows), dim))
+        out[rows] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    out[sample_idx] = sample_vecs
+    return out
+
+
+def _copy_products(engine: Any, products: list[Product]) -> None:
+    now = datetime.utcnow()
+    with engine.raw_connection() as raw:
+        cur = raw.cursor()
+        cols = "id, title, description, category, brand, price, currency, attributes, tags, "
+        cols += "language, in_stock, content_hash, updated_at"
+        with cur.copy(f"COPY products ({cols}) FROM STDIN") as copy:
+            for p in products:
+                copy.write_row(
+                    (p.id, p.title, p.description, p.category, p.brand, p.price, p.currency,
+                     "{}", "[]", p.language, p.in_stock, p.content_hash(), now)
+                )  # fmt: skip
+        raw.commit()
+
+
+def _copy_vectors(
+    engine: Any, ids: list[str], hashes: list[str], model_id: str, vecs: np.ndarray
+) -> None:
+    """Binary COPY of vector rows (pgvector's wire format: int16 dim, int16 0, float4s),
+    encoded with numpy (a Python float per element would take minutes at a million rows)."""
+    dim = vecs.shape[1]
+    head = struct.pack("!hh", dim, 0)
+    model_b = model_id.encode()
+    with engine.raw_connection() as raw:
+        cur = raw.cursor()
+        sql = "COPY product_vectors (product_id, model_id, content_hash, embedding) "
+        sql += "FROM STDIN (FORMAT BINARY)"
+        with cur.copy(sql) as copy:
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0))
+            for start in range(0, len(ids), 20_000):
+                body = vecs[start : start + 20_000].astype(">f4")
+                parts = []
+                for j, pid in enumerate(ids[start : start + 20_000]):
+                    pb, hb = pid.encode(), hashes[start + j].encode()
+                    arr_b = head + body[j].tobytes()
+                    parts.append(
+                        struct.pack("!hi", 4, len(pb)) + pb
+                        + struct.pack("!i", len(model_b)) + model_b
+                        + struct.pack("!i", len(hb)) + hb
+                        + struct.pack("!i", len(arr_b)) + arr_b
+                    )  # fmt: skip
+                copy.write(b"".join(parts))
+            copy.write(struct.pack("!h", -1))
+        raw.commit()
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(float(np.percentile(xs, 50)), 2),
+        "p99_ms": round(float(np.percentile(xs, 99)), 2),
+    }
+
+
+def _exact(vecs: np.ndarray, q: np.ndarray, mask: np.ndarray | None, k: int = 10) -> list[int]:
+    s = vecs @ q
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    top = np.argpartition(-s, k)[:k]
+    return [int(i) for i in top[np.argsort(-s[top])] if np.isfinite(s[i])]
+
+
+def _postgres_url(folder: Path | None) -> str:
+    url = os.environ.get("RECSMITH_BENCH_POSTGRES_URL")
+    if url:
+        return url
+    import pgserver
+
+    folder = folder or Path(tempfile.mkdtemp(prefix="rs-scale-"))
+    server = pgserver.get_server(str(folder), cleanup_mode="stop")
+    return server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--products", type=int, default=1_000_000)
+    ap.add_argument("--sample", type=int, default=2000, help="products encoded for real")
+    ap.add_argument("--ingest-sample", type=int, default=50_000)
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--upserts", type=int, default=20)
+    ap.add_argument("--noise", type=float, default=0.35)
+    ap.add_argument("--pg-dir", type=Path, default=None)
+    ap.add_argument("--skip", default="", help="comma list: memory,pgvector,upsert")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    import torch
+    from sqlalchemy import text
+
+    from service.application import Application
+    from service.catalog.store import CatalogStore
+    from service.config import Settings
+    from service.retrieval.encoder import get_encoder
+    from service.retrieval.filters import Filters
+    from service.retrieval.vector_index import MemoryVectorIndex
+    from service.retrieval.vector_index_pg import PgVectorIndex
+
+    # One torch thread: on a busy 2-core machine two spinning OpenMP threads cost 2-4x.
+    torch.set_num_threads(1)
+    proc = psutil.Process()
+    res: dict[str, Any] = {"products": args.products, "sample_encoded": args.sample}
+    t = time.perf_counter()
+    products = make_products(args.products)
+    res["generate_s"] = round(time.perf_counter() - t, 1)
+    hashes = [p.content_hash() for p in products]
+    ids = [p.id for p in products]
+
+    url = _postgres_url(args.pg_dir)
+    data_dir = Path(tempfile.mkdtemp(prefix="rs-scale-data-"))
+    base = Settings(data_dir=data_dir, database_url=url)
+    store = CatalogStore(url)
+    engine = store.engine
+    # Ingest: the service's path on a sample, then bulk COPY for the rest.
+    m = min(args.ingest_sample, args.products)
+    t = time.perf_counter()
+    for start in range(0, m, 2000):
+        store.upsert_products(products[start : min(start + 2000, m)])
+    dt = time.perf_counter() - t
+    res["ingest_store_rows_per_s"] = round(m / dt)
+    t = time.perf_counter()
+    _copy_products(engine, products[m:])
+    if args.products > m:
+        res["ingest_copy_rows_per_s"] = round((args.products - m) / (time.perf_counter() - t))
+    with engine.begin() as c:
+        c.execute(text("ANALYZE products"))
+    print(json.dumps(res), flush=True)
+
+    # Vectors: a real sample, the rest derived from it.
+    enc = get_encoder(base.encoder_model, base.encoder_batch_size, base.encoder_max_length, None)
+    enc.encode(["warm up"])
+    rng = np.random.default_rng(7)
+    sample_idx = np.sort(rng.choice(args.products, min(args.sample, args.products), replace=False))
+    t = time.perf_counter()
+    sample_vecs = enc.encode([products[i].embedding_text() for i in sample_idx])
+    enc_s = time.perf_counter() - t
+    res["encoder"] = enc.model_id
+    res["encode_texts_per_s"] = round(len(sample_idx) / enc_s, 1)
+    res["encode_all_estimate_h"] = round(args.products / (len(sample_idx) / enc_s) / 3600, 2)
+    vecs = synthetic_vectors(products, sample_idx, sample_vecs, args.noise, seed=11)
+    dim = vecs.shape[1]
+
+    # Queries and filters; exact top-10 for each is the ground truth.
+    nouns, adjs = NOUN.split(), ADJ.split()
+    qtexts = [
+        f"{adjs[(3 * i) % len(adjs)]} {nouns[i % len(nouns)]} for {USE.split(',')[i % 8].strip()}"
+        for i in range(args.queries)
+    ]
+    queries = enc.encode_queries(qtexts)
+    cat = np.array([CATEGORIES.index(p.category) for p in products])
+    price = np.array([p.price for p in products])
+    stock = np.array([p.in_stock for p in products])
+    filters = {
+        "unfiltered": (Filters(), None),
+        "category (2%)": (Filters(categories=[CATEGORIES[3]]), cat == 3),
+        "price 20-60 + in stock (~30%)": (
+            Filters(min_price=20, max_price=60, in_stock_only=True),
+            (price >= 20) & (price <= 60) & stock,
+        ),
+        "category + max price + in stock (~1%)": (
+            Filters(categories=[CATEGORIES[7]], max_price=40, in_stock_only=True),
+            (cat == 7) & (price <= 40) & stock,
+        ),
+    }
+    truth = {name: [_exact(vecs, q, mask) for q in queries] for name, (_f, mask) in filters.items()}
+    res["filter_share"] = {
+        name: round(float(mask.mean()), 4) if mask is not None else 1.0
+        for name, (_f, mask) in filters.items()
+    }
+
+    def measure(search: Any) -> dict[str, Any]:
+        out = {}
+        for name, (f, _mask) in filters.items():
+            lat, rec = [], []
+            for qi, q in enumerate(queries):
+                t0 = time.perf_counter()
+                hits = search(q, f)
+                lat.append((time.perf_counter() - t0) * 1000)
+                want = {ids[i] for i in truth[name][qi]}
+                rec.append(len(want & {h for h, _ in hits}) / max(len(want), 1))
+            out[name] = {**_pct(lat), "recall_at_10": round(float(np.mean(rec)), 4)}
+        return out
+
+    # In-process index (FAISS 8-bit scan from 50k, as served).
+    if "memory" not in skip:
+        rss0 = proc.memory_info().rss
+        t = time.perf_counter()
+        mem = MemoryVectorIndex(dim)
+        mem.upsert(products, vecs, enc.model_id)
+        mem.search(queries[0], 10)  # builds the FAISS codes
+        res["memory_build_s"] = round(time.perf_counter() - t, 1)
+        res["memory_index_rss_mb"] = round((proc.memory_info().rss - rss0) / 2**20)
+        res["memory"] = measure(lambda q, f: mem.search(q, 10, f))
+        print(json.dumps({"memory": res["memory"]}), flush=True)
+
+    # pgvector: vectors bulk-copied next to the products, then the HNSW index built once.
+    pg = PgVectorIndex(engine, dim)  # creates the extension (and the index, dropped here)
+    with engine.begin() as c:
+        c.execute(text(f"DROP INDEX IF EXISTS {pg.index_name}"))
+    t = time.perf_counter()
+    _copy_vectors(engine, ids, hashes, enc.model_id, vecs)
+    res["pgvector_copy_rows_per_s"] = round(args.products / (time.perf_counter() - t))
+    with engine.begin() as c:
+        c.execute(text("ANALYZE product_vectors"))
+    t = time.perf_counter()
+    with engine.begin() as c:
+        c.execute(text("SET LOCAL maintenance_work_mem = '3GB'"))
+        c.execute(
+            text(
+                f"CREATE INDEX {pg.index_name} ON product_vectors USING hnsw "
+                "(embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+            )
+        )
+    res["pgvector_hnsw_build_s"] = round(time.perf_counter() - t, 1)
+    print(json.dumps(res), flush=True)
+    with engine.connect() as c:
+        res["pgvector_table_mb"] = round(
+            c.execute(text("SELECT pg_table_size('product_vectors')")).scalar() / 2**20
+        )
+        res["pgvector_hnsw_mb"] = round(
+            c.execute(text(f"SELECT pg_relation_size('{pg.index_name}')")).scalar() / 2**20
+        )
+    if "pgvector" not in skip:
+        for q in queries[:5]:
+            pg.search(q, 10)  # warm the buffer cache
+        res["pgvector"] = measure(lambda q, f: pg.search(q, 10, f))
+        print(json.dumps({"pgvector": res["pgvector"]}), flush=True)
+
+    # A single-product upsert through the Application, end to end (store, change log,
+    # encode that one text, index write), with each index.
+    if "upsert" not in skip:
+        for kind in ("pgvector", "memory"):
+            d = data_dir / kind
+            (d / "index").mkdir(parents=True, exist_ok=True)
+            seq = store.versions()[0]
+            # The bench's catalogue is already indexed: write what a finished full sync
+            # leaves (the lexical index stays empty: its rows are not what is timed).
+            state = {"seq": seq, "hashes": dict(zip(ids, hashes, strict=True))}
+            (d / "index" / "state.json").write_text(json.dumps(state))
+            if kind == "memory":
+                mem.save(d / "index", enc.model_id)  # type: ignore[possibly-undefined]
+            s = Settings(data_dir=d, database_url=url, vector_index=kind)
+            app = Application(s, encoder=enc)
+            t = time.perf_counter()
+            app.sync_index()
+            start_s = time.perf_counter() - t
+            lat, model = [], []
+            for j in range(args.upserts):
+                p = products[j * 7919 % args.products]
+                new = p.model_copy(update={"title": f"{p.title} {kind} v{j}"})
+                t0 = time.perf_counter()
+                done = app.upsert_products([new])
+                lat.append((time.perf_counter() - t0) * 1000)
+                assert done.index is not None and done.index.encoded == 1
+                t0 = time.perf_counter()  # the model's share: the same text encoded alone
+                enc.encode_uncached(["passage: " + new.embedding_text() + " again"])
+                model.append((time.perf_counter() - t0) * 1000)
+            hit = app.search(f"{new.title}", k=5, filters=Filters(categories=[new.category]))
+            res[f"upsert_{kind}"] = {
+                **_pct(lat),
+                "encode_one_text_p50_ms": round(float(np.percentile(model, 50)), 2),
+                "startup_full_sync_s": round(start_s, 1),
+                "found_after": new.id in [h.product.id for h in hit],
+            }
+            print(json.dumps({f"upsert_{kind}": res[f"upsert_{kind}"]}), flush=True)
+    res["rss_mb"] = round(proc.memory_info().rss / 2**20)
+    res["load_average"] = os.getloadavg()
+    print(json.dumps(res, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
