@@ -359,6 +359,9 @@ def serve(
             host=host or s.host,
             port=port or s.port,
             workers=workers,
+            # The supervisor kills a worker that does not answer its ping in time; one busy
+            # importing torch and loading the encoder on loaded cores misses uvicorn's 5 s.
+            timeout_worker_healthcheck=60,
         )
 
 

@@ -8,6 +8,7 @@ URL nobody listens on, so no worker loads a model."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,21 @@ def _in_flight_by_pid(folder: Path) -> dict[int, float]:
         pid = int(f.stem.rsplit("_", 1)[1])
         out[pid] = sum(v for key, v, _ts, _pos in MmapedDict.read_all_values_from_file(str(f))
                        if "recsmith_http_requests_in_flight" in key)  # fmt: skip
+    return out
+
+
+def _requests_by_pid(folder: Path, method: str, route: str) -> dict[int, float]:
+    """Each worker's own request count for one route, read from its counter file."""
+    out = {}
+    for f in folder.glob("counter_*.db"):
+        pid = int(f.stem.rsplit("_", 1)[1])
+        out[pid] = sum(
+            v
+            for key, v, _ts, _pos in MmapedDict.read_all_values_from_file(str(f))
+            if json.loads(key)[1] == "recsmith_http_requests_total"
+            and f'"method": "{method}"' in key
+            and f'"route": "{route}"' in key
+        )
     return out
 
 
@@ -152,3 +168,41 @@ def test_a_killed_workers_in_flight_requests_stop_counting(served: Served) -> No
     served.wait_started(3)
     assert len(served.workers()) == 2 and victim not in served.workers()
     assert httpx.get(f"{served.url}/healthz", timeout=30).status_code == 200
+
+
+KETTLE = {
+    "id": "workers-kettle-1",
+    "title": "Gooseneck pour-over kettle, 0.9 L, matte black",
+    "description": "A slow, precise pour for filter coffee.",
+    "category": "Coffee & Tea",
+    "price": 49.0,
+    "tags": ["kettle", "pour-over"],
+}
+
+
+def _search_until_both_workers_answered(served: Served, present: bool) -> int:
+    """Searches (a new connection each) until each worker has answered at least one; every
+    answer must agree on whether the kettle is in the catalogue."""
+    before = _requests_by_pid(served.prom, "GET", "/v1/products")
+    searches = 0
+    end = time.monotonic() + 120
+    while True:
+        hits = httpx.get(f"{served.url}/v1/products", params={"q": "gooseneck kettle"},
+                         timeout=60).json()  # fmt: skip
+        searches += 1
+        assert (KETTLE["id"] in [p["id"] for p in hits["items"]]) is present, searches
+        now = _requests_by_pid(served.prom, "GET", "/v1/products")
+        answered = {pid for pid in served.workers() if now.get(pid, 0) > before.get(pid, 0)}
+        if answered == set(served.workers()):
+            return searches
+        assert time.monotonic() < end, f"only {answered} answered in {searches} searches"
+
+
+def test_a_write_through_one_worker_is_served_by_every_worker(served: Served) -> None:
+    """No per-process index drift: the catalogue's change log in the shared database brings
+    each worker's in-memory index in step before it serves (service/index_state.py)."""
+    r = httpx.post(f"{served.url}/v1/products", json={"products": [KETTLE]}, timeout=120)
+    assert r.status_code == 200 and r.json()["inserted"] == 1, r.text
+    _search_until_both_workers_answered(served, present=True)
+    assert httpx.delete(f"{served.url}/v1/products/{KETTLE['id']}", timeout=60).status_code == 204
+    _search_until_both_workers_answered(served, present=False)
