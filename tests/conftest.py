@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
+from service.config import Settings, get_settings
+from service.llm.prepare import prepare_model
+from service.llm.vllm_server import VLLMServer, free_port, vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,16 +34,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # see that file's docstring)
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    from service.llm.prepare import prepare_model
-
     root = Path(os.environ.get("RECSMITH_TEST_MODELS_DIR") or REPO / "var" / "models")
     return prepare_model("smollm2", out_root=root)
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from service.config import get_settings
-
     d = tmp_path_factory.mktemp("llm-data")
     old = os.environ.get("RECSMITH_DATA_DIR")
     os.environ["RECSMITH_DATA_DIR"] = str(d)
@@ -67,8 +65,6 @@ def settings(model_path: Path, data_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def vllm_url(model_path: Path, settings: Settings) -> Iterator[str]:
-    from service.llm.vllm_server import VLLMServer, free_port, vllm_python
-
     reuse = os.environ.get("RECSMITH_TEST_VLLM_URL")
     if reuse:
         yield reuse.rstrip("/")

@@ -23,6 +23,7 @@ def admin_url() -> str:
     url = os.environ.get("RECSMITH_TEST_POSTGRES_URL")
     if url:
         return url
+    # lazy: optional (dev extra): only the PostgreSQL tests start a server
     import pgserver  # the dev extra installs it; a missing one is a setup error, not a skip
 
     # A short path: the server's Unix socket lives in it (sockets allow ~100 characters).

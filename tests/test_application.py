@@ -15,6 +15,7 @@ from service.config import Settings
 from service.copy.tasks import CopyOptions, HeadlineRequest
 from service.errors import Invalid, NotFound
 from service.retrieval.filters import Filters
+from service.retrieval.fusion import Fusion
 from service.vocab import CopyTask, RerankMode
 from tests.api.support import keep_embeddings, seed_embeddings
 from tests.fakes import FakeLLM, writes_names
@@ -179,8 +180,6 @@ def test_chat_turn_and_conversation(app: Application) -> None:
 
 
 def test_the_fusion_seam_replaces_the_artefact(tmp_path: Path) -> None:
-    from service.retrieval.fusion import Fusion
-
     fusion = Fusion(rank_weights={"dense_query": 1.0, "lexical": 0.5})
     a = Application(Settings(data_dir=tmp_path), fusion=fusion)
     assert a.engine.retriever.fusion is fusion

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.config import Settings
+from service.llm.prepare import prepare_model
 from tests.foundation import REPO, make_recsmith
 
 API_KEY = "test-key-1"
@@ -29,8 +31,6 @@ AUTH = {"X-API-Key": API_KEY}
 @pytest.fixture(scope="session")
 def llm_path() -> Path:
     """The default LLM, converted once into the repo's var/models (shared by all test runs)."""
-    from service.llm.prepare import prepare_model
-
     return prepare_model("smollm2", settings=Settings(data_dir=REPO / "var"))
 
 
@@ -51,8 +51,6 @@ EMBED_CACHE = REPO / "var" / "cache" / "tests" / "embeddings.sqlite"
 
 
 def _backup(src: Path, dst: Path) -> None:
-    import sqlite3
-
     dst.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
         a.backup(b)  # consistent even while the source is open (WAL)
@@ -179,6 +177,7 @@ class LiveServer:
     """A real uvicorn server on a free loopback port, in a thread of this process."""
 
     def __init__(self, app: FastAPI) -> None:
+        # lazy: uvicorn only for `recsmith serve`; other commands start faster
         import uvicorn
 
         self.port = free_port()

@@ -10,6 +10,8 @@ import time
 
 from fastapi.testclient import TestClient
 
+from service.api.routes.copy import spreadsheet_safe
+
 
 def test_write_review_list_and_export(client: TestClient) -> None:
     r = client.post("/v1/copy/title", json={"product_ids": ["kit-0001"]})
@@ -134,8 +136,6 @@ def test_recommendations_with_a_headline_and_fit_scores(client: TestClient) -> N
 
 
 def test_csv_export_neutralises_formulas() -> None:
-    from service.api.routes.copy import spreadsheet_safe
-
     assert spreadsheet_safe('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
     assert spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
     assert spreadsheet_safe("A fine skillet") == "A fine skillet"

@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from service.api.app import create_app
+from service.cli import app as cli
 from service.config import ConfigError, Settings, get_settings
 from service.db import get_engine
 from service.llm.log import prune_llm_calls
@@ -315,9 +317,6 @@ def test_api_keys_from_the_environment(
 def test_a_bad_api_keys_value_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    from typer.testing import CliRunner
-
-    from service.cli import app as cli
 
     monkeypatch.setenv("RECSMITH_API_KEYS", value)
     get_settings.cache_clear()

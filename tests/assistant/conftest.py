@@ -19,6 +19,8 @@ import pytest
 from service.catalog.ingest import ingest_file
 from service.config import Settings
 from service.llm.base import LLM
+from service.llm.factory import get_llm
+from service.llm.prepare import prepare_model
 from service.recsmith import Recsmith
 from tests.fakes import FakeLLM
 from tests.foundation import make_recsmith
@@ -44,8 +46,6 @@ INJECTED = {
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    from service.llm.prepare import prepare_model
-
     return str(prepare_model())  # converts once into var/models, then cached
 
 
@@ -116,8 +116,6 @@ def catalogue_ids(rs: Recsmith) -> set[str]:
 
 @pytest.fixture(scope="session")
 def real_llm(rs: Recsmith) -> LLM:
-    from service.llm.factory import get_llm
-
     return get_llm(rs.settings)
 
 
@@ -131,8 +129,6 @@ def closed_port() -> int:
 @pytest.fixture(scope="session")
 def dead_llm(rs: Recsmith) -> LLM:
     """The OpenAI-compatible backend pointed at a closed loopback port."""
-    from service.llm.factory import get_llm
-
     s = Settings(
         data_dir=rs.settings.data_dir,
         llm_backend="openai",

@@ -13,6 +13,7 @@ import pytest
 from service.assistant.chat import Assistant
 from service.assistant.glossary import translate_terms
 from service.assistant.query import build_query, fuse_crosslingual
+from service.catalog.ingest import ingest_file
 from service.retrieval.prepare_encoder import prepare_encoder
 from service.retrieval.retriever import RetrievalRequest
 from tests.foundation import DEMO, make_recsmith
@@ -31,8 +32,6 @@ COFFEE_MACHINES = {"cof-0001", "cof-0002", "cof-0003", "cof-0004", "cof-0011"}
 @pytest.fixture(scope="module")
 def assistant(tmp_path_factory: pytest.TempPathFactory) -> Assistant:
     """The 6 Chinese products with the kitchen, coffee and lighting ranges (quick to index)."""
-    from service.catalog.ingest import ingest_file
-
     folder = prepare_encoder("e5-small", out_root=Path(os.environ["RECSMITH_MODELS_DIR"]))
     tmp = tmp_path_factory.mktemp("xling")
     lines = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.assistant.grounding import Labels, StreamSanitizer, check_prices
+from service.assistant.grounding import AnswerGuard, Labels, StreamSanitizer, check_prices
+from service.assistant.lc import turn_messages
 from service.catalog.models import Product
 
 P = [
@@ -96,8 +97,6 @@ def test_a_sentence_cut_off_by_the_token_limit_is_dropped() -> None:
 
 def test_a_sentence_said_again_is_dropped() -> None:
     """Issue 10: "The product is [1] and the label is [1]" six times."""
-    from service.assistant.grounding import AnswerGuard
-
     guard = AnswerGuard([])
     loop = "The product is [1] and the label is [1]. " * 6
     shown = guard.feed(loop) + guard.flush()
@@ -109,8 +108,6 @@ def test_a_sentence_said_again_is_dropped() -> None:
 
 
 def test_the_turn_prompt_is_compact_and_asks_for_the_shoppers_language() -> None:
-    from service.assistant.lc import turn_messages
-
     long = Product(id="x1", title="Tea Set", description="word " * 400, price=68.0)
     msgs = turn_messages({"question": "a gift for a tea lover", "products": [long]})
     assert "Answer in English" in msgs[1].content and len(msgs[1].content) < 600

@@ -21,11 +21,15 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
+import service.cli as cli
 from service.catalog.ingest import IngestError, ingest_file, parse_column_map
 from service.catalog.models import MAX_JSON_DEPTH, Interaction, Product
 from service.catalog.store import CatalogStore
+from service.cli import app
+from service.config import get_settings
 from tests.postgres import fresh_database
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -233,9 +237,6 @@ def test_cli_ingest_reports_bad_rows_stores_good_ones_and_exits_1(
 def run_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> tuple[object, Path]:
-    from service.cli import app
-    from service.config import get_settings
-
     data = tmp_path / "data"
     monkeypatch.setenv("RECSMITH_DATA_DIR", str(data))
     get_settings.cache_clear()
@@ -354,8 +355,6 @@ def test_concurrent_appends_report_exact_counts(any_store: CatalogStore) -> None
 
 # -- 7. the CLI prints no control characters ---------------------------------------------
 def test_cli_tables_escape_control_characters(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.cli as cli
-
     buf = io.StringIO()
     monkeypatch.setattr(cli, "out", Console(file=buf, width=200, force_terminal=False))
     row = {
@@ -442,8 +441,6 @@ def test_a_field_past_the_csv_limit_loses_only_its_row(store: CatalogStore, tmp_
 def test_rows_the_database_refuses_are_rejected_alone(
     store: CatalogStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.exc import IntegrityError
-
     real = store.upsert_products
 
     def refuse_one(products: list[Product]) -> tuple[int, int, list[str]]:

@@ -22,8 +22,10 @@ from service.copy.tables import CopyRow
 from service.copy.writer import CopyWriter
 from service.db import get_engine, session_scope
 from service.llm.base import LLM
+from service.llm.factory import get_llm
 from service.prompts import PROMPTS_DIR, PromptLibrary
 from tests.fakes import FakeLLM
+from tests.postgres import fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "service" / "demo"
@@ -78,7 +80,6 @@ def db_settings(
     if request.param == "sqlite":
         yield settings
         return
-    from tests.postgres import fresh_database
 
     with fresh_database() as url:
         yield postgres_settings(settings, url)
@@ -87,8 +88,6 @@ def db_settings(
 
 @pytest.fixture(scope="session")
 def real_llm(settings: Settings) -> LLM:
-    from service.llm.factory import get_llm
-
     return get_llm(settings)
 
 

@@ -17,7 +17,7 @@ from service.copy import batch as jobs
 from service.copy.tables import CopyJobItemRow
 from service.copy.tasks import CopyOptions
 from service.copy.writer import CopyWriter
-from service.db import session_scope
+from service.db import get_engine, session_scope
 from tests.copy.conftest import REPO, copies_per_product
 from tests.fakes import FakeLLM
 
@@ -92,8 +92,6 @@ def test_unknown_task_and_empty_selection(db_settings: Settings) -> None:
 
 
 def _job_progress(settings: Settings, job_id: int) -> int:
-    from service.db import get_engine
-
     with session_scope(get_engine(settings.db_url)) as s:
         return (
             s.scalar(

@@ -12,7 +12,7 @@ import pytest
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore
 from service.config import Settings
-from service.copy.checks import Facts, Limits, echo_grams, run_checks
+from service.copy.checks import Facts, Limits, check_theme, echo_grams, fit_sentences, run_checks
 from service.copy.tasks import CopyRequest, HeadlineRequest, token_budget
 from service.copy.writer import CopyWriter
 from tests.fakes import FakeLLM
@@ -323,8 +323,6 @@ def test_headline_language_follows_the_shopper_not_the_first_product(
 
 
 def test_an_overlong_text_is_cut_back_to_whole_sentences() -> None:
-    from service.copy.checks import fit_sentences
-
     text = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen."
     assert fit_sentences(text, "en", Limits(max_words=11)) == (
         "One two three four five. Six seven eight nine ten."
@@ -341,8 +339,6 @@ def test_a_headline_that_is_a_product_title_is_caught_and_retried_as_a_theme(
     settings: Settings, quiet_catalog: CatalogStore
 ) -> None:
     """The small model answered u-alice's headline with one of her items' titles."""
-    from service.copy.checks import check_theme
-
     titles = ["Damascus Chef's Knife, 20 cm", "Duetto Espresso Machine with Steam Wand"]
     assert not check_theme("Chef's Knife, 20 cm", titles).ok
     assert not check_theme("Duetto Espresso Machine", titles).ok

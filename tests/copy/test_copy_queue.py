@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select, update
 
 from service.application import Application
+from service.catalog.store import CatalogStore
 from service.config import Settings
 from service.copy import batch as jobs
 from service.copy import queue
@@ -30,8 +31,11 @@ from service.copy.tables import CopyJobItemRow
 from service.copy.tasks import CopyOptions
 from service.copy.writer import CopyWriter
 from service.db import get_engine, session_scope
+from service.llm.base import LLMError
+from service.worker import Worker
 from tests.copy.conftest import REPO, copies_per_product, postgres_settings
 from tests.fakes import FakeLLM, writes_names
+from tests.postgres import fresh_database
 
 LEASE_S = 3.0  # the subprocesses' lease: a killed worker's items wait this long
 
@@ -39,8 +43,6 @@ LEASE_S = 3.0  # the subprocesses' lease: a killed worker's items wait this long
 @pytest.fixture
 def pg(settings: Settings) -> Iterator[Settings]:
     """A fresh PostgreSQL database with the demo catalogue; the queue on it."""
-    from tests.postgres import fresh_database
-
     with fresh_database() as url:
         s = postgres_settings(settings, url).model_copy(
             update={"copy_max_retries": 0, "worker_poll_s": 0.2}
@@ -161,9 +163,6 @@ def test_a_clean_release_gives_items_back_uncounted(pg: Settings) -> None:
 def test_a_model_that_is_down_gives_the_batch_back_uncounted(pg: Settings) -> None:
     """An LLMError says nothing about the products: the worker returns them to the queue
     (attempts unchanged), and the next worker with a model writes them."""
-    from service.llm.base import LLMError
-    from service.worker import Worker
-
     job = jobs.create_job("title", category="Cycling", limit=2, batch_size=2, settings=pg)
     down = FakeLLM(pg, error=LLMError("connection refused"))
     w = Worker(pg, lambda: CopyWriter(pg, llm=down), concurrency=1)
@@ -293,8 +292,6 @@ def _spawn(procs: list[Proc], s: Settings, tmp: Path, n: int, delay_s: float) ->
 
 def _names(s: Settings, job_id: int) -> dict[str, str]:
     """product id -> the text the fake wrote for it (its name, spaces as in the log)."""
-    from service.catalog.store import CatalogStore
-
     ids = [i.product_id for i in _items(s, job_id)]
     products = CatalogStore(s.db_url).get_products(ids)
     return {pid: products[pid].title for pid in ids}

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from service.migrate import BASELINE, current, head, upgrade
 from service.tables import metadata
+from tests.postgres import fresh_database
 
 
 def _url(tmp_path: Path, name: str = "db.sqlite") -> str:
@@ -68,8 +69,6 @@ def test_recsmith_db_cli(tmp_path: Path) -> None:
 def test_migrations_on_postgresql() -> None:
     """The same scripts build a PostgreSQL database that matches the ORM, and adopt one that
     `create_all` made before migrations existed."""
-    from tests.postgres import fresh_database
-
     with fresh_database() as url:
         engine = create_engine(url)
         try:

@@ -19,7 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from service.api.routes.health import router
 from service.config import Settings
+from service.llm.pool import parse_base_urls
+from service.llm.prepare import MODELS
+from service.ranking.adapter import ADAPTER_DIR, SERVED_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -110,10 +114,6 @@ def test_every_recsmith_variable_is_a_setting_and_validates(
 
 
 def test_vllm_replicas_serve_what_the_api_asks_for() -> None:
-    from service.llm.pool import parse_base_urls
-    from service.llm.prepare import MODELS
-    from service.ranking.adapter import ADAPTER_DIR, SERVED_NAME
-
     compose = _compose()
     services = compose["services"]
     api_env = services["api"]["environment"]
@@ -147,8 +147,6 @@ def test_vllm_replicas_serve_what_the_api_asks_for() -> None:
 
 
 def test_prometheus_scrapes_the_apis_metrics() -> None:
-    from service.api.routes.health import router
-
     routes = {r.path for r in router.routes}  # type: ignore[attr-defined]
     conf = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
@@ -208,7 +206,6 @@ def test_dockerfile_copies_real_paths_and_runs_real_commands() -> None:
     assert _run_help(cmd).returncode == 0
     health = next(a for i, a in steps if i == "HEALTHCHECK")
     assert "/healthz" in health
-    from service.api.routes.health import router
 
     assert "/healthz" in {r.path for r in router.routes}  # type: ignore[attr-defined]
     # The healthcheck's Python line is valid Python.

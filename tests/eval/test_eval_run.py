@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.cli import eval_app
-from eval.ranking import evaluate_reranker, run_ranking
+from eval.ranking import RerankCase, evaluate_reranker, run_ranking
 from eval.report import load_run, rewrite, write_report
 from service.config import Settings
 from service.offline.datasets import load_movielens_100k, slice_users, write_ingest_files
@@ -20,6 +20,7 @@ from service.offline.split import leave_last_two_out
 from service.ranking.base import RankResult, Reranker
 from service.ranking.factory import NoRerank
 from service.recsmith import Recsmith
+from service.retrieval.retriever import Candidate
 from tests.eval.fakes import HashEncoder
 
 
@@ -109,9 +110,6 @@ def test_evaluate_reranker_counts_degraded_answers() -> None:
         def rank(self, user, candidates, products) -> RankResult:  # noqa: ANN001
             order = [(c.product_id, c.score) for c in candidates]
             return RankResult(order=order, method=self.name, degraded=True, reason="no model")
-
-    from eval.ranking import RerankCase
-    from service.retrieval.retriever import Candidate
 
     cases = [RerankCase("u", "b", [Candidate("a", 1.0), Candidate("b", 0.5)], [], {}, 30.0, 0.001)]
     res = evaluate_reranker(Broken(), cases)

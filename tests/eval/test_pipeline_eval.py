@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eval.ranking import PIPELINE, evaluate_recsmith
+from service.api.app import create_app
 from service.config import Settings
 from service.offline.datasets import load_movielens_100k, slice_users
 from service.offline.split import leave_last_two_out
@@ -44,8 +45,6 @@ def test_pipeline_row_equals_the_api(
     assert pipe.users == len(rows) and pipe.params["fusion_status"] == "fitted"
     fitted = next(r for r in rev.results if "fitted fusion" in r.name)
     assert pipe.test["ndcg@10"] == pytest.approx(fitted.test["ndcg@10"])  # no rerank
-
-    from service.api.app import create_app
 
     settings = Settings(
         data_dir=data_dir,

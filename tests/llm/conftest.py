@@ -22,21 +22,20 @@ import pytest
 
 from service.config import Settings
 from service.llm.base import LLM
+from service.llm.llamacpp_backend import LlamaCppLLM
+from service.llm.openai_backend import OpenAILLM
+from service.llm.transformers_backend import TransformersLLM
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def inproc(settings: Settings) -> LLM:
-    from service.llm.transformers_backend import TransformersLLM
-
     return TransformersLLM(settings)
 
 
 @pytest.fixture(scope="session")
 def remote(settings: Settings, vllm_url: str) -> LLM:
-    from service.llm.openai_backend import OpenAILLM
-
     return OpenAILLM(settings.model_copy(update={"llm_base_url": vllm_url}))
 
 
@@ -45,10 +44,10 @@ def gguf(settings: Settings) -> LLM:
     """llama.cpp on the same model's GGUF (profile tiny). Missing llama-cpp-python FAILS
     (`make setup` builds it): a silently skipped backend is a backend nobody tests."""
     try:
+        # lazy: llama_cpp loads a native library; only the llama.cpp backend needs it
         import llama_cpp  # noqa: F401
     except ImportError:
         pytest.fail("the llamacpp backend needs llama-cpp-python: run `make setup`", pytrace=False)
-    from service.llm.llamacpp_backend import LlamaCppLLM
 
     return LlamaCppLLM(settings.model_copy(update={"llm_backend": "llamacpp", "llm_model": "tiny"}))
 

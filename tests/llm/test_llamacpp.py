@@ -4,6 +4,7 @@ their fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,8 +15,21 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from service.config import Settings
-from service.llm.base import LLM, GenParams, Prompt
+from service.config import Settings, get_settings
+from service.llm import prepare
+from service.llm.base import LLM, GenParams, LLMError, Prompt
+from service.llm.cli import models_app
+from service.llm.factory import get_llm, role_settings
+from service.llm.llamacpp_backend import LlamaCppLLM
+from service.llm.prepare import (
+    MODELS,
+    PROFILES,
+    ModelNotPrepared,
+    canonical,
+    prepare_command,
+    resolve_gguf,
+)
+from service.llm.transformers_backend import TransformersLLM
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,8 +127,6 @@ def test_seed_makes_sampling_repeatable(gguf: LLM) -> None:
 def test_prefix_reuse_is_exact_and_saves_work(gguf: LLM) -> None:
     """A second prompt sharing a long fixed prefix evaluates only its own tail, and scores
     exactly as it would from a cold context."""
-    from service.llm.llamacpp_backend import LlamaCppLLM
-
     assert isinstance(gguf, LlamaCppLLM)
     system = "You are a shop assistant. Rules: answer briefly, never invent facts. " * 4
     chat = [{"role": "system", "content": system}, {"role": "user", "content": "Hi?"}]
@@ -134,8 +146,6 @@ def test_prefix_reuse_is_exact_and_saves_work(gguf: LLM) -> None:
 
 
 def test_prompt_too_long_is_a_clear_error(gguf: LLM) -> None:
-    from service.llm.base import LLMError
-
     with pytest.raises(LLMError, match="does not fit the context"):
         gguf.generate(["word " * 5000], GenParams(max_tokens=4))
     assert gguf.generate(["Hi"], GenParams(max_tokens=2))[0].text  # still usable
@@ -143,10 +153,6 @@ def test_prompt_too_long_is_a_clear_error(gguf: LLM) -> None:
 
 # ---- roles and the factory ----------------------------------------------------------------
 def test_roles_pick_their_own_backend_and_model(settings: Settings) -> None:
-    from service.llm.factory import get_llm, role_settings
-    from service.llm.llamacpp_backend import LlamaCppLLM
-    from service.llm.transformers_backend import TransformersLLM
-
     s = settings.model_copy(update={"ranker_backend": "llamacpp", "ranker_model": "tiny"})
     writer, ranker = get_llm(s, role="writer"), get_llm(s, role="ranker")
     assert isinstance(writer, TransformersLLM) and writer is get_llm(s)  # no override
@@ -158,8 +164,6 @@ def test_roles_pick_their_own_backend_and_model(settings: Settings) -> None:
 
 
 def test_profile_names_are_aliases() -> None:
-    from service.llm.prepare import PROFILES, canonical, prepare_command
-
     assert PROFILES == {"tiny": "smollm2", "small": "qwen-0.5b", "base": "qwen-1.5b"}
     assert canonical("default") == canonical("tiny") == "smollm2"
     assert canonical("base") == "qwen-1.5b" and canonical("nope") == ""
@@ -168,17 +172,12 @@ def test_profile_names_are_aliases() -> None:
 
 # ---- errors that name their fix, never a traceback ----------------------------------------
 def test_unprepared_profile_names_the_command(tmp_path: Path) -> None:
-    from service.llm.llamacpp_backend import LlamaCppLLM
-    from service.llm.prepare import ModelNotPrepared
-
     s = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", llm_model="small")
     with pytest.raises(ModelNotPrepared, match=r"`recsmith models prepare --model small`"):
         LlamaCppLLM(s)
 
 
 def test_damaged_gguf_names_the_command(tmp_path: Path) -> None:
-    from service.llm.prepare import MODELS, ModelNotPrepared, resolve_gguf
-
     spec = MODELS["qwen-0.5b"]
     folder = tmp_path / spec.folder
     folder.mkdir()
@@ -193,10 +192,6 @@ def test_damaged_gguf_names_the_command(tmp_path: Path) -> None:
 def test_missing_chunk_package_names_the_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dataclasses
-
-    from service.llm import prepare
-    from service.llm.cli import models_app
 
     fake = dataclasses.replace(prepare.MODELS["qwen-0.5b"], chunks=("recsmith-no-such-chunk",))
     monkeypatch.setitem(prepare.MODELS, "qwen-0.5b", fake)
@@ -204,7 +199,6 @@ def test_missing_chunk_package_names_the_command(
         prepare.prepare_model("small", out_root=tmp_path)
     assert not (tmp_path / fake.folder).exists()
     monkeypatch.setenv("RECSMITH_MODELS_DIR", str(tmp_path))
-    from service.config import get_settings
 
     get_settings.cache_clear()
     try:
@@ -239,8 +233,6 @@ def test_fixed_prefix_state_survives_other_prompts(gguf: LLM) -> None:
     """Two chat prompts with different fixed parts (system + worked example) alternate on
     one context: each fixed part is restored from its saved state instead of evaluated
     again, and the scores match a cold evaluation (prefix reuse off)."""
-    from service.llm.llamacpp_backend import LlamaCppLLM
-
     assert isinstance(gguf, LlamaCppLLM)
 
     def prompt(rules: str, ask: str) -> Prompt:

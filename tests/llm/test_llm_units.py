@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,9 +12,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.config import Settings
+from service.config import Settings, get_settings
+from service.llm import prepare, vllm_server
 from service.llm.base import LLM, Generation, GenParams, LLMError, Prompt
+from service.llm.cli import vllm_app
+from service.llm.factory import get_llm
 from service.llm.log import log_context, recent_calls
+from service.llm.openai_backend import OpenAILLM
+from service.llm.prepare import PrepareError, prepare_model, read_manifest, resolve_model_path
+from service.llm.transformers_backend import TransformersLLM
+from service.llm.vllm_server import VLLMServer, VLLMUnavailable, pid_alive, stop_from_pid_file
 
 
 class FakeLLM(LLM):
@@ -95,8 +104,6 @@ def test_a_broken_log_never_breaks_a_call(tmp_path: Path) -> None:
 
 # ---- prepare ------------------------------------------------------------------------------
 def test_prepare_is_idempotent_and_fast(model_path: Path) -> None:
-    from service.llm.prepare import prepare_model, read_manifest
-
     t0 = time.perf_counter()
     again = prepare_model("smollm2", out_root=model_path.parent)
     assert again == model_path
@@ -111,8 +118,6 @@ def test_prepare_is_idempotent_and_fast(model_path: Path) -> None:
 
 
 def test_resolve_model_path(tmp_path: Path, model_path: Path) -> None:
-    from service.llm.prepare import PrepareError, prepare_model, resolve_model_path
-
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / model_path.name).symlink_to(model_path)
     # models_dir unset: DATA_DIR/models (an explicit None beats RECSMITH_MODELS_DIR).
@@ -132,10 +137,6 @@ def test_resolve_model_path(tmp_path: Path, model_path: Path) -> None:
 def test_qwen_chunks_missing_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dataclasses
-
-    from service.llm import prepare
-
     assert len(prepare.MODELS["qwen-1.5b"].chunks) == 22
     assert len(prepare.MODELS["qwen-0.5b"].chunks) == 6
     # The real chunks may be installed on this machine (`make models`): name a missing one.
@@ -148,10 +149,6 @@ def test_qwen_chunks_missing_is_a_clear_error(
 
 # ---- factory ------------------------------------------------------------------------------
 def test_factory_picks_and_caches(settings: Settings) -> None:
-    from service.llm.factory import get_llm
-    from service.llm.openai_backend import OpenAILLM
-    from service.llm.transformers_backend import TransformersLLM
-
     a = get_llm(settings)
     assert isinstance(a, TransformersLLM) and get_llm(settings) is a
     remote = settings.model_copy(update={"llm_backend": "openai"})
@@ -161,15 +158,11 @@ def test_factory_picks_and_caches(settings: Settings) -> None:
 
 # ---- vLLM server manager ------------------------------------------------------------------
 def test_missing_vllm_python_is_a_clear_error(tmp_path: Path) -> None:
-    from service.llm.vllm_server import VLLMServer, VLLMUnavailable
-
     with pytest.raises(VLLMUnavailable, match="make vllm"):
         VLLMServer(tmp_path, python=tmp_path / "no" / "python", progress=None).start()
 
 
 def test_server_command_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.llm import vllm_server
-
     monkeypatch.setattr(vllm_server, "has_gpu", lambda: False)
     srv = vllm_server.VLLMServer(tmp_path, port=9123, served_name="m", progress=None)
     cmd = " ".join(srv.command())
@@ -186,9 +179,6 @@ def test_server_command_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_stop_process_group(tmp_path: Path) -> None:
-    import subprocess
-
-    from service.llm.vllm_server import pid_alive, stop_from_pid_file
 
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     pid_file = tmp_path / "vllm.pid"
@@ -200,9 +190,6 @@ def test_stop_process_group(tmp_path: Path) -> None:
 
 
 def test_cli_stop_without_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.config import get_settings
-    from service.llm.cli import vllm_app
-
     monkeypatch.setenv("RECSMITH_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()
     try:

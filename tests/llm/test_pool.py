@@ -8,6 +8,7 @@ that same port. One test pairs the real vLLM server with a dead port.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -18,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from service.cli import app
 from service.config import ConfigError, Settings, get_settings
 from service.llm.base import GenParams, LLMError
+from service.llm.cli import _lora_args
 from service.llm.openai_backend import CircuitOpenError, OpenAILLM
 from service.llm.pool import parse_base_urls
-from service.llm.vllm_server import free_port
+from service.llm.vllm_server import VLLMServer, free_port
+from service.ranking.adapter import SERVED_NAME
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -368,8 +373,6 @@ def test_a_replica_without_the_adapter_is_skipped_for_the_ranker_only(
 
 
 def _fake_adapter(data_dir: Path, r: int) -> Path:
-    import hashlib
-
     path = data_dir / "models" / "reranker-lora"
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"r": r}))
@@ -383,12 +386,6 @@ def _fake_adapter(data_dir: Path, r: int) -> Path:
 def test_vllm_serve_lora_serves_the_adapter_under_the_rankers_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    from service.cli import app
-    from service.llm.cli import _lora_args
-    from service.llm.vllm_server import VLLMServer
-    from service.ranking.adapter import SERVED_NAME
 
     monkeypatch.setenv("RECSMITH_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()

@@ -10,6 +10,8 @@ import pytest
 from service.catalog.models import Product
 from service.config import Settings
 from service.llm.base import LLM
+from service.llm.factory import get_llm
+from service.llm.prepare import prepare_model
 from service.ranking.base import UserContext
 from tests.ranking.helpers import load_catalogue
 
@@ -28,16 +30,12 @@ def user(catalogue: dict[str, Product]) -> UserContext:
 @pytest.fixture(scope="session")
 def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A temporary data dir (the llm_calls log goes there) and the prepared default model."""
-    from service.llm.prepare import prepare_model
-
     model = prepare_model()  # converts once into the developer's var/models, then cached
     return Settings(data_dir=tmp_path_factory.mktemp("ranking-data"), llm_model=str(model))
 
 
 @pytest.fixture(scope="session")
 def real_llm(test_settings: Settings) -> LLM:
-    from service.llm.factory import get_llm
-
     return get_llm(test_settings)
 
 

@@ -10,7 +10,9 @@ import time
 from service.catalog.models import Product
 from service.config import Settings
 from service.llm.base import LLM
+from service.llm.openai_backend import OpenAILLM
 from service.ranking.base import RankResult, UserContext
+from service.ranking.common import ALL_LABELS
 from service.ranking.factory import get_reranker
 from service.retrieval.retriever import Candidate
 from tests.ranking.helpers import shortlist
@@ -26,9 +28,8 @@ def assert_permutation(res: RankResult, cands: list[Candidate]) -> None:
 def test_labels_are_single_tokens(test_settings: Settings) -> None:
     """The verbalizer reads ONE next-token distribution: every label must be one token, in
     the form that follows the chat template's "assistant\\n" (no leading space)."""
+    # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import AutoTokenizer
-
-    from service.ranking.common import ALL_LABELS
 
     tok = AutoTokenizer.from_pretrained(test_settings.llm_model)
     for label in ALL_LABELS:
@@ -116,8 +117,6 @@ def test_unreachable_server_degrades(
     catalogue: dict[str, Product],
     user: UserContext,  # noqa: ANN001
 ) -> None:
-    from service.llm.openai_backend import OpenAILLM
-
     settings = Settings(
         data_dir=tmp_path,
         llm_backend="openai",

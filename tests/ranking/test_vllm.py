@@ -12,6 +12,7 @@ import pytest
 from service.catalog.models import Product
 from service.config import Settings
 from service.llm.base import LLM
+from service.llm.openai_backend import OpenAILLM
 from service.ranking.base import UserContext
 from service.ranking.factory import get_reranker
 from tests.ranking.helpers import shortlist
@@ -21,8 +22,6 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module")
 def vllm_llm(settings: Settings, vllm_url: str) -> Iterator[LLM]:
-    from service.llm.openai_backend import OpenAILLM
-
     llm = OpenAILLM(settings.model_copy(update={"llm_base_url": vllm_url}))
     yield llm
     llm.close()

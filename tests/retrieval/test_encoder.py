@@ -18,6 +18,7 @@ TEXTS = [
 
 
 def test_matches_sentence_transformers() -> None:
+    # lazy: optional reference library, only for this comparison
     from sentence_transformers import SentenceTransformer
 
     ours = Encoder("default").encode(TEXTS)

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from service.catalog.ingest import ingest_file
+from service.catalog.models import Product
+from service.cli import app
 from service.config import get_settings
-from service.retrieval.encoder import Encoder, default_encoder_path
+from service.retrieval.encoder import Encoder, default_encoder_path, spec_for
 from service.retrieval.prepare_encoder import (
     ENCODERS,
     EncoderNotPrepared,
@@ -51,7 +55,10 @@ def e5(e5_folder: Path) -> Encoder:
 
 
 def test_loads_with_plain_transformers(e5_folder: Path) -> None:
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
+
+    # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import AutoModel, AutoTokenizer, BertModel
 
     model = AutoModel.from_pretrained(str(e5_folder)).eval()
@@ -102,8 +109,6 @@ def _small_catalogue(path: Path) -> Path:
 
 
 def test_chinese_query_finds_chinese_product_with_e5(e5_folder: Path, tmp_path: Path) -> None:
-    from service.catalog.ingest import ingest_file
-
     rs = make_recsmith(tmp_path, demo=False, encoder_model=str(e5_folder))
     ingest_file(rs.store, _small_catalogue(tmp_path / "p.jsonl"), "products")
     rs.sync_index()
@@ -145,9 +150,6 @@ def test_corrupt_folder_is_one_clear_error(empty_models_dir: Path, e5_folder: Pa
 def test_cli_prints_one_line_not_a_traceback(
     empty_models_dir: Path, tmp_path: Path, args: list[str]
 ) -> None:
-    from typer.testing import CliRunner
-
-    from service.cli import app
 
     env = {"RECSMITH_DATA_DIR": str(tmp_path / "data"), "RECSMITH_ENCODER_MODEL": "e5-small"}
     res = CliRunner().invoke(app, args, env=env)
@@ -187,16 +189,12 @@ def test_minilm_default_still_resolves() -> None:
     ],
 )
 def test_family_from_the_model_name(model_id: str, family: str) -> None:
-    from service.retrieval.encoder import spec_for
-
     assert spec_for(model_id).family == family
 
 
 def test_calibrated_cosines_keep_minilm_thresholds_meaningful(e5: Encoder) -> None:
     """The headline fit drops items under 0.2 on MiniLM's scale; raw e5 cosines of
     unrelated texts are ~0.72-0.77, which would keep everything."""
-    from service.catalog.models import Product
-
     demo = {
         p["id"]: Product(**p)
         for p in map(json.loads, (DEMO / "products.jsonl").read_text().splitlines())

@@ -14,13 +14,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from service.catalog.models import Product
-from service.config import Settings
+from service.config import Settings, get_settings
 from service.llm.transformers_backend import TransformersLLM
 from service.ranking.base import UserContext
-from service.ranking.common import ALL_LABELS
+from service.ranking.common import ALL_LABELS, Item, product_text
+from service.ranking.verbalizer import build_prompt
 from service.retrieval.retriever import Candidate
+from service.training.cli import train_app
 from service.training.lora import (
     AdapterError,
     LoraTrainConfig,
@@ -35,7 +38,7 @@ from service.training.lora import (
     train_reranker,
     tuned_verbalizer,
 )
-from tests.foundation import DEMO, REPO
+from tests.foundation import DEMO, REPO, make_recsmith
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -53,7 +56,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     src = _tokenizer_source()
     if src is None:
         pytest.skip("needs the prepared SmolLM2 tokenizer (`recsmith models prepare`)")
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
+
+    # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-llm")
@@ -149,8 +155,6 @@ def test_prompt_is_the_verbalizers(
     msgs = prompt_messages(examples[0], products, max_history=8)
     assert encode_prompt(llm.m.tokenizer, msgs) == llm.encode(msgs)
     # The verbalizer builds the same messages from the same inputs.
-    from service.ranking.common import Item, product_text
-    from service.ranking.verbalizer import build_prompt
 
     ex = examples[0]
     items = [Item(ALL_LABELS[i], product_text(products[p], p)) for i, p in enumerate(ex.candidates)]
@@ -248,11 +252,6 @@ def test_broken_or_foreign_adapter_falls_back(
 def test_cli_tunes_on_the_store_log_with_the_service_retriever(
     tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    from service.config import get_settings
-    from service.training.cli import train_app
-    from tests.foundation import make_recsmith
 
     make_recsmith(tmp_path)  # the demo catalogue and log, indexed
     monkeypatch.setenv("RECSMITH_LLM_MODEL", tiny_model)

@@ -5,12 +5,17 @@ two minutes on a CPU; the session's shared server runs without LoRA."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from service.catalog.models import Product
 from service.config import Settings
+from service.llm.openai_backend import OpenAILLM
+from service.llm.transformers_backend import TransformersLLM
+from service.llm.vllm_server import VLLMServer, free_port
 from service.ranking.common import ALL_LABELS
 from service.training.lora import (
     FORMAT_VERSION,
@@ -35,7 +40,10 @@ pytestmark = [
 
 def _random_adapter(model_path: Path, out: Path) -> None:
     """A rank-8 adapter with random (non-zero) B matrices: enough to move the scores."""
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
+
+    # lazy: peft pulls torch + transformers; only training/adapter loading needs it
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -57,12 +65,6 @@ def _random_adapter(model_path: Path, out: Path) -> None:
 
 
 def test_vllm_serves_the_adapter_like_in_process(model_path: Path, tmp_path: Path) -> None:
-    import json
-
-    from service.catalog.models import Product
-    from service.llm.openai_backend import OpenAILLM
-    from service.llm.transformers_backend import TransformersLLM
-    from service.llm.vllm_server import VLLMServer, free_port
 
     adapter = tmp_path / "reranker-lora"
     _random_adapter(model_path, adapter)

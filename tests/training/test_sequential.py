@@ -13,14 +13,22 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from eval.learned import evaluate_sequential, sasrec_cases
+from eval.ranking import MethodResult, sample_rows
 from service.catalog.ingest import ingest_file
+from service.catalog.models import Interaction, Product
 from service.catalog.store import CatalogStore
 from service.config import Settings
+from service.offline.datasets import Dataset
+from service.offline.split import leave_last_two_out
 from service.retrieval.retriever import RetrievalRequest
+from service.training.cli import train_app
 from service.training.sequential import (
     SASRecConfig,
+    SASRecMethod,
     SequentialModelError,
     _build_model,
+    fit_sasrec,
     leave_one_out,
     load_sequential,
     model_dir,
@@ -146,7 +154,6 @@ def test_service_uses_the_model_and_falls_back_when_broken(tmp_path: Path) -> No
     rows = rs.store.all_interactions()
     users = sorted({r[0] for r in rows})
     # Trained on the demo log through the CLI (the store's log is the default source).
-    from service.training.cli import train_app
 
     res = CliRunner().invoke(
         train_app,
@@ -195,7 +202,6 @@ def test_model_of_another_catalogue_is_not_served(
 
 def test_bce_loss_also_learns() -> None:
     _items, _, seqs = sequences_from_log(synthetic_log(users=100))
-    from service.training.sequential import fit_sasrec
 
     data = leave_one_out(seqs)
     cfg = SASRecConfig(**{**FAST.__dict__, "loss": "bce", "max_epochs": 25})
@@ -205,13 +211,6 @@ def test_bce_loss_also_learns() -> None:
 
 
 def test_harness_functions_give_the_harness_result_shape() -> None:
-    from eval.learned import evaluate_sequential, sasrec_cases
-    from eval.ranking import MethodResult, sample_rows
-    from service.catalog.models import Interaction, Product
-    from service.offline.datasets import Dataset
-    from service.offline.split import leave_last_two_out
-    from service.training.sequential import SASRecMethod
-
     rows = synthetic_log(users=100, length=10)
     ds = Dataset(
         "cycle",

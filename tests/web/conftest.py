@@ -32,6 +32,7 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail(f"headless Chromium not found at {CHROMIUM}: apt-get install -y chromium")
+    # lazy: optional: only the browser tests need it
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
