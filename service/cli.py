@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from eval.cli import eval_app  # the stage CLIs are mounted as sub-apps at the bottom
+from service.api.multiproc import prepare_workers
 from service.catalog.ingest import (
     IngestError,
     check_map_columns,
@@ -344,9 +345,8 @@ def serve(
     ] = 1,
 ) -> None:
     """Start the HTTP API and the web page."""
+    # lazy: uvicorn only for `recsmith serve`; other commands start faster
     import uvicorn
-
-    from service.api.multiproc import prepare_workers
 
     try:
         s = get_settings()
