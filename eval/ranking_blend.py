@@ -83,12 +83,13 @@ def collect_cases(
     users: Sequence[str],
     targets: Sequence[str],
     reranker: Any,
-    deadline: float,
+    budget_s: float,
     order_seed: int = 0,
     size: int = SHORTLIST,
 ) -> dict[str, Any]:
     """Shortlists for every user; the LLM on the users whose target is inside, in a seeded
-    random order until `deadline` (time.monotonic()). Returns cases and counts."""
+    random order for at most `budget_s` seconds (counted from the first LLM call).
+    Returns cases and counts."""
 
     rs = app.engine
     hits: list[tuple[str, str, Any]] = []
@@ -103,6 +104,7 @@ def collect_cases(
     order = rng.permutation(len(hits))
     cases: list[BlendCase] = []
     t1 = time.perf_counter()
+    deadline = time.monotonic() + budget_s
     for i in order:
         if time.monotonic() > deadline:
             break
@@ -180,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 users,
                 [split.item_ids[tg[r]] for r in rows],
                 reranker,
-                time.monotonic() + 60 * args.minutes,
+                60 * args.minutes,
             )
         got["wall_s"] = round(time.perf_counter() - t0, 1)
         per_target[target] = got
