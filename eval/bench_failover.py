@@ -39,6 +39,9 @@ from typing import Any
 
 import httpx
 
+from service.config import Settings
+from service.llm.prepare import prepare_model
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RECSMITH = Path(sys.executable).parent / "recsmith"
@@ -48,6 +51,7 @@ EMBED_CACHE = REPO / "var" / "cache" / "tests" / "embeddings.sqlite"
 
 
 def free_port() -> int:
+    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
     from service.llm.vllm_server import free_port as fp
 
     return fp()
@@ -67,9 +71,6 @@ def prepare_data(data_dir: Path) -> None:
 
 
 def service_env(data_dir: Path, urls: list[str], **extra: str) -> dict[str, str]:
-    from service.config import Settings
-    from service.llm.prepare import prepare_model
-
     model = prepare_model("smollm2", settings=Settings(data_dir=REPO / "var"))
     env = {
         **os.environ,
@@ -182,6 +183,7 @@ def job_progress(db: Path) -> tuple[int | None, int]:
 
 
 def start_vllm(model: Path, work: Path, name: str) -> Any:
+    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
     from service.llm.vllm_server import VLLMServer
 
     return VLLMServer(
@@ -230,9 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle-s", type=float, default=60.0, help="'during the kill' window")
     ap.add_argument("--out", type=Path, default=RESULTS / "2026-11-30-failover.json")
     args = ap.parse_args(argv)
-
-    from service.config import Settings
-    from service.llm.prepare import prepare_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     data = work / "data"

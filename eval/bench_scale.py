@@ -34,8 +34,16 @@ from typing import Any
 
 import numpy as np
 import psutil
+from sqlalchemy import text
 
+from service.application import Application
 from service.catalog.models import Product
+from service.catalog.store import CatalogStore
+from service.config import Settings
+from service.retrieval.encoder import get_encoder
+from service.retrieval.filters import Filters
+from service.retrieval.vector_index import MemoryVectorIndex
+from service.retrieval.vector_index_pg import PgVectorIndex
 
 CATEGORIES = [
     f"{a} {b}"
@@ -170,6 +178,7 @@ def _postgres_url(folder: Path | None) -> str:
     url = os.environ.get("RECSMITH_BENCH_POSTGRES_URL")
     if url:
         return url
+    # lazy: optional (dev extra): only the PostgreSQL run starts a server
     import pgserver
 
     folder = folder or Path(tempfile.mkdtemp(prefix="rs-scale-"))
@@ -190,16 +199,8 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    # lazy: torch takes ~5 s to import; only this path needs it
     import torch
-    from sqlalchemy import text
-
-    from service.application import Application
-    from service.catalog.store import CatalogStore
-    from service.config import Settings
-    from service.retrieval.encoder import get_encoder
-    from service.retrieval.filters import Filters
-    from service.retrieval.vector_index import MemoryVectorIndex
-    from service.retrieval.vector_index_pg import PgVectorIndex
 
     # One torch thread: on a busy 2-core machine two spinning OpenMP threads cost 2-4x.
     torch.set_num_threads(1)

@@ -36,6 +36,17 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
+from service.catalog.ingest import ingest_file
+from service.catalog.store import CatalogStore
+from service.config import Settings, get_settings
+from service.copy import batch
+from service.copy.tables import CopyJobItemRow
+from service.copy.tasks import CopyOptions
+from service.db import get_engine, session_scope
+from service.llm.prepare import resolve_model_path
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "eval" / "results"
 DEMO = REPO / "service" / "demo"
@@ -44,6 +55,7 @@ DEMO = REPO / "service" / "demo"
 def _postgres(url: str | None) -> tuple[str, Any]:
     if url:
         return url, None
+    # lazy: optional (dev extra): only the PostgreSQL run starts a server
     import pgserver
 
     folder = tempfile.mkdtemp(prefix="rs-bench-pg-")
@@ -56,8 +68,6 @@ def _load() -> str:
 
 
 def _wait_done(settings: Any, job_id: int, timeout_s: float) -> dict[str, Any]:
-    from service.copy import batch
-
     deadline = time.monotonic() + timeout_s
     while True:
         st = batch.get_job(job_id, settings=settings)
@@ -70,10 +80,6 @@ def _wait_done(settings: Any, job_id: int, timeout_s: float) -> dict[str, Any]:
 
 def batch_errors(settings: Any, job_id: int) -> list[str]:
     """The items' error texts (failed checks, or why an item failed)."""
-    from sqlalchemy import select
-
-    from service.copy.tables import CopyJobItemRow
-    from service.db import get_engine, session_scope
 
     with session_scope(get_engine(settings.db_url)) as s:
         return [
@@ -83,13 +89,6 @@ def batch_errors(settings: Any, job_id: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from service.catalog.ingest import ingest_file
-    from service.catalog.store import CatalogStore
-    from service.config import Settings, get_settings
-    from service.copy import batch
-    from service.copy.tasks import CopyOptions
-    from service.llm.prepare import resolve_model_path
-
     url, pg = _postgres(args.database_url)
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-workers-"))
     settings = Settings(data_dir=tmp, database_url=url, copy_max_retries=0)
@@ -105,6 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     server = None
     if args.engine == "vllm":
+        # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
         from service.llm.vllm_server import VLLMServer, free_port
 
         model = resolve_model_path(get_settings().model_copy(update={"llm_model": "tiny"}))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
 import re
 import sys
@@ -24,7 +26,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from eval.bench_chat import CONVERSATIONS
+from eval.bench_chat import CONVERSATIONS, run_chat_bench
 from service.catalog.ingest import ingest_file  # noqa: F401 - the demo's loader format
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore
@@ -539,11 +541,6 @@ def run_profiles_report(
     """`recsmith eval copy --profile tiny,small`: each profile's copy run (and chat turns),
     one after another so each has the CPU to itself, into one report
     (<out_dir>/<date>-copy-profiles.{json,md}) with the load average of each run."""
-    import os
-    import platform
-    from datetime import date
-
-    from eval.bench_chat import run_chat_bench
 
     results: list[dict[str, Any]] = []
     chats: dict[str, Any] = {}

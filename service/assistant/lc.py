@@ -38,6 +38,7 @@ from langchain_core.runnables import RunnableLambda
 from pydantic import ConfigDict, Field
 
 from service.catalog.models import Product
+from service.copy.checks import cjk_ratio
 from service.llm.base import LLM, GenParams, Message
 from service.prompts import render
 from service.retrieval.filters import Filters
@@ -194,14 +195,10 @@ DESCRIPTION_CHARS_CJK = 45
 
 def question_language(text: str) -> str:
     """The shopper's language: 'zh' for a mostly Chinese question, else 'en'."""
-    from service.copy.checks import cjk_ratio
-
     return "zh" if cjk_ratio(text) > 0.3 else "en"
 
 
 def _description_chars(p: Product) -> int:
-    from service.copy.checks import cjk_ratio
-
     return DESCRIPTION_CHARS_CJK if cjk_ratio(p.description or "") > 0.3 else DESCRIPTION_CHARS
 
 

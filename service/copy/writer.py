@@ -43,6 +43,7 @@ from service.copy.checks import (
     run_checks,
 )
 from service.copy.store import CopyStore, canonical_json, request_key, to_result
+from service.copy.structured import generate_json, headline_notes_schema, variants_schema
 from service.copy.tables import CopyRow
 from service.copy.tasks import (
     BLURB_WORDS,
@@ -295,8 +296,6 @@ class CopyWriter:
         """n blurbs for one product in ONE model call, as constrained JSON; each variant
         checked like a blurb. Not stored: a studio's "give me options" preview.
         {"variants": [{"text", "passed", "failed_checks"}], "attempts", "model_id"}."""
-        from service.copy.structured import generate_json, variants_schema
-
         options = options or CopyOptions()
         product = self.catalog.get_product(product_id)
         [draft] = self._plan_product("blurb", product, options.model_copy(update={"variants": 1}))
@@ -338,8 +337,6 @@ class CopyWriter:
         the headline checked like a headline, each note against its own product's data.
         {"headline", "headline_checks", "notes": [{"product_id", "note", "passed",
         "failed_checks"}], "attempts", "language"}."""
-        from service.copy.structured import generate_json, headline_notes_schema
-
         found = self.catalog.get_products(list(product_ids))
         missing = [pid for pid in product_ids if pid not in found]
         if missing:
