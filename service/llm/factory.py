@@ -60,10 +60,12 @@ def get_llm(settings: Settings | None = None, role: Role | None = None) -> LLM:
 
                 llm = OpenAILLM(s)
             elif s.llm_backend == "llamacpp":
+                # lazy: only the chosen backend's module loads
                 from service.llm.llamacpp_backend import LlamaCppLLM
 
                 llm = LlamaCppLLM(s)
             else:
+                # lazy: only the chosen backend's module loads
                 from service.llm.transformers_backend import TransformersLLM
 
                 llm = TransformersLLM(s)

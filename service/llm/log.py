@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import delete, select
 
+from service.config import get_settings
 from service.db import get_engine, session_scope
 from service.llm.tables import LLMCallRow
 from service.llm.types import Generation, GenParams, Prompt
@@ -79,8 +80,6 @@ def _params_dict(params: GenParams | None) -> dict[str, Any]:
 def _settings_of(llm: Logged) -> Settings:
     s = getattr(llm, "settings", None)
     if s is None:
-        from service.config import get_settings
-
         s = get_settings()
     return s
 

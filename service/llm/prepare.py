@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from service.config import get_settings
 from service.prompts import render
 
 if TYPE_CHECKING:
@@ -325,8 +326,6 @@ def prepare_model(
         raise PrepareError(f"unknown model {name!r}; known: {known}")
     spec = MODELS[key]
     if out_root is None:
-        from service.config import get_settings
-
         out_root = models_dir(settings or get_settings())
     out_root = Path(out_root)
     folder = out_root / spec.folder

@@ -34,6 +34,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
+from service.config import get_settings
 from service.llm.prepare import _file_lock, models_dir, read_manifest
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ def _sha256(data: bytes | Path) -> str:
 
 def encoder_folder(key: str = "e5-small", settings: Settings | None = None) -> Path:
     if settings is None:
-        from service.config import get_settings
-
         settings = get_settings()
     return models_dir(settings) / ENCODERS[key].folder
 
@@ -338,8 +337,6 @@ def prepare_encoder(
     spec = ENCODERS[key]
     if out_root is None:
         if settings is None:
-            from service.config import get_settings
-
             settings = get_settings()
         out_root = models_dir(settings)
     out_root = Path(out_root)
@@ -366,6 +363,7 @@ def prepare_encoder(
             del weights
             sd = bert_state_dict(header, tensors)
             del tensors
+            # lazy: only preparing an encoder writes safetensors (~0.3 s to import)
             from safetensors.numpy import save_file
 
             save_file(sd, str(work / "model.safetensors"), metadata={"format": "pt"})

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from service.catalog.store import CatalogStore
 from service.cli_support import fail, out, progress_bar
 from service.config import Settings, get_settings
 from service.offline.datasets import DatasetError, load
@@ -140,8 +141,6 @@ def retriever(
                     extra={"source": "dataset", "dataset": dataset, "tie_break": tie_break},
                 )
             else:
-                from service.catalog.store import CatalogStore
-
                 rows = CatalogStore(settings.db_url).all_interactions()
                 if not rows:
                     raise fail("the store has no interactions: `recsmith ingest interactions …`")
