@@ -405,7 +405,12 @@ def check_details(
     removed: list[str] = []
     flags: list[dict[str, Any]] = []
     facts_of: dict[tuple[str, ...], Facts] = {}
-    for sent in sentences(text):
+    # A line break ends a sentence too: a small model copies a product's cut description
+    # ("… kept hot in a stainless ther…") and starts the next product's line without a
+    # full stop; judged together, the first product's facts would be checked against the
+    # second's data.
+    parts = [p for s in sentences(text) for p in re.split(r"(?<=\n)", s) if p]
+    for sent in parts:
         own = [labels.by_label[labels.label_of[i]] for i in labels.cited(sent)]
         ref = own or cited_all or labels.products
         key = tuple(p.id for p in ref)

@@ -69,3 +69,19 @@ def test_nothing_grounded_left_serves_the_answer_built_from_the_data(rs: Recsmit
     assert top["title"] in final["answer"] and f"{top['price']:.2f}" in final["answer"]
     assert "invented_detail" in [f["kind"] for f in final["flags"]]
     assert not final["degraded"]
+
+
+def test_a_line_break_separates_two_products_facts() -> None:
+    """Seen with the small model: product [1]'s copied description, then [2]'s line with no
+    full stop between them; [1]'s "20 bar" must be judged against [1]'s data."""
+    espresso = Product(
+        id="cof-0003", title="Compact Espresso Maker, 20 bar", price=149.0, currency="USD",
+        description="A 20 bar pump in a 15 cm wide body.",
+    )  # fmt: skip
+    duetto = Product(id="cof-0001", title="Duetto Espresso Machine", price=299.0, currency="USD")
+    text = (
+        "[1] Compact Espresso Maker, 149.00 USD. It has a 20 bar pump\n"
+        "[2] Duetto Espresso Machine, 299.00 USD."
+    )
+    r = check_details(text, Labels([espresso, duetto]), "推荐一款咖啡机", CLAIMS)
+    assert r.answer == text and not r.flags, r.flags
