@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -71,12 +72,25 @@ def _setup(profile: str, threads: int) -> tuple[Any, Any, Any]:
         llm_threads=threads,
     )
     settings.ensure_dirs()
-    rs = Recsmith(settings)
-    if not rs.store.get_products(BLURB_PRODUCTS[:1]):
+    t0 = time.perf_counter()
+    try:
+        rs = Recsmith(settings)
+        if not rs.store.get_products(BLURB_PRODUCTS[:1]):
+            ingest_file(rs.store, DEMO / "products.jsonl", "products")
+            ingest_file(rs.store, DEMO / "interactions.jsonl", "interactions")
+        rs.sync_index()
+    except Exception as e:  # noqa: BLE001 - a data dir from an older schema: start afresh
+        print(f"rebuilding {DATA} ({type(e).__name__}); embeddings stay cached", file=sys.stderr)
+        for path in DATA.iterdir():
+            if path.name != "cache":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        from service.db import get_engine
+
+        get_engine.cache_clear()
+        rs = Recsmith(settings)
         ingest_file(rs.store, DEMO / "products.jsonl", "products")
         ingest_file(rs.store, DEMO / "interactions.jsonl", "interactions")
-    t0 = time.perf_counter()
-    rs.sync_index()
+        rs.sync_index()
     print(f"index ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     llm = get_llm(settings, role="writer")
     if llm.backend != "llamacpp":
