@@ -36,8 +36,9 @@ def filters_active(f: Filters | None) -> bool:
 
 
 class ProductMeta:
-    """Per-product columns, with numpy arrays aligned to the dense index rows so a filter is
-    a few vectorised comparisons even at 100k+ products."""
+    """Per-product columns aligned to a bare DenseIndex's rows (eval/bench_retrieval.py).
+    The served indexes filter themselves: MemoryVectorIndex keeps these columns beside its
+    rows, pgvector reads them from the products table (service/retrieval/vector_index.py)."""
 
     def __init__(self) -> None:
         self.category: dict[str, str] = {}

@@ -101,12 +101,15 @@ class PgVectorIndex(VectorIndex):
                     )
                 )
             # Category filters compare lower-cased names, as the in-process index does.
+            new = not c.execute(text("SELECT to_regclass('ix_products_category_lower')")).scalar()
             c.execute(
                 text(
                     "CREATE INDEX IF NOT EXISTS ix_products_category_lower "
                     "ON products (lower(category))"
                 )
             )
+            if new:  # the planner's row estimates for lower(category) need its statistics
+                c.execute(text("ANALYZE products"))
         if with_hnsw:
             self.build_hnsw()
 
