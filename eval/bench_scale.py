@@ -194,6 +194,7 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--upserts", type=int, default=20)
     ap.add_argument("--noise", type=float, default=0.35)
+    ap.add_argument("--ef-search", default="100", help="pgvector ef_search values, e.g. 100,400")
     ap.add_argument("--pg-dir", type=Path, default=None)
     ap.add_argument("--skip", default="", help="comma list: memory,pgvector,upsert")
     ap.add_argument("--out", type=Path, default=None)
@@ -329,8 +330,11 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     if "pgvector" not in skip:
         for q in queries[:5]:
             pg.search(q, 10)  # warm the buffer cache
-        res["pgvector"] = measure(lambda q, f: pg.search(q, 10, f))
-        print(json.dumps({"pgvector": res["pgvector"]}), flush=True)
+        for ef in [int(x) for x in args.ef_search.split(",")]:
+            pg_ef = PgVectorIndex(engine, dim, ef_search=ef)
+            key = "pgvector" if ef == 100 else f"pgvector_ef{ef}"
+            res[key] = measure(lambda q, f, pg_ef=pg_ef: pg_ef.search(q, 10, f))
+            print(json.dumps({key: res[key]}), flush=True)
 
     # A single-product upsert through the Application, end to end (store, change log,
     # encode that one text, index write), with each index.
