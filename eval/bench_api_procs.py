@@ -32,8 +32,8 @@ from eval.bench_api import load
 from eval.bench_failover import KEY, RESULTS, Api, free_port, prepare_data, service_env
 
 
-def measure(env: dict[str, str], work: Path, workers: int, clients: int, seconds: float) -> dict:
-    api = Api(env, work / f"api-w{workers}.log", workers=workers)
+def measure(env: dict[str, str], log: Path, workers: int, clients: int, seconds: float) -> dict:
+    api = Api(env, log, workers=workers)  # a new log each: readiness is read from it
     try:
         api.wait_ready(workers=workers)
         with httpx.Client(base_url=api.url, headers={"X-API-Key": KEY}, timeout=120) as http:
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for workers in (1, 2):
-            res = measure(env, work, workers, args.clients, args.seconds)
+            log = work / f"api-r{r + 1}-w{workers}.log"
+            res = measure(env, log, workers, args.clients, args.seconds)
             runs.append(res)
             print(f"round {r + 1} workers={workers}: {res['rps']} req/s, p50 {res['p50_ms']} ms, "
                   f"p99 {res['p99_ms']} ms, errors {res['errors']}, load {res['load_avg']}",
