@@ -52,8 +52,9 @@ def test_tiny_run_is_quick_and_writes_the_files(small, tmp_path: Path) -> None: 
 
     names = [r.name for r in run.results]
     assert any(n.startswith("EASE") for n in names) and "popularity" in names
-    # 3 sources, the fitted and the default-weight hybrid, the pipeline, the rerank sample
-    assert sum(r.kind == "retrieval" for r in run.results) == 7
+    # 4 sources (dense, co-interaction, item-kNN, next-item), the fitted and the
+    # default-weight hybrid, the pipeline, the rerank sample
+    assert sum(r.kind == "retrieval" for r in run.results) == 8
     assert run.users_evaluated == 30
     for r in run.results:
         assert 0 <= r.test["ndcg@10"] <= r.test["recall@10"] <= r.test["recall@20"] <= 1
