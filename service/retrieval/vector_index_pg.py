@@ -234,6 +234,10 @@ class PgVectorIndex(VectorIndex):
             f"ORDER BY {self._dist} + 0, v.product_id LIMIT :k"
         )
         with self.engine.begin() as c:
+            # Filtered rows fetch their vectors by primary key: a hash join would read the
+            # whole vector table (measured 77 ms vs 15 ms for 1,000 of 50k rows).
+            c.execute(text("SET LOCAL enable_hashjoin = off"))
+            c.execute(text("SET LOCAL enable_mergejoin = off"))
             rows = c.execute(text(sql), {**params, "q": _literal(query), "k": k})
             return [(pid, float(s)) for pid, s in rows]
 
