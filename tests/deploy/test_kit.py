@@ -79,6 +79,7 @@ def test_each_command_of_our_image_is_a_real_cli_command() -> None:
     ours = _ours(_compose())
     assert {"api", "worker", "migrate"} <= set(ours)
     assert _argv(ours["api"]) == ["recsmith", "serve"]
+    assert _argv(ours["worker"]) == ["recsmith", "worker"]  # the queue worker, not one job
     seen: set[tuple[str, ...]] = set()
     for name, svc in ours.items():
         argv = _argv(svc)
