@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # across processes through the catalogue change log; "pgvector" = in PostgreSQL next to
     # the products (HNSW, filters in SQL; needs a postgresql database_url and the extension).
     vector_index: Literal["memory", "pgvector"] = "memory"
-    pgvector_ef_search: int = Field(default=100, ge=10, le=1000)
+    pgvector_ef_search: int = Field(default=400, ge=10, le=1000)  # eval/results/2026-11-30-scale.md
     pgvector_exact_below: int = Field(default=10_000, ge=0)  # filters this narrow: exact search
     # How often (ms) a process looks for writes made by other processes; 0 = before every read.
     index_check_interval_ms: int = Field(default=200, ge=0)

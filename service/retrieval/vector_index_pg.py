@@ -49,7 +49,7 @@ class PgVectorIndex(VectorIndex):
         self,
         engine: Engine,
         dim: int,
-        ef_search: int = 100,
+        ef_search: int = 400,
         exact_below: int = 10_000,
         m: int = 16,
         ef_construction: int = 64,
