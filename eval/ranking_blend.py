@@ -207,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.data_dir is not None:
         blend.save(args.data_dir / BLEND_FILE)
+    sc = scale(test)
+    blended = ndcg10(test["cases"], test["users"], blend.weight) * sc
     for got in per_target.values():
         got["degraded"] = sum(c.degraded for c in got["cases"])
         got["cases"] = [asdict(c) for c in got["cases"]]
@@ -226,8 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"2026-11-30-rerank-blend-{ds.name}{'-' + args.tag if args.tag else ''}.json"
     (args.out / name).write_text(json.dumps(out, indent=1) + "\n")
-    sc = scale(test)
-    blended = ndcg10(test["cases"], test["users"], blend.weight) * sc
     print(
         f"weight {blend.weight:g}; test (scored {test['scored']}/{test['hit_users']} hit users"
         f" of {test['users']}): shortlist {by_w_test['0'] * sc:.4f}, LLM "
