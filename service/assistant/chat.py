@@ -49,6 +49,7 @@ from typing import Any
 
 from langchain_core.output_parsers import StrOutputParser
 
+from service.assistant.glossary import shop_words
 from service.assistant.grounding import (
     AnswerGuard,
     Labels,
@@ -170,9 +171,18 @@ class Assistant:
             if tq.cross:  # a Chinese query: its English words too, fused
                 en = RecsmithRetriever(rs=self.rs, k=k, filters=f, user_id=user_id).invoke(tq.cross)
                 by_id = {d.metadata["id"]: d for d in en + docs}
+                # "Matched" means a Chinese product names the shop word ("露营"), not that
+                # BM25's bigrams found a common word ("适合", "suitable") somewhere.
+                words = shop_words(tq.text)
+                named = any(
+                    w in f"{p.title} {p.description}"
+                    for p in map(document_product, docs)
+                    for w in words
+                )
                 order = fuse_crosslingual(
                     [(d.metadata["id"], d.metadata["sources"]) for d in docs],
                     [(d.metadata["id"], d.metadata["sources"]) for d in en],
+                    matched=named if words else None,
                 )
                 docs = [by_id[pid] for pid in order[:k]]
             if docs:

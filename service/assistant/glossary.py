@@ -154,3 +154,15 @@ def translate_terms(text: str) -> str:
             out.append(ZH_EN[key])
             rest = rest.replace(key, " ")
     return " ".join(dict.fromkeys(" ".join(out).split()))
+
+
+def shop_words(text: str) -> list[str]:
+    """The glossary's Chinese shop words in `text`, longest match first ("咖啡机", not also
+    "咖啡"): what a Chinese product must name to be about the same thing."""
+    found: list[str] = []
+    rest = text
+    for key in _KEYS:
+        if key in rest:
+            found.append(key)
+            rest = rest.replace(key, " ")
+    return found

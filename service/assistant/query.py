@@ -280,14 +280,17 @@ _RRF_K = 10
 
 
 def fuse_crosslingual(
-    native: list[tuple[str, dict[str, float]]], cross: list[tuple[str, dict[str, float]]]
+    native: list[tuple[str, dict[str, float]]],
+    cross: list[tuple[str, dict[str, float]]],
+    matched: bool | None = None,
 ) -> list[str]:
     """Product ids of a Chinese query's own results and of its English translation's, fused
     by reciprocal rank: (id, per-source scores) lists, best first. A product in both lists
-    rises; when no product of the Chinese list matched the Chinese words lexically (no
-    product text contains them: the catalogue has no Chinese product of that kind), the
-    translation's list leads."""
-    matched = any("lexical" in sources for _pid, sources in native)
+    rises; when no product of the Chinese list names the thing asked for (`matched`: one of
+    the query's shop words is in its text; by default, any lexical match), the catalogue
+    has no Chinese product of that kind and the translation's list leads."""
+    if matched is None:
+        matched = any("lexical" in sources for _pid, sources in native)
     w_cross = CROSS_WEIGHT_MATCH if matched else CROSS_WEIGHT_NO_MATCH
     score: dict[str, float] = {}
     for weight, ranked in ((1.0, native), (w_cross, cross)):
