@@ -148,6 +148,13 @@ class Settings(BaseSettings):
             "most popular", "the best", "perfect for everyone", "proven", "doctor-approved",
             "like magic", "magical", "miraculous", "flawless", "unbeatable", "ultimate",
             "奢华", "豪华", "高端", "顶级", "最好", "畅销", "世界级", "一流", "最佳", "极致",
+            # health and quality claims the served texts made ("rich in antioxidants and can
+            # help reduce inflammation", "品质卓越"): fine only when the data says them
+            "antioxidant", "antioxidants", "anti-inflammatory", "inflammation", "detox",
+            "boosts immunity", "immune system", "weight loss", "lowers cholesterol",
+            "superfood", "excellent quality", "superior quality",
+            "抗氧化", "消炎", "排毒", "增强免疫", "减肥", "降血压", "养生", "品质卓越", "卓越",
+            "优质", "高品质",
         ]
     )  # fmt: skip
     # Writer decoding: repetition control on every copy and chat call (1.0 = off).

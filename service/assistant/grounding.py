@@ -58,8 +58,9 @@ _ID = (
 )
 LABEL = re.compile(_LABEL)
 # One pass for both, so a removal never glues two neighbours into a new token.
-# Fence markers from the prompt are artefacts, never shown.
-LABEL_OR_ID = re.compile(f"(?P<label>{_LABEL})|(?P<fence><<<|>>>|‹‹‹|›››)|{_ID}")
+# Fence markers from the prompt are artefacts, never shown: whole or half ("…>>": a small
+# model copies a cut description with the cut's ellipsis and part of the closing fence).
+LABEL_OR_ID = re.compile(f"(?P<label>{_LABEL})|(?P<fence>…*(?:<<<|>>>|<<|>>)|‹‹‹|›››)|{_ID}")
 _SENTENCE_END = re.compile(r"(?<=[。！？])|(?<=[.!?])(?=\s|$)")
 PRICE = re.compile(
     r"(?:[$€£¥]\s?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?))"

@@ -27,6 +27,9 @@ def test_labels_outside_the_list_and_foreign_ids_are_dropped() -> None:
 
 def test_fence_markers_are_removed() -> None:
     assert L.sanitize("[1] <<<Cast Iron Skillet>>> is good.") == "[1] Cast Iron Skillet is good."
+    # Half a fence after a cut description's ellipsis, as the small model served it.
+    got = L.sanitize("It has a 20 bar …>>\n[2] Duetto. 这款台灯……>>\n")
+    assert got == "It has a 20 bar \n[2] Duetto. 这款台灯\n"
 
 
 def test_harmless_hyphenated_words_stay() -> None:
@@ -58,7 +61,7 @@ def test_chinese_text_streams_without_spaces() -> None:
     st.lists(
         st.sampled_from(["[1]", "[9]", "[1, 2]", " ", "  ", "kit-0001", "FAKE-99", "pan", ".",
                          "[", "]", "锅", "好", "\n", "$39.95", "2-in-1",
-                         "<<<", ">>>", "<", "‹‹‹"]),
+                         "<<<", ">>>", "<", "‹‹‹", ">>", "…", ">"]),
         max_size=30,
     ),
     st.data(),

@@ -30,6 +30,8 @@ def test_the_served_bad_answers_are_caught() -> None:
         "[1] is a luxurious, high-end tea, the finest Assam.",
         "[1] comes in a 500 g tin and is perfect for women with sensitive skin.",
         "[2] 智能电饭煲，容量5升，红色外观，适合孕妇使用。",
+        # served by the small model (eval/results/2026-11-30-latency.md)
+        "[1] is rich in antioxidants and can help reduce inflammation.",
     ]
     for text in bad:
         r = check_details(text, labels, "a gift for a tea lover", CLAIMS)

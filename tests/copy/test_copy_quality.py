@@ -156,6 +156,14 @@ def test_a_headline_that_is_the_templates_opening_words_is_caught() -> None:
     assert {"language", "echo"} <= bad
 
 
+def test_health_and_quality_claims_need_the_data() -> None:
+    # Served texts (eval/results/2026-11-30-latency.md): a tea "rich in antioxidants" that
+    # "can help reduce inflammation", a Longjing of "品质卓越" (excellent quality).
+    assert "claims" in failed("A ceramic mug, rich in antioxidants, holds 350 ml.", MUG)
+    assert "claims" in failed("A ceramic mug that holds 350 ml to reduce inflammation.", MUG)
+    assert "claims" in failed("这款陶瓷马克杯品质卓越，容量350毫升。", MUG, language="zh")
+
+
 def test_praise_is_allowed_where_the_data_says_it() -> None:
     luxe = MUG.model_copy(update={"description": MUG.description + " A luxurious glaze."})
     assert "claims" in failed("A luxurious ceramic mug that holds 350 ml.", MUG)
