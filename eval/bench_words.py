@@ -30,6 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.assistant.chat import Assistant
+from service.catalog.ingest import ingest_file
+from service.config import Settings
+from service.copy.tasks import CopyRequest
+from service.copy.writer import CopyWriter
+from service.db import get_engine
+from service.llm.factory import get_llm
+from service.recsmith import Recsmith
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "service" / "demo"
 DATA = REPO / "var" / "bench-words"
@@ -55,12 +64,6 @@ def _load() -> float:
 
 
 def _setup(profile: str, threads: int) -> tuple[Any, Any, Any]:
-    from service.assistant.chat import Assistant
-    from service.catalog.ingest import ingest_file
-    from service.config import Settings
-    from service.copy.writer import CopyWriter
-    from service.llm.factory import get_llm
-    from service.recsmith import Recsmith
 
     DATA.mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -84,7 +87,6 @@ def _setup(profile: str, threads: int) -> tuple[Any, Any, Any]:
         for path in DATA.iterdir():
             if path.name != "cache":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        from service.db import get_engine
 
         get_engine.cache_clear()
         rs = Recsmith(settings)
@@ -101,7 +103,6 @@ def _setup(profile: str, threads: int) -> tuple[Any, Any, Any]:
 
 
 def _blurb(writer: Any, product_id: str) -> dict[str, Any]:
-    from service.copy.tasks import CopyRequest
 
     t0 = time.perf_counter()
     r = writer.generate(CopyRequest(task="blurb", product_id=product_id, regenerate=True))[0]

@@ -32,7 +32,7 @@ import numpy as np
 
 from eval.baselines import EASE, EASE_LAMBDAS, EASE_MAX_ITEMS, Method, default_methods
 from service.catalog.models import Product
-from service.config import Settings
+from service.config import Settings, get_settings
 from service.offline.datasets import Dataset
 from service.offline.metrics import KS, TargetRanks, ranks_from_lists, summarize, target_ranks
 from service.offline.pipeline import (
@@ -46,6 +46,7 @@ from service.offline.pipeline import application_over as _application_over
 from service.offline.pipeline import source_lists as _source_lists
 from service.offline.split import Split, Target, TieBreak, leave_last_two_out
 from service.ranking.base import UserContext
+from service.ranking.factory import get_reranker
 from service.retrieval.fusion import Fusion
 from service.retrieval.retriever import RRF_K, Candidate
 from service.training.fusion_fit import (
@@ -278,8 +279,6 @@ def evaluate_recsmith(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="recsmith-eval-"))
         )
         if fitted is not None:
-            from service.config import Settings
-
             fitted.fusion.save(Settings(data_dir=root).fusion_file)
         reporter.stage("recsmith: ingest + index test histories")
         app = _application_over(root, encoder, ds, split, "test", seq_dir)
@@ -467,19 +466,10 @@ def evaluate_reranker(
 def load_rerankers(
     names: Sequence[str], reporter: Reporter | None = None
 ) -> tuple[list[Any], list[str]]:
-    """The named rerankers over the configured LLM, when the ranking code is importable;
-    a note for each one skipped."""
+    """The named rerankers over the configured LLM; a note for each one skipped."""
     reporter = reporter or Reporter()
     out, notes = [], []
-    try:
-        from service.ranking.factory import get_reranker
-    except ImportError as e:
-        msg = f"LLM rerankers skipped: service.ranking.factory is not importable ({e})"
-        reporter.note(msg)
-        return [], [msg]
     if names:
-        from service.config import get_settings
-
         s = get_settings()
         notes.append(
             f"Rerankers use the configured LLM: backend {s.llm_backend}, model {s.llm_model!r}"

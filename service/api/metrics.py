@@ -21,7 +21,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.registry import Collector
+from sqlalchemy import event
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.llm.tables import LLMCallRow
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -235,9 +238,6 @@ def listen_llm_calls() -> None:
     with _listen_lock:
         if _listening:
             return
-        from sqlalchemy import event
-
-        from service.llm.tables import LLMCallRow
 
         event.listen(LLMCallRow, "after_insert", _on_llm_row)
         _listening = True

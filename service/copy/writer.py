@@ -59,8 +59,10 @@ from service.copy.tasks import (
     token_budget,
 )
 from service.llm.base import LLM, GenParams, Message
+from service.llm.factory import get_llm
 from service.llm.log import log_context
 from service.prompts import PromptLibrary, library
+from service.retrieval.encoder import get_encoder
 from service.vocab import ProductTask
 
 # Sampling defaults when several variants are asked for and no temperature is given.
@@ -145,16 +147,12 @@ class CopyWriter:
     @property
     def llm(self) -> LLM:
         if self._llm is None:
-            from service.llm.factory import get_llm
-
             self._llm = get_llm(self.settings, role="writer")
         return self._llm
 
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from service.retrieval.encoder import get_encoder
-
             s = self.settings
             self._encoder = get_encoder(
                 s.encoder_model,

@@ -16,7 +16,18 @@ from service.config import get_settings
 from service.llm.base import LLMError
 from service.llm.factory import get_llm
 from service.llm.log import recent_calls
-from service.llm.prepare import PrepareError, resolve_model_path
+from service.llm.prepare import (
+    MODELS,
+    PROFILES,
+    PrepareError,
+    is_prepared,
+    models_dir,
+    prepare_model,
+    read_manifest,
+    resolve_model_path,
+)
+from service.ranking.adapter import SERVED_NAME, AdapterError, adapter_dir
+from service.ranking.adapter import read_manifest as read_adapter_manifest
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -46,7 +57,6 @@ def models_prepare(
 ) -> None:
     """Assemble/verify a packaged GGUF model and convert it once to a safetensors folder
     under DATA_DIR/models (the GGUF stays next to it for the llama.cpp backend)."""
-    from service.llm.prepare import PrepareError, prepare_model, read_manifest
 
     if encoder:  # service/retrieval/prepare_encoder.py: rebuilt offline from two wheels
         from service.retrieval.prepare_encoder import prepare_encoder_cli
@@ -70,7 +80,6 @@ def models_prepare(
 @models_app.command("info")
 def models_info() -> None:
     """The configured model, where it resolves to, and the manifests of prepared folders."""
-    from service.llm.prepare import MODELS, PROFILES, is_prepared, models_dir, read_manifest
 
     s = get_settings()
     console.print(f"backend={s.llm_backend} model={s.llm_model} served_name={s.llm_served_name}")
@@ -144,11 +153,9 @@ def _pid_file(port: int = DEFAULT_PORT) -> Path:
 def _lora_args(settings: Settings) -> list[str]:
     """vLLM flags serving the trained reranker adapter as model 'reranker' (what the
     verbalizer asks every replica for); a missing or corrupt adapter is one line."""
-    from service.ranking.adapter import SERVED_NAME, AdapterError, adapter_dir, read_manifest
-
     path = adapter_dir(settings)
     try:
-        read_manifest(path)
+        read_adapter_manifest(path)
         r = int(json.loads((path / "adapter_config.json").read_text()).get("r", 8))
     except (AdapterError, OSError, ValueError) as e:
         raise fail(f"--lora: {e}", 1) from e

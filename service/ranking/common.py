@@ -4,7 +4,6 @@ aggregation, a per-call time budget, and the never-raise wrapper around `rank`."
 from __future__ import annotations
 
 import atexit
-import contextlib
 import contextvars
 import logging
 import math
@@ -13,7 +12,7 @@ import string
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -169,18 +168,6 @@ def call_with_budget(fn: Callable[[], T], timeout_s: float | None) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-@contextlib.contextmanager
-def llm_log_tags(**tags: Any) -> Iterator[None]:
-    """Tag the llm_calls rows with the template (the LLM log module may not exist yet)."""
-    try:
-        from service.llm.log import log_context
-    except ImportError:
-        yield
-        return
-    with log_context(**tags):
-        yield
 
 
 class LLMReranker(Reranker):

@@ -20,6 +20,7 @@ from typing import Any
 
 from service.catalog.models import Product
 from service.llm.base import LLM, GenParams, Message
+from service.llm.log import log_context
 from service.prompts import Rendered, render
 from service.ranking.base import RankResult, UserContext, retrieval_order
 from service.ranking.common import (
@@ -31,7 +32,6 @@ from service.ranking.common import (
     aggregate,
     call_with_budget,
     history_texts,
-    llm_log_tags,
     order_by_scores,
     pass_orders,
     product_text,
@@ -132,7 +132,7 @@ class ReasoningReranker(LLMReranker):
             json_schema=ranking_schema(labels),
             seed=self.seed,
         )
-        with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
+        with log_context(template=TEMPLATE, template_version=self.template_version()):
             # self.llm inside: a first call may load the model, within the budget too
             gens = call_with_budget(
                 lambda: self.llm.generate(prompts, params), self.remaining(deadline)

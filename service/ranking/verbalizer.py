@@ -27,6 +27,7 @@ from typing import Any
 
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
+from service.llm.log import log_context
 from service.prompts import Rendered, render
 from service.ranking.base import RankResult, UserContext
 from service.ranking.blend import RerankBlend
@@ -39,7 +40,6 @@ from service.ranking.common import (
     aggregate,
     call_with_budget,
     history_texts,
-    llm_log_tags,
     log_softmax,
     order_by_scores,
     pass_orders,
@@ -138,7 +138,7 @@ class VerbalizerReranker(LLMReranker):
                 return [llm.choice_logprobs(prompts[0], labels)]
             return llm.choice_logprobs_batch(prompts, labels)  # all windows and passes at once
 
-        with llm_log_tags(template=TEMPLATE, template_version=self.template_version()):
+        with log_context(template=TEMPLATE, template_version=self.template_version()):
             lps = call_with_budget(score, self.remaining(deadline))
         if not isinstance(lps, list) or len(lps) != len(prompts):
             raise UnparseableOutput(f"expected {len(prompts)} score sets, got {len(lps)}")

