@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from service.files import write_json_atomic
 
 logger = logging.getLogger("service.retrieval.fusion")
 
@@ -96,12 +97,7 @@ class Fusion:
         return cls(rank_weights, weights("score_weights"), float(rrf_k), info)
 
     def save(self, path: Path) -> Path:
-        """Atomic write: a reader never sees half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_dict())
 
 
 @dataclass
