@@ -24,6 +24,7 @@ How it maps the LLM contract:
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import ctypes
 import json
@@ -102,6 +103,9 @@ def load_gguf(path: str, n_ctx: int = 4096, threads: int = 0) -> LoadedGGUF:
         )
     except Exception as e:  # noqa: BLE001 - any loading failure is a configuration error
         raise LLMError(f"llama.cpp could not load {path!r}: {e}") from e
+    # Freed before interpreter teardown: left to __del__, the native free runs after its
+    # module globals are gone and prints "'NoneType' object is not callable" at exit.
+    atexit.register(llm.close)
     model = llm._model
     special = {
         "bos_token": model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else "",
