@@ -287,14 +287,7 @@ class CatalogStore:
 
     def all_interactions(self) -> list[tuple[str, str, str, datetime]]:
         """(user_id, product_id, event, ts) ordered by user then time: for co-interaction."""
-        stmt = select(
-            InteractionRow.user_id,
-            InteractionRow.product_id,
-            InteractionRow.event,
-            InteractionRow.ts,
-        ).order_by(InteractionRow.user_id, InteractionRow.ts, InteractionRow.id)
-        with session_scope(self.engine) as s:
-            return [tuple(r) for r in s.execute(stmt).all()]  # type: ignore[misc]
+        return [(u, p, e, ts) for _id, u, p, e, ts in self.interaction_log()]
 
     def events_since(self, event_id: int) -> tuple[int, list[tuple[int, str, str, str]]]:
         """(newest id read, [(id, user_id, product_id, event)]) of the events after

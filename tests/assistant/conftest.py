@@ -53,10 +53,6 @@ BOTH_DATABASES = {"test_store", "test_turns"}
 DATABASES = ("sqlite", "postgresql")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "postgresql: runs on the PostgreSQL test server")
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "database" not in metafunc.fixturenames:
         return
