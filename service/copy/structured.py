@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.llm.base import LLM, GenParams, Message
-from service.llm.transformers_backend import extract_json
+from service.llm.base import LLM, GenParams, Message, extract_json
 
 
 class StructuredOutputError(ValueError):

@@ -7,6 +7,8 @@ Prompts are either a plain string (sent as a raw completion) or a list of chat m
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,6 +25,7 @@ __all__ = [
     "Message",
     "Prompt",
     "distinct_choices",
+    "extract_json",
 ]
 
 
@@ -62,6 +65,38 @@ class LLM(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections (the in-process model stays cached for the process)."""
+
+    def _generation(
+        self, text: str, finish: str, p_tok: int, c_tok: int, dt: float, params: GenParams
+    ) -> Generation:
+        """One generated text as every backend returns it: structured output is marked,
+        and JSON parsed, the same way whichever engine wrote it."""
+        meta: dict[str, Any] = {}
+        if params.choices:
+            meta["structured"] = "choice"
+        elif params.json_schema is not None:
+            meta = {"structured": "json", "json": extract_json(text)}
+        return Generation(
+            text=text,
+            model_id=self.model_id,
+            backend=self.backend,
+            prompt_tokens=p_tok,
+            completion_tokens=c_tok,
+            finish_reason=finish or "",
+            latency_s=dt,
+            meta=meta,
+        )
+
+
+def extract_json(text: str) -> Any | None:
+    """The first JSON object/array in text, or None (small models wrap JSON in prose)."""
+    dec = json.JSONDecoder()
+    for m in re.finditer(r"[\[{]", text):
+        try:
+            return dec.raw_decode(text[m.start() :])[0]
+        except ValueError:
+            continue
+    return None
 
 
 def distinct_choices(choices: Sequence[str]) -> list[str]:

@@ -46,7 +46,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from service.config import Settings, get_settings
 from service.llm.base import BatchedLLM, Generation, GenParams, LLMError, Prompt
 from service.llm.prepare import resolve_gguf
-from service.llm.transformers_backend import _first_stop, extract_json
+from service.llm.transformers_backend import _first_stop
 
 
 @dataclass
@@ -367,23 +367,9 @@ class LlamaCppLLM(BatchedLLM):
             info: dict[str, Any] = {}
             with self.m.lock:
                 text = "".join(self._decode(ids, params, info, n_fixed))
-            meta: dict[str, Any] = {}
-            if params.choices:
-                meta = {"structured": "choice"}
-            elif params.json_schema is not None:
-                meta = {"structured": "json", "json": extract_json(text)}
-            results.append(
-                Generation(
-                    text=text,
-                    model_id=self.model_id,
-                    backend=self.backend,
-                    prompt_tokens=info["prompt_tokens"],
-                    completion_tokens=info["completion_tokens"],
-                    finish_reason=info["finish_reason"],
-                    latency_s=time.perf_counter() - t0,
-                    meta=meta,
-                )
-            )
+            p_tok, c_tok = info["prompt_tokens"], info["completion_tokens"]
+            dt = time.perf_counter() - t0
+            results.append(self._generation(text, info["finish_reason"], p_tok, c_tok, dt, params))
         return results
 
     def stream(self, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:

@@ -50,7 +50,6 @@ from service.llm.pool import (
     error_kind,
     parse_base_urls,
 )
-from service.llm.transformers_backend import extract_json
 
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 __all__ = ["CircuitBreaker", "CircuitOpenError", "OpenAILLM"]  # the breaker lives in pool.py
@@ -224,25 +223,6 @@ class OpenAILLM(BatchedLLM):
         elif params.json_schema is not None:
             d["structured_outputs"] = {"json": params.json_schema}
         return d
-
-    def _generation(
-        self, text: str, finish: str, p_tok: int, c_tok: int, dt: float, params: GenParams
-    ) -> Generation:
-        meta: dict[str, Any] = {}
-        if params.choices:
-            meta["structured"] = "choice"
-        elif params.json_schema is not None:
-            meta = {"structured": "json", "json": extract_json(text)}
-        return Generation(
-            text=text,
-            model_id=self.model_id,
-            backend=self.backend,
-            prompt_tokens=p_tok,
-            completion_tokens=c_tok,
-            finish_reason=finish or "",
-            latency_s=dt,
-            meta=meta,
-        )
 
     # ---- LLM interface ------------------------------------------------------------------
     def generate(

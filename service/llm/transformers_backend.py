@@ -17,8 +17,6 @@ choice's tokens are its own: a choice meant to follow a space should start with 
 from __future__ import annotations
 
 import inspect
-import json
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -72,17 +70,6 @@ def _first_stop(text: str, stops: Sequence[str]) -> int:
     """Index of the earliest stop string in text, or -1."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(hits) if hits else -1
-
-
-def extract_json(text: str) -> Any | None:
-    """The first JSON object/array in text, or None (small models wrap JSON in prose)."""
-    dec = json.JSONDecoder()
-    for m in re.finditer(r"[\[{]", text):
-        try:
-            return dec.raw_decode(text[m.start() :])[0]
-        except ValueError:
-            continue
-    return None
 
 
 class TransformersLLM(BatchedLLM):
@@ -198,21 +185,8 @@ class TransformersLLM(BatchedLLM):
             cut = _first_stop(text, params.stop)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
-            meta: dict[str, Any] = {}
-            if params.json_schema is not None:
-                meta = {"structured": "json", "json": extract_json(text)}
-            results.append(
-                Generation(
-                    text=text,
-                    model_id=self.model_id,
-                    backend=self.backend,
-                    prompt_tokens=len(seq),
-                    completion_tokens=len(new),
-                    finish_reason=finish,
-                    latency_s=dt,
-                    meta=meta,
-                )
-            )
+            # params.choices never gets here (scored above): only JSON output is parsed.
+            results.append(self._generation(text, finish, len(seq), len(new), dt, params))
         return results
 
     def stream(self, prompt: Prompt, params: GenParams | None = None) -> Iterator[str]:
