@@ -143,8 +143,8 @@ def markdown(run: RankingRun, command: str = "") -> str:
             "holding every user's test history (never a test target), items already seen "
             "excluded (stored as the user's purchases). Each source is scored on its own list "
             "(the hybrid on the fused pool of all lists); a target past the list is a miss, "
-            "so MRR is a lower bound. `recsmith pipeline` calls `service.recommend.recommend`, "
-            "the function /v1/recommendations runs, on every user."
+            "so MRR is a lower bound. `recsmith pipeline` calls `Application.recommend`, "
+            "the method /v1/recommendations runs, on every user."
         )
     for note in run.notes:
         lines.append(f"- {note}")

@@ -238,21 +238,3 @@ def rank_shortlist(
         timings_ms={k: round(v, 2) for k, v in timings.items()},
         degraded_stages=degraded_stages,
     )
-
-
-def recommend(
-    rs: Recsmith,
-    user_id: str | None = None,
-    history: list[str] | None = None,
-    query: str | None = None,
-    k: int = 10,
-    filters: Filters | None = None,
-    rerank: str = "none",
-    shortlist_size: int | None = None,
-    timeout_s: float | None = None,
-    llm: Callable[[str], LLM] | None = None,
-) -> Recommendation:
-    """Retrieve and rerank, without the index lock or the headline (the evaluation's entry
-    point; the service goes through Application.recommend)."""
-    sl = shortlist(rs, user_id, history, query, k, filters, shortlist_size)
-    return rank_shortlist(rs, sl, rerank, timeout_s, llm)
