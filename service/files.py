@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -16,3 +23,49 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+@contextmanager
+def folder_built_aside(folder: Path) -> Iterator[Path]:
+    """Yields an empty private work folder beside `folder`; when the block succeeds the work
+    folder replaces `folder` by one rename (readers never see a half-written folder). The
+    work folder is removed whatever happens."""
+    work = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+        if folder.exists():
+            shutil.rmtree(folder)
+        work.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def read_json_artefact(
+    path: Path,
+    parse: Callable[[Any], T],
+    error: type[Exception],
+    strict: bool,
+    *,
+    what: str,
+    missing: str,
+    strict_hint: str,
+    fallback: str,
+    log: logging.Logger = logger,
+) -> tuple[T | None, Literal["fitted", "default", "degraded"], str | None]:
+    """A fitted JSON artefact the service loads at start-up: (artefact, state, reason).
+    Missing: None, "default" and `missing` as the reason. Unreadable, or `parse` raising
+    `error`: a warning (on `log`), None, "degraded". strict: both raise `error` naming the file."""
+    if not path.is_file():
+        if strict:
+            raise error(f"{missing} ({strict_hint})")
+        return None, "default", missing
+    try:
+        return parse(json.loads(path.read_text())), "fitted", None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, error) as e:
+        reason = f"{what} {path} is unusable ({type(e).__name__}: {e}); {fallback}"
+        if strict:
+            raise error(reason) from e
+        log.warning("%s", reason)
+        return None, "degraded", reason

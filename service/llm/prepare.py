@@ -22,8 +22,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from service.config import get_settings
+from service.files import folder_built_aside
 from service.prompts import render
 
 if TYPE_CHECKING:
@@ -335,10 +334,7 @@ def prepare_model(
         if not force and is_prepared(spec, folder, converted=not gguf_only):
             return folder  # another process finished meanwhile
         console.print(f"[bold]preparing {spec.key}[/] → {folder}")
-        work = out_root / f".{spec.folder}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
+        with folder_built_aside(folder) as work:
             if install:
                 install_chunks(spec)
             if spec.chunks:
@@ -381,12 +377,6 @@ def prepare_model(
                 **info,
             }
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            # Swap in atomically-ish: readers never see a half-written folder.
-            if folder.exists():
-                shutil.rmtree(folder)
-            work.rename(folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         console.print(f"[green]prepared[/] {folder}")
         return folder
 

