@@ -140,15 +140,11 @@ class ScoredProduct(BaseModel):
 
     @classmethod
     def from_domain(cls, s: Scored) -> ScoredProduct:
-        p = s.product
+        # Every field but the id and the scores is the product's own, under the same name.
+        shown = cls.model_fields.keys() - {"product_id", "score", "sources"}
         return cls(
-            product_id=p.id,
-            title=p.title,
-            category=p.category,
-            brand=p.brand,
-            price=p.price,
-            currency=p.currency,
-            in_stock=p.in_stock,
+            product_id=s.product.id,
+            **{name: getattr(s.product, name) for name in shown},
             score=round(float(s.candidate.score), 6),
             sources=s.candidate.sources,
         )
@@ -235,18 +231,9 @@ class RecommendedItemOut(BaseModel):
 
     @classmethod
     def from_domain(cls, i: RecommendedItem) -> RecommendedItemOut:
-        return cls(
-            product_id=i.product_id,
-            title=i.title,
-            category=i.category,
-            price=i.price,
-            currency=i.currency,
-            score=round(float(i.score), 6),
-            retrieval_score=round(float(i.retrieval_score), 6),
-            sources=i.sources,
-            why=i.why,
-            fit=i.fit,
-        )
+        # The same fields as the domain item; the scores are rounded for the wire.
+        rounded = {"score": i.score, "retrieval_score": i.retrieval_score}
+        return cls(**(vars(i) | {k: round(float(v), 6) for k, v in rounded.items()}))
 
 
 class HeadlineOut(BaseModel):
