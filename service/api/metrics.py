@@ -22,8 +22,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.registry import Collector
 from sqlalchemy import event
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from service.api.asgi import HttpMiddleware
 from service.llm.tables import LLMCallRow
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -170,16 +171,10 @@ def route_template(scope: Scope) -> str:
     return UNMATCHED
 
 
-class MetricsMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware): it must not buffer streamed responses."""
+class MetricsMiddleware(HttpMiddleware):
+    """Pure ASGI (HttpMiddleware): it must not buffer streamed responses."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         status = {"code": 500}
         observed = {"done": False}

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware (streams pass through unbuffered): request ids and the body limit."""
+"""Pure ASGI middleware (streams pass through unbuffered): request ids, the API key and the
+body limit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.asgi import HttpMiddleware
 from service.api.deps import V1, given_key, key_error
 from service.api.errors import ApiError, error_payload
 from service.api.protocol import FieldError
@@ -15,17 +17,11 @@ from service.api.protocol import FieldError
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Echoes a client's X-Request-ID (when sane) or mints one; routes read it from
     request.state.request_id and the LLM log tags carry it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = ""
         for k, v in scope.get("headers", []):
             if k == b"x-request-id":
@@ -45,21 +41,17 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_wrapper)
 
 
-class ApiKeyMiddleware:
+class ApiKeyMiddleware(HttpMiddleware):
     """Refuses a missing or wrong key on /v1 before anything reads the body: a client
     without a key learns nothing from parser or validation errors."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.keys = list(keys)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
-        if (
-            scope["type"] != "http"
-            or not self.keys
-            or not (path == V1 or path.startswith(V1 + "/"))
-        ):
+        if not self.keys or not (path == V1 or path.startswith(V1 + "/")):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -95,18 +87,15 @@ class BodyTooLarge(ApiError):
         )
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Refuses bodies over max_bytes: at once from Content-Length, or while reading a
     chunked body (the error raised inside receive() reaches the JSON error handler)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_bytes
         for k, v in scope.get("headers", []):
             if k == b"content-length":
