@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from service.catalog.models import ID_PATTERN
 from service.vocab import CopyTask, Language, ProductTask
@@ -25,6 +25,12 @@ def normalise_language(value: str | None) -> str | None:
     if base not in LANGUAGES:
         raise ValueError(f"unsupported language {value!r}: use one of {', '.join(LANGUAGES)}")
     return base
+
+
+# A requested language in any common spelling ('zh-CN', 'ZH'), read as the Language it names.
+LanguageIn = Annotated[
+    Language | None, BeforeValidator(lambda v: normalise_language(v) if isinstance(v, str) else v)
+]
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class CopyOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    language: Language | None = Field(
+    language: LanguageIn = Field(
         default=None, description="Output language; default the product's language"
     )
     max_words: int | None = Field(default=None, ge=1, le=300, description="English word limit")
@@ -72,11 +78,6 @@ class CopyOptions(BaseModel):
         default=None, ge=0, le=2, description="Default: greedy for one variant, 0.8 for several"
     )
     max_tokens: int | None = Field(default=None, ge=8, le=512)
-
-    @field_validator("language", mode="before")
-    @classmethod
-    def _language(cls, v: Any) -> Any:
-        return normalise_language(v) if isinstance(v, str) else v
 
     @field_validator("keywords")
     @classmethod
@@ -104,7 +105,7 @@ class HeadlineRequest(BaseModel):
     product_ids: list[str] = Field(min_length=1, max_length=50)
     user_id: str | None = Field(default=None, pattern=ID_PATTERN)
     interests: list[str] = Field(default_factory=list, max_length=10)
-    language: Language | None = None
+    language: LanguageIn = None
     max_words: int | None = Field(default=None, ge=1, le=30)
     max_chars: int | None = Field(default=None, ge=1, le=60)
     variants: int = Field(default=1, ge=1, le=8)
@@ -113,11 +114,6 @@ class HeadlineRequest(BaseModel):
     # Items whose fit (cosine of headline and item text) is below this are dropped.
     threshold: float = Field(default=0.2, ge=-1, le=1)
     regenerate: bool = False
-
-    @field_validator("language", mode="before")
-    @classmethod
-    def _language(cls, v: Any) -> Any:
-        return normalise_language(v) if isinstance(v, str) else v
 
     @field_validator("product_ids")
     @classmethod
