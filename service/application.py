@@ -33,6 +33,7 @@ from service.config import Settings, get_settings
 from service.copy import batch
 from service.copy.store import (
     CopyCheckFailed,
+    CopyFilter,
     CopyNotFound,
     CopyStore,
     is_unsafe,
@@ -490,21 +491,18 @@ class Application:
         except batch.JobNotFound as e:
             raise NotFound(str(e), fields=[("job_id", "unknown job")]) from None
 
-    def list_copy(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> list[CopyResult]:
-        """Newest first; filters: status, task, product_id, language, job_id, passed."""
-        return self.copies.list(limit=limit, offset=offset, **filters)
+    def list_copy(
+        self, where: CopyFilter | None = None, *, limit: int = 50, offset: int = 0
+    ) -> list[CopyResult]:
+        """Newest first."""
+        return self.copies.list(where, limit=limit, offset=offset)
 
     def export_copy(
-        self,
-        *,
-        status: str | None = None,
-        task: str | None = None,
-        passed: bool | None = None,
-        include_unsafe: bool = False,
+        self, where: CopyFilter | None = None, *, include_unsafe: bool = False
     ) -> Iterator[CopyResult]:
         """Every matching text, oldest first; texts repeating an instruction planted in the
         product data are left out unless asked for."""
-        for row in self.copies.iter_all(status=status, task=task, passed=passed):
+        for row in self.copies.iter_all(where):
             if is_unsafe(row) and not include_unsafe:
                 continue
             yield to_result(row)

@@ -12,6 +12,7 @@ import pytest
 from service.application import Application
 from service.catalog.models import Interaction, Product
 from service.config import Settings
+from service.copy.store import CopyFilter
 from service.copy.tasks import CopyOptions, HeadlineRequest
 from service.errors import Invalid, NotFound
 from service.retrieval.filters import Filters
@@ -144,7 +145,7 @@ def test_copy_write_review_export(app: Application) -> None:
         app.approve_copy(title.id, "Guaranteed to cure insomnia")
     assert e.value.fields[0][0] == "text"
     assert app.approve_copy(title.id).status == "approved"
-    assert title.id in [r.id for r in app.export_copy(status="approved")]
+    assert title.id in [r.id for r in app.export_copy(CopyFilter(status="approved"))]
     assert app.reject_copy(title.id, "no").status == "rejected"
     with pytest.raises(NotFound) as e:
         app.get_copy(10**9)

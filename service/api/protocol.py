@@ -22,6 +22,7 @@ from pydantic import (
 from service.application import Appended, Page, Scored, Similar, Upserted
 from service.assistant.store import StoredMessage
 from service.catalog.models import ID_PATTERN, Interaction, Product
+from service.copy.store import CopyFilter
 from service.copy.tasks import (
     CopyOptions,
     CopyResult,
@@ -32,7 +33,7 @@ from service.copy.tasks import (
 )
 from service.recommend import ListHeadline, Recommendation, RecommendedItem
 from service.retrieval.filters import Filters
-from service.vocab import RerankMode
+from service.vocab import CopyTask, Language, RerankMode
 
 # -- limits -------------------------------------------------------------------------------
 MAX_K = 100
@@ -443,6 +444,25 @@ class CopyJob(JobStatus, _UtcTimes):
     def from_domain(cls, s: JobStatus, queued: bool = False) -> CopyJob:
         progress = (s.done + s.failed) / s.total if s.total else 1.0
         return cls(**s.model_dump(), progress=round(progress, 4), queued=queued)
+
+
+CopyStatus = Literal["draft", "approved", "rejected"]
+
+
+class CopyQuery(BaseModel):
+    """GET /v1/copy's query string: the filters (none given: every text) and the page."""
+
+    status: CopyStatus | None = None
+    task: CopyTask | None = None
+    product_id: str | None = Field(default=None, max_length=128)
+    language: Language | None = None
+    job_id: int | None = Field(default=None, ge=1, le=2**62)
+    passed: bool | None = None
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+    def where(self) -> CopyFilter:
+        return CopyFilter(**self.model_dump(exclude={"limit", "offset"}))
 
 
 class CopyPage(BaseModel):

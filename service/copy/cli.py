@@ -24,7 +24,7 @@ from service.cli_support import (
     validation_message,
 )
 from service.copy import batch as copy_batch
-from service.copy.store import STATUSES
+from service.copy.store import STATUSES, CopyFilter
 from service.copy.tasks import CopyOptions, HeadlineRequest
 from service.llm.base import LLMError
 from service.vocab import ProductTask
@@ -226,9 +226,8 @@ def list_(
 ) -> None:
     """Stored texts, newest first."""
     try:
-        rows = build_application().list_copy(
-            status=status, task=task, product_id=product, limit=limit
-        )
+        where = CopyFilter(status=status, task=task, product_id=product)
+        rows = build_application().list_copy(where, limit=limit)
     except ValueError as e:
         raise fail(str(e)) from e
     table = Table("id", "task", "product", "lang", "status", "checks", "text")
@@ -323,9 +322,8 @@ def export(
         writer = csv.DictWriter(fh, fieldnames=EXPORT_FIELDS) if fmt == "csv" else None
         if writer:
             writer.writeheader()
-        results = build_application().export_copy(
-            status=status, task=task, passed=passed, include_unsafe=include_unsafe
-        )
+        where = CopyFilter(status=status, task=task, passed=passed)
+        results = build_application().export_copy(where, include_unsafe=include_unsafe)
         for result in results:
             r = result.model_dump(mode="json")
             rec = {k: r[k] for k in EXPORT_FIELDS}

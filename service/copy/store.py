@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,18 @@ STATUSES = ("draft", "approved", "rejected")
 SECURITY_CHECKS = ("injection",)
 # INSERT … ON CONFLICT DO NOTHING, per dialect (the unique index ux_copies_job_item).
 _UPSERT = {"postgresql": pg_insert, "sqlite": sqlite_insert}
+
+
+@dataclass(frozen=True)
+class CopyFilter:
+    """Which stored texts to read: a field left None matches any text."""
+
+    status: str | None = None
+    task: str | None = None
+    product_id: str | None = None  # also matches a headline that lists it in product_ids
+    language: str | None = None
+    job_id: int | None = None
+    passed: bool | None = None
 
 
 class CopyCheckFailed(ValueError):
@@ -186,76 +199,45 @@ class CopyStore:
                 raise CopyNotFound(f"unknown copy id {copy_id}")
             return row
 
-    def _filtered(
-        self,
-        *,
-        status: str | None = None,
-        task: str | None = None,
-        product_id: str | None = None,
-        language: str | None = None,
-        job_id: int | None = None,
-        passed: bool | None = None,
-    ):  # noqa: ANN202 - a Select
+    @staticmethod
+    def _filtered(f: CopyFilter | None):  # noqa: ANN205 - a Select
         stmt = select(CopyRow)
-        if status:
-            if status not in STATUSES:
-                raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
-            stmt = stmt.where(CopyRow.status == status)
-        if task:
-            stmt = stmt.where(CopyRow.task == task)
-        if product_id:
+        f = f or CopyFilter()
+        if f.status:
+            if f.status not in STATUSES:
+                raise ValueError(f"unknown status {f.status!r}: use one of {', '.join(STATUSES)}")
+            stmt = stmt.where(CopyRow.status == f.status)
+        if f.task:
+            stmt = stmt.where(CopyRow.task == f.task)
+        if f.product_id:
             # A headline lists its products in product_ids (JSON); match the quoted id.
             stmt = stmt.where(
                 or_(
-                    CopyRow.product_id == product_id,
-                    CopyRow.product_ids.cast(_text_type()).like(f'%"{product_id}"%'),
+                    CopyRow.product_id == f.product_id,
+                    CopyRow.product_ids.cast(_text_type()).like(f'%"{f.product_id}"%'),
                 )
             )
-        if language:
-            stmt = stmt.where(CopyRow.language == language)
-        if job_id is not None:
-            stmt = stmt.where(CopyRow.job_id == job_id)
-        if passed is not None:
-            stmt = stmt.where(CopyRow.passed == passed)
+        if f.language:
+            stmt = stmt.where(CopyRow.language == f.language)
+        if f.job_id is not None:
+            stmt = stmt.where(CopyRow.job_id == f.job_id)
+        if f.passed is not None:
+            stmt = stmt.where(CopyRow.passed == f.passed)
         return stmt
 
     def list(
-        self,
-        *,
-        status: str | None = None,
-        task: str | None = None,
-        product_id: str | None = None,
-        language: str | None = None,
-        job_id: int | None = None,
-        passed: bool | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, where: CopyFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[CopyResult]:
         """Newest first."""
-        stmt = self._filtered(
-            status=status,
-            task=task,
-            product_id=product_id,
-            language=language,
-            job_id=job_id,
-            passed=passed,
-        )
-        stmt = stmt.order_by(CopyRow.id.desc()).offset(offset).limit(limit)
+        stmt = self._filtered(where).order_by(CopyRow.id.desc()).offset(offset).limit(limit)
         with session_scope(self.engine) as s:
             return [to_result(r) for r in s.scalars(stmt)]
 
-    def iter_all(
-        self, *, status: str | None = None, task: str | None = None, passed: bool | None = None
-    ) -> Iterator[CopyRow]:
+    def iter_all(self, where: CopyFilter | None = None) -> Iterator[CopyRow]:
         """Every matching row, oldest first, in pages (for export)."""
         last = 0
         while True:
-            stmt = (
-                self._filtered(status=status, task=task, passed=passed)
-                .where(CopyRow.id > last)
-                .order_by(CopyRow.id)
-                .limit(500)
-            )
+            stmt = self._filtered(where).where(CopyRow.id > last).order_by(CopyRow.id).limit(500)
             with session_scope(self.engine) as s:
                 rows = list(s.scalars(stmt))
             if not rows:

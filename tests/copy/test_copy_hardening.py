@@ -28,7 +28,7 @@ from service.catalog.store import CatalogStore
 from service.config import Settings, get_settings
 from service.copy import batch as jobs
 from service.copy.cli import copy_app
-from service.copy.store import CopyCheckFailed, CopyStore
+from service.copy.store import CopyCheckFailed, CopyFilter, CopyStore
 from service.copy.tables import CopyJobRow
 from service.copy.tasks import CopyOptions
 from service.copy.writer import CopyWriter
@@ -83,8 +83,8 @@ def test_an_edit_that_fails_checks_is_never_approved_nor_passed(writer: CopyWrit
     edited = writer.edit(cid, BANNED)
     assert edited.status == "draft" and not edited.passed and "banned" in edited.failed_checks
     assert edited.meta["generated_checks"]["passed"] is True  # the model's outcome, for audit
-    assert cid not in [r.id for r in writer.store.list(passed=True)]
-    assert cid in [r.id for r in writer.store.list(passed=False)]
+    assert cid not in [r.id for r in writer.store.list(CopyFilter(passed=True))]
+    assert cid in [r.id for r in writer.store.list(CopyFilter(passed=False))]
 
     # The cache a later request (or batch job) reuses reports it as failed, not passed.
     writer.llm.calls.clear()  # type: ignore[attr-defined]
@@ -104,7 +104,7 @@ def test_a_job_reusing_a_failing_edit_counts_it_failed(env: Settings, writer: Co
                             batch_size=2, settings=env)  # fmt: skip
     jobs.run_job(first.id, writer=writer, settings=env)
     assert jobs.get_job(first.id, settings=env).done == 2
-    cid = CopyStore(env.db_url).list(job_id=first.id)[0].id
+    cid = CopyStore(env.db_url).list(CopyFilter(job_id=first.id))[0].id
     writer.edit(cid, BANNED)
     second = jobs.create_job("title", CopyOptions(max_words=12), category="Kitchen", limit=2,
                              batch_size=2, settings=env)  # fmt: skip

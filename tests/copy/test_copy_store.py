@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from service.config import Settings
 from service.copy.cli import copy_app
-from service.copy.store import CopyNotFound, CopyStore, canonical_json, request_key
+from service.copy.store import CopyFilter, CopyNotFound, CopyStore, canonical_json, request_key
 from service.copy.tables import CopyRow
 from service.copy.writer import CopyWriter
 
@@ -70,12 +70,12 @@ def test_review_flow_and_filters(store: CopyStore) -> None:
     assert edited.status == "draft" and edited.text == "Cast Iron Skillet, 30 cm"
     assert not edited.passed and edited.failed_checks == ["unchecked"]  # no checks given
     assert edited.generated_text == b.text  # the model's text is kept beside the edit
-    assert [r.id for r in store.list(status="approved", product_id="store-a")] == [a.id]
-    assert [r.id for r in store.list(task="title", product_id="store-b")] == [b.id]
+    assert [r.id for r in store.list(CopyFilter(status="approved", product_id="store-a"))] == [a.id]
+    assert [r.id for r in store.list(CopyFilter(task="title", product_id="store-b"))] == [b.id]
     with pytest.raises(CopyNotFound):
         store.approve(10**9)
     with pytest.raises(ValueError):
-        store.list(status="published")
+        store.list(CopyFilter(status="published"))
     with pytest.raises(ValueError):
         store.edit(a.id, "   ")
 
@@ -84,7 +84,7 @@ def test_headline_rows_are_found_by_any_of_their_products(store: CopyStore) -> N
     [h] = store.add(
         [_row("k-h", product_id=None, product_ids=["store-h1", "store-h2"], task="headline")]
     )
-    assert h.id in [r.id for r in store.list(product_id="store-h2")]
+    assert h.id in [r.id for r in store.list(CopyFilter(product_id="store-h2"))]
 
 
 def test_an_edit_is_rechecked(db_settings: Settings, store: CopyStore) -> None:
@@ -113,7 +113,7 @@ def test_a_job_text_is_stored_once_per_product_task_and_variant(store: CopyStore
     # Outside a job, the same request may be stored again (regenerate).
     a, b = store.add([_row("k-free", product_id="cof-0005"), _row("k-free", product_id="cof-0005")])
     assert a.id != b.id
-    assert len(store.list(job_id=4242, limit=10)) == 3
+    assert len(store.list(CopyFilter(job_id=4242), limit=10)) == 3
 
 
 def test_cli_review_and_export(sqlite_store: CopyStore, tmp_path) -> None:  # noqa: ANN001

@@ -23,18 +23,20 @@ from service.api.protocol import (
     CopyJobCreate,
     CopyOut,
     CopyPage,
+    CopyQuery,
     CopyReject,
+    CopyStatus,
     HeadlineGenerate,
     HeadlineWritten,
 )
+from service.copy.store import CopyFilter
 from service.copy.tasks import CopyOptions, ProductTask
-from service.vocab import CopyTask, Language
+from service.vocab import CopyTask
 
 router = APIRouter(prefix=f"{V1}/copy", tags=["copy"])
 
 CopyId = Annotated[int, Path(ge=1, le=2**62, description="Copy id")]
 JobId = Annotated[int, Path(ge=1, le=2**62, description="Job id")]
-Status = Literal["draft", "approved", "rejected"]
 
 # The columns of an export (the edited text, where there is one, is `text`).
 EXPORT_FIELDS = [
@@ -118,33 +120,14 @@ def cancel_copy_job(job_id: JobId, app: App) -> CopyJob:
     summary="Stored copy, newest first, with filters",
     responses=error_responses(401, 422),
 )
-def list_copy(
-    app: App,
-    status: Status | None = None,
-    task: CopyTask | None = None,
-    product_id: Annotated[str | None, Query(max_length=128)] = None,
-    language: Language | None = None,
-    job_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
-    passed: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> CopyPage:
-    items = app.list_copy(
-        status=status,
-        task=task,
-        product_id=product_id,
-        language=language,
-        job_id=job_id,
-        passed=passed,
-        limit=limit + 1,
-        offset=offset,
-    )
-    more = len(items) > limit
+def list_copy(app: App, q: Annotated[CopyQuery, Query()]) -> CopyPage:
+    items = app.list_copy(q.where(), limit=q.limit + 1, offset=q.offset)
+    more = len(items) > q.limit
     return CopyPage(
-        items=[CopyOut.of(r) for r in items[:limit]],
-        limit=limit,
-        offset=offset,
-        next_offset=offset + limit if more else None,
+        items=[CopyOut.of(r) for r in items[: q.limit]],
+        limit=q.limit,
+        offset=q.offset,
+        next_offset=q.offset + q.limit if more else None,
     )
 
 
@@ -163,7 +146,7 @@ def list_copy(
 def export_copy(
     app: App,
     format: Literal["csv", "jsonl"] = "jsonl",  # noqa: A002 - the query parameter's name
-    status: Status | None = None,
+    status: CopyStatus | None = None,
     task: CopyTask | None = None,
     passed: Annotated[
         bool | None, Query(description="Only texts that passed (true) or failed (false) checks")
@@ -176,8 +159,8 @@ def export_copy(
         ),
     ] = False,
 ) -> StreamingResponse:
-    results = app.export_copy(status=status, task=task, passed=passed,
-                              include_unsafe=include_unsafe)  # fmt: skip
+    where = CopyFilter(status=status, task=task, passed=passed)
+    results = app.export_copy(where, include_unsafe=include_unsafe)
     rows = (_export_row(r) for r in results)
     name = f"recsmith-copy{'-' + status if status else ''}{'-' + task if task else ''}"
 
