@@ -15,17 +15,13 @@ w = 1 and a `degraded` status; strict: an error naming the file.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from service.files import write_json_atomic
-
-logger = logging.getLogger(__name__)
+from service.files import read_json_artefact, write_json_atomic
 
 BLEND_FORMAT = 1
 BLEND_FILE = Path("artefacts") / "rerank_blend.json"  # relative to the data directory
@@ -100,17 +96,14 @@ class BlendStatus:
 
 def load_blend(path: Path, strict: bool = False) -> tuple[RerankBlend | None, BlendStatus]:
     """The artefact at `path`, or None (the LLM's own order) with the reason."""
-    if not path.is_file():
-        reason = f"no rerank blend at {path}: the LLM's order as it is"
-        if strict:
-            raise BlendError(f"{reason} (strict: fit one with `recsmith eval rerank-blend`)")
-        return None, BlendStatus("default", str(path), reason)
-    try:
-        blend = RerankBlend.from_dict(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, BlendError) as e:
-        reason = f"rerank blend {path} is unusable ({type(e).__name__}: {e}); LLM order as is"
-        if strict:
-            raise BlendError(reason) from e
-        logger.warning("%s", reason)
-        return None, BlendStatus("degraded", str(path), reason)
-    return blend, BlendStatus("fitted", str(path))
+    blend, state, reason = read_json_artefact(
+        path,
+        RerankBlend.from_dict,
+        BlendError,
+        strict,
+        what="rerank blend",
+        missing=f"no rerank blend at {path}: the LLM's order as it is",
+        strict_hint="strict: fit one with `recsmith eval rerank-blend`",
+        fallback="LLM order as is",
+    )
+    return blend, BlendStatus(state, str(path), reason)

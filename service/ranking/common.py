@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from service.catalog.models import Product
-from service.llm.base import LLM
-from service.prompts import library
+from service.llm.base import LLM, Message
+from service.prompts import Rendered, library, render
 from service.ranking.base import RankResult, Reranker, UserContext, retrieval_order
 from service.retrieval.retriever import Candidate
 
@@ -61,6 +61,17 @@ def history_texts(user: UserContext, max_history: int) -> list[str]:
     """The most recent `max_history` items, kept oldest → newest (the prompt says so)."""
     hist = user.history[-max_history:] if max_history > 0 else []
     return [product_text(p, p.id) for p in hist]
+
+
+def user_prompt(
+    template: str, user: UserContext, items: list[Item], max_history: int, **extra: Any
+) -> tuple[list[Message], Rendered]:
+    """A reranker's prompt: `template` over the recent history, the query and the labelled
+    candidates, sent as one user message."""
+    r = render(
+        template, history=history_texts(user, max_history), query=user.query, items=items, **extra
+    )
+    return [{"role": "user", "content": r.text}], r
 
 
 def dedupe(candidates: Sequence[Candidate]) -> list[Candidate]:

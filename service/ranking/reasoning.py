@@ -21,7 +21,7 @@ from typing import Any
 from service.catalog.models import Product
 from service.llm.base import LLM, GenParams, Message
 from service.llm.log import log_context
-from service.prompts import Rendered, render
+from service.prompts import Rendered
 from service.ranking.base import RankResult, UserContext, retrieval_order
 from service.ranking.common import (
     ALL_LABELS,
@@ -31,10 +31,10 @@ from service.ranking.common import (
     UnparseableOutput,
     aggregate,
     call_with_budget,
-    history_texts,
     order_by_scores,
     pass_orders,
     product_text,
+    user_prompt,
 )
 from service.ranking.parse import (
     MAX_RATIONALE_CHARS,
@@ -76,14 +76,7 @@ def ranking_schema(labels: list[str]) -> dict[str, Any]:
 def build_prompt(
     user: UserContext, items: list[Item], max_history: int = 8, top_reasons: int = 3
 ) -> tuple[list[Message], Rendered]:
-    r = render(
-        TEMPLATE,
-        history=history_texts(user, max_history),
-        query=user.query,
-        items=items,
-        top_reasons=top_reasons,
-    )
-    return [{"role": "user", "content": r.text}], r
+    return user_prompt(TEMPLATE, user, items, max_history, top_reasons=top_reasons)
 
 
 class ReasoningReranker(LLMReranker):

@@ -22,13 +22,15 @@ LLMRank/RankGPT) and aggregate per candidate: mean of log-probabilities, or Bord
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
 from service.llm.log import log_context
-from service.prompts import Rendered, render
+from service.prompts import Rendered
 from service.ranking.base import RankResult, UserContext
 from service.ranking.blend import RerankBlend
 from service.ranking.common import (
@@ -39,11 +41,12 @@ from service.ranking.common import (
     UnparseableOutput,
     aggregate,
     call_with_budget,
-    history_texts,
+    dedupe,
     log_softmax,
     order_by_scores,
     pass_orders,
     product_text,
+    user_prompt,
 )
 from service.retrieval.retriever import Candidate
 
@@ -51,6 +54,18 @@ TEMPLATE = "rank_verbalizer"
 # A label the backend could not score (not in an API's top-k, -inf) gets this instead of
 # -inf: still last, but arithmetic on it stays finite.
 LOGPROB_FLOOR = -50.0
+
+
+@dataclass
+class Plan:
+    """One shortlist's prompts: `jobs[j]` = (pass, candidate indexes in the order prompt j
+    shows them under labels A, B, …)."""
+
+    n: int
+    anchors: list[int]
+    windows: int
+    jobs: list[tuple[int, list[int]]]
+    prompts: list[list[Message]]
 
 
 def plan_windows(n: int, window: int, anchors: int) -> tuple[list[int], list[list[int]]]:
@@ -76,8 +91,7 @@ def build_prompt(
     user: UserContext, items: list[Item], max_history: int = 8
 ) -> tuple[list[Message], Rendered]:
     """The chat prompt for one window; the model's next token should be a label."""
-    r = render(TEMPLATE, history=history_texts(user, max_history), query=user.query, items=items)
-    return [{"role": "user", "content": r.text}], r
+    return user_prompt(TEMPLATE, user, items, max_history)
 
 
 class VerbalizerReranker(LLMReranker):
@@ -112,13 +126,10 @@ class VerbalizerReranker(LLMReranker):
         self.window, self.anchors, self.passes, self.seed = window, anchors, passes, seed
         self.how, self.max_history = aggregate, max_history
 
-    def _rank(
-        self,
-        user: UserContext,
-        candidates: list[Candidate],
-        products: dict[str, Product],
-        deadline: float | None,
-    ) -> RankResult:
+    def plan(
+        self, user: UserContext, candidates: list[Candidate], products: dict[str, Product]
+    ) -> Plan:
+        """The prompts for one shortlist: every window of every pass (no model call)."""
         n = len(candidates)
         anchor_idx, windows = plan_windows(n, self.window, self.anchors)
         texts = [product_text(products.get(c.product_id), c.product_id) for c in candidates]
@@ -130,22 +141,17 @@ class VerbalizerReranker(LLMReranker):
         for _, idxs in jobs:
             items = [Item(ALL_LABELS[k], texts[i]) for k, i in enumerate(idxs)]
             prompts.append(build_prompt(user, items, self.max_history)[0])
-        labels = list(ALL_LABELS[: max(len(idxs) for _, idxs in jobs)])
+        return Plan(n, anchor_idx, len(windows), jobs, prompts)
 
-        def score() -> list[dict[str, float]]:
-            llm = self.llm  # a first call may load the model: inside the budget too
-            if len(prompts) == 1:
-                return [llm.choice_logprobs(prompts[0], labels)]
-            return llm.choice_logprobs_batch(prompts, labels)  # all windows and passes at once
-
-        with log_context(template=TEMPLATE, template_version=self.template_version()):
-            lps = call_with_budget(score, self.remaining(deadline))
-        if not isinstance(lps, list) or len(lps) != len(prompts):
-            raise UnparseableOutput(f"expected {len(prompts)} score sets, got {len(lps)}")
-
+    def combine(self, plan: Plan, lps: Sequence[Any]) -> list[float]:
+        """The LLM's score per candidate (shortlist order) from the label log-probabilities
+        of each of the plan's prompts: windows calibrated on the anchors, passes aggregated."""
+        if not isinstance(lps, list | tuple) or len(lps) != len(plan.prompts):
+            raise UnparseableOutput(f"expected {len(plan.prompts)} score sets, got {len(lps)}")
+        n, anchor_idx = plan.n, plan.anchors
         per_pass: list[list[float]] = [[0.0] * n for _ in range(self.passes)]
         anchor_vals: list[dict[int, list[float]]] = [{} for _ in range(self.passes)]
-        for (p, idxs), lp in zip(jobs, lps, strict=True):
+        for (p, idxs), lp in zip(plan.jobs, lps, strict=True):
             if not isinstance(lp, dict):
                 raise UnparseableOutput(f"label scores are {type(lp).__name__}, not a mapping")
             raw = [_clamp(lp.get(ALL_LABELS[k])) for k in range(len(idxs))]
@@ -163,8 +169,58 @@ class VerbalizerReranker(LLMReranker):
         for p in range(self.passes):
             for i, vals in anchor_vals[p].items():
                 per_pass[p][i] = sum(vals) / len(vals)
+        return aggregate(per_pass, self.how)
 
-        scores = aggregate(per_pass, self.how)
+    def score_many(
+        self,
+        shortlists: Sequence[tuple[UserContext, list[Candidate]]],
+        products: dict[str, Product],
+        timings: dict[str, float] | None = None,
+    ) -> list[list[float]]:
+        """The LLM's scores for several users' shortlists (offline evaluation): every prompt
+        of every user in ONE `choice_logprobs_batch` call, so a batching backend pads them
+        into shared forward passes and llama.cpp keeps its context (prefix reuse) from one
+        prompt to the next. Same prompts and arithmetic as `rank`; no blend, no budget;
+        model trouble raises. `timings` gets the seconds spent building prompts and in the
+        model."""
+        t0 = time.perf_counter()
+        plans = [self.plan(u, dedupe(c), products) for u, c in shortlists]
+        prompts = [m for p in plans for m in p.prompts]
+        labels = list(ALL_LABELS[: max(len(i) for p in plans for _, i in p.jobs)])
+        t1 = time.perf_counter()
+        with log_context(template=TEMPLATE, template_version=self.template_version()):
+            lps = self.llm.choice_logprobs_batch(prompts, labels)
+        t2 = time.perf_counter()
+        out, k = [], 0
+        for p in plans:
+            out.append(self.combine(p, lps[k : k + len(p.prompts)]))
+            k += len(p.prompts)
+        if timings is not None:
+            timings["prompts_s"] = timings.get("prompts_s", 0.0) + (t1 - t0)
+            timings["llm_s"] = timings.get("llm_s", 0.0) + (t2 - t1)
+            timings["prompts"] = timings.get("prompts", 0) + len(prompts)
+        return out
+
+    def _rank(
+        self,
+        user: UserContext,
+        candidates: list[Candidate],
+        products: dict[str, Product],
+        deadline: float | None,
+    ) -> RankResult:
+        plan = self.plan(user, candidates, products)
+        prompts = plan.prompts
+        labels = list(ALL_LABELS[: max(len(idxs) for _, idxs in plan.jobs)])
+
+        def score() -> list[dict[str, float]]:
+            llm = self.llm  # a first call may load the model: inside the budget too
+            if len(prompts) == 1:
+                return [llm.choice_logprobs(prompts[0], labels)]
+            return llm.choice_logprobs_batch(prompts, labels)  # all windows and passes at once
+
+        with log_context(template=TEMPLATE, template_version=self.template_version()):
+            lps = call_with_budget(score, self.remaining(deadline))
+        scores = self.combine(plan, lps)
         if self.blend is not None:
             scores = self.blend.scores([c.score for c in candidates], scores)
         return RankResult(
@@ -174,8 +230,8 @@ class VerbalizerReranker(LLMReranker):
                 "passes": self.passes,
                 "seed": self.seed,
                 "aggregate": self.how,
-                "windows": len(windows),
-                "anchors": len(anchor_idx),
+                "windows": plan.windows,
+                "anchors": len(plan.anchors),
                 "prompts": len(prompts),
                 "labels": len(labels),
                 "blend_weight": self.blend.weight if self.blend is not None else None,

@@ -15,7 +15,6 @@ warning, the defaults and a `degraded` status; with `strict`, either is an error
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from service.files import write_json_atomic
+from service.files import read_json_artefact, write_json_atomic
 
 logger = logging.getLogger("service.retrieval.fusion")
 
@@ -119,19 +118,19 @@ def load_fusion(
 ) -> tuple[Fusion | None, FusionStatus]:
     """The artefact at `path`, or None with the reason. strict: missing, unreadable or
     fitted with another encoder raises FusionError with a message naming the file."""
-    if not path.is_file():
-        reason = f"no fusion artefact at {path}: weighted RRF with the default weights"
-        if strict:
-            raise FusionError(f"{reason} (strict fusion: fit one with `recsmith eval ranking`)")
-        return None, FusionStatus("default", str(path), reason)
-    try:
-        fusion = Fusion.from_dict(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, FusionError) as e:
-        reason = f"fusion artefact {path} is unusable ({type(e).__name__}: {e}); default weights"
-        if strict:
-            raise FusionError(reason) from e
-        logger.warning("%s", reason)
-        return None, FusionStatus("degraded", str(path), reason)
+    fusion, state, reason = read_json_artefact(
+        path,
+        Fusion.from_dict,
+        FusionError,
+        strict,
+        what="fusion artefact",
+        missing=f"no fusion artefact at {path}: weighted RRF with the default weights",
+        strict_hint="strict fusion: fit one with `recsmith eval ranking`",
+        fallback="default weights",
+        log=logger,
+    )
+    if fusion is None:
+        return None, FusionStatus(state, str(path), reason)
     fitted_encoder = fusion.info.get("encoder_id")
     if encoder_id and fitted_encoder and fitted_encoder != encoder_id:
         reason = (

@@ -159,6 +159,21 @@ def build_examples(
     return train, val
 
 
+def shuffled_pass(examples: Sequence[RankExample], epoch: int, seed: int) -> list[RankExample]:
+    """The examples as pass `epoch` shows them: pass 0 as built, every later pass with each
+    prompt's candidates in a new seeded order, so an answer is not learnt at one label
+    (position bias) and every pass adds prompts the model has not seen."""
+    if epoch == 0:
+        return list(examples)
+    rng = random.Random(seed * 1_000_003 + epoch)
+    out = []
+    for e in examples:
+        cands = list(e.candidates)
+        rng.shuffle(cands)
+        out.append(RankExample(list(e.history), cands, e.target))
+    return out
+
+
 def prompt_messages(
     ex: RankExample, products: dict[str, Product], max_history: int
 ) -> list[dict[str, str]]:
@@ -397,8 +412,11 @@ def train_reranker(
         val_before = _evaluate(model, enc_val, label_ids, pad, device, cfg.micro_batch)
     stopped = "done"
     try:
+        encoded_epoch = 0
         while step < total_steps:
             epoch, k = divmod(step, steps_per_epoch)
+            if epoch != encoded_epoch:  # a new pass: the candidates in a new order
+                enc_train, encoded_epoch = encode(shuffled_pass(train, epoch, cfg.seed)), epoch
             order = np.random.default_rng(cfg.seed + epoch).permutation(len(enc_train))
             batch = [enc_train[i] for i in order[k * cfg.batch_size : (k + 1) * cfg.batch_size]]
             model.train()

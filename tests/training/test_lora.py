@@ -35,6 +35,7 @@ from service.training.lora import (
     prompt_messages,
     read_manifest,
     reranker_llm,
+    shuffled_pass,
     train_reranker,
     tuned_verbalizer,
 )
@@ -146,6 +147,22 @@ def test_examples_follow_the_llamarec_recipe(products: dict[str, Product]) -> No
     assert len({ex.label_index for ex in train + val}) > 1
     again, _ = build_examples(seqs, lambda h, k: ids[-k:], n_train=5, n_val=3, k=20, seed=3)
     assert [e.candidates for e in again] == [e.candidates for e in train]  # seeded
+
+
+def test_later_passes_show_the_candidates_in_new_orders(products: dict[str, Product]) -> None:
+    """Shuffled passes against position bias: pass 0 is the prompts as built; each later
+    pass keeps every prompt's history, answer and candidate set, in a new seeded order."""
+    ids = sorted(products)
+    exs = [RankExample(ids[:3], ids[3 + i : 23 + i], ids[10 + i]) for i in range(12)]
+    assert shuffled_pass(exs, 0, seed=0) == exs
+    one, two = shuffled_pass(exs, 1, seed=0), shuffled_pass(exs, 2, seed=0)
+    for a, b, c in zip(exs, one, two, strict=True):
+        assert b.history == a.history and b.target == a.target
+        assert sorted(b.candidates) == sorted(a.candidates) == sorted(c.candidates)
+    moved = [a.label_index != b.label_index for a, b in zip(exs, one, strict=True)]
+    assert sum(moved) >= 9  # the answer sits at another label in (nearly) every prompt
+    assert [e.candidates for e in one] != [e.candidates for e in two]
+    assert shuffled_pass(exs, 1, seed=0) == one  # seeded
 
 
 def test_prompt_is_the_verbalizers(
