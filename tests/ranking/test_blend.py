@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.ranking_blend import BlendCase, fit_blend, ndcg10
+from eval.ranking_blend import BlendCase, HitUser, fit_blend, ndcg10, score_hits
 from service.catalog.models import Product
 from service.config import Settings
 from service.ranking.base import UserContext
@@ -115,3 +115,30 @@ def test_served_verbalizer_uses_the_saved_blend_and_a_corrupt_one_degrades(
     order, degraded, stages, reason = serve(bad_dir)
     assert order == ids[::-1] and degraded and "rerank_blend" in stages
     assert "blend is unusable" in reason
+
+
+def test_eval_scores_hit_users_in_batches_and_resumes(
+    fake_settings: Settings, catalogue: dict[str, Product], tmp_path: Path
+) -> None:
+    """eval.ranking_blend.score_hits: `batch` users per model call, the served scores
+    (`rank`) for each user, and a run cut short continues from its JSON-lines file without
+    scoring anyone twice."""
+    cands = shortlist(catalogue, 8)
+    ids, scores = [c.product_id for c in cands], [c.score for c in cands]
+    hist = list(catalogue)[:3]
+    hits = [HitUser(f"u{i}", hist, ids, scores, i % 8) for i in range(5)]
+    llm = FakeLLM(fake_settings, label_scores=_reverse_scores)  # type: ignore[arg-type]
+    rr = VerbalizerReranker(llm)
+    resume = tmp_path / "scores.jsonl"
+    first = score_hits(hits, catalogue, rr, budget_s=0.0, batch=2, resume=resume)
+    assert first["scored"] == 2 and len(resume.read_text().splitlines()) == 2  # one batch
+    assert [n for _, n in llm.calls] == [2]  # two users' prompts in one call
+    served = dict(
+        rr.rank(UserContext(history=[catalogue[p] for p in hist]), cands, catalogue).order
+    )
+    assert first["cases"][0].llm == [served[p] for p in ids]
+    llm.calls.clear()
+    rest = score_hits(hits, catalogue, rr, batch=2, resume=resume)
+    assert rest["resumed"] == 2 and rest["scored"] == 5
+    assert sorted(c.user_id for c in rest["cases"]) == [f"u{i}" for i in range(5)]
+    assert [n for _, n in llm.calls] == [2, 1]  # only the three not yet scored
