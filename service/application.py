@@ -399,8 +399,8 @@ class Application:
         """Store (and index at once, so a search right after sees them) valid products."""
         if not products:
             raise Invalid("no product in the request is valid")
-        inserted, updated, changed = self.catalog.upsert_products(products)
-        report = self.index.apply_changes() if changed else None  # the changed ones only
+        # One transaction for the rows, the change log and (pgvector) the vectors.
+        inserted, updated, _changed, report = self.index.write_products(products)
         unique = len({p.id for p in products})
         return Upserted(inserted, updated, unique - inserted - updated, report)
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from service.catalog.models import Product
 from service.recsmith import Recsmith
 from service.retrieval.indexer import IndexReport
 
@@ -98,6 +99,29 @@ class IndexState:
         """The incremental path of a product write: only the changed products."""
         with self.lock.write():
             return self.rs.apply_changes()
+
+    def write_products(
+        self, products: Sequence[Product]
+    ) -> tuple[int, int, list[str], IndexReport | None]:
+        """A product write, complete when it returns (a dense search finds the products):
+        the changed texts are encoded first, with no lock held (Indexer.prepare); then one
+        store transaction writes the products, the change log and, with pgvector, their
+        vectors; then this process's indexes take the prepared vectors (no second encode).
+        Returns the store's (inserted, updated, changed ids) and the index report."""
+        rs = self.rs
+        if not rs.synced:  # the first write of a process indexes everything once anyway
+            inserted, updated, changed = rs.store.upsert_products(products)
+            return inserted, updated, changed, self.apply_changes() if changed else None
+        calls = rs.encoder.model_calls
+        fresh = rs.indexer.prepare(products)
+        hook = rs.indexer.in_transaction(products, fresh)
+        inserted, updated, changed = rs.store.upsert_products(products, hook)
+        if not changed:
+            return inserted, updated, changed, None
+        with self.lock.write():
+            report = rs.apply_changes(fresh)
+        report.model_calls = rs.encoder.model_calls - calls
+        return inserted, updated, changed, report
 
     def mark_stale(self) -> None:
         with self._flag:

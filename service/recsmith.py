@@ -6,7 +6,10 @@ Seams (an encoder, a fusion, the artefact loader) are constructor parameters."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from functools import cached_property
+
+import numpy as np
 
 from service.artefacts import Artefacts
 from service.catalog.store import CatalogStore, NotFound
@@ -131,13 +134,14 @@ class Recsmith:
             self._synced = True
             return report
 
-    def apply_changes(self) -> IndexReport:
+    def apply_changes(self, fresh: Mapping[str, np.ndarray] | None = None) -> IndexReport:
         """Index only the products written or deleted since the version applied (by this
-        process or another): the incremental path of a product write."""
+        process or another): the incremental path of a product write (`fresh`: its vectors,
+        prepared before it; Indexer.prepare)."""
         with self._lock:
             if not self._synced:
                 return self.sync_index()
-            report = self.indexer.apply_changes()
+            report = self.indexer.apply_changes(fresh)
             if report is None:  # the change log was pruned past our version
                 return self.sync_index()
             if report.removed_ids and self._co is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,9 +58,15 @@ class CatalogStore:
         return pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
 
     # -- products ---------------------------------------------------------------------
-    def upsert_products(self, products: Sequence[Product]) -> tuple[int, int, list[str]]:
+    def upsert_products(
+        self,
+        products: Sequence[Product],
+        also: Callable[[Any, list[str]], None] | None = None,
+    ) -> tuple[int, int, list[str]]:
         """Insert or update in one transaction. Returns (inserted, updated, changed_ids);
         a product whose content is identical is neither, so re-ingesting changes nothing.
+        `also(session, written_ids)` runs last in the same transaction: a database vector
+        index writes its rows there, so a product and its vector commit together.
 
         Safe under concurrent writers on SQLite and PostgreSQL: new ids go in with
         INSERT ... ON CONFLICT DO NOTHING RETURNING (the database says which rows it
@@ -114,6 +120,8 @@ class CatalogStore:
                 s.execute(upsert, [rows[pid] for pid in updated])
             written = inserted | set(updated)
             self._log_changes(s, sorted(written), now)
+            if also is not None and written:
+                also(s, sorted(written))
         return len(inserted), len(updated), [pid for pid in ids if pid in written]
 
     def get_product(self, product_id: str) -> Product:
@@ -150,6 +158,17 @@ class CatalogStore:
             rows = list(s.scalars(stmt))
         for row in rows:
             yield _row_to_product(row)
+
+    def content_hashes_of(self, ids: Iterable[str]) -> dict[str, str]:
+        """id -> content hash of those stored (a write's check of what changed)."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, str] = {}
+        with session_scope(self.engine) as s:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                stmt = select(ProductRow.id, ProductRow.content_hash)
+                out.update(s.execute(stmt.where(ProductRow.id.in_(chunk))).tuples().all())
+        return out
 
     def content_hashes(self) -> dict[str, str]:
         with session_scope(self.engine) as s:

@@ -17,6 +17,7 @@ import hashlib
 import re
 import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +37,12 @@ def default_encoder_path() -> str:
 
 # Short names for RECSMITH_ENCODER_MODEL that resolve to a prepared folder under models_dir.
 PREPARED = {"e5-small": "e5-small", "multilingual-e5-small": "e5-small"}
+
+
+# "<name>+int8": the same model with its Linear layers quantised to int8 (torch dynamic
+# quantisation): ~1.6x faster on one CPU thread, vectors ~0.98 cosine to the float ones, so
+# it is another model id (an index encoded in float is re-encoded, never mixed).
+INT8 = "+int8"
 
 
 def resolve_encoder(name: str) -> str:
@@ -139,10 +146,18 @@ class Encoder:
 
         hf_logging.disable_progress_bar()
 
-        self.model_id = resolve_encoder(model_name_or_path)
-        self.spec = spec_for(self.model_id)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
-        self.model = AutoModel.from_pretrained(self.model_id).eval()
+        int8 = model_name_or_path.endswith(INT8)
+        path = resolve_encoder(model_name_or_path.removesuffix(INT8))
+        self.model_id = path + (INT8 if int8 else "")
+        self.spec = spec_for(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        if int8:
+            with warnings.catch_warnings():  # torch.ao's notice that torchao is the future
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(
+                    self.model, {torch.nn.Linear}, dtype=torch.qint8
+                )
         self.batch_size = batch_size
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)

@@ -17,9 +17,12 @@ local file and follows the same log.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore
@@ -28,6 +31,10 @@ from service.retrieval.lexical import LexicalIndex
 from service.retrieval.vector_index import MemoryVectorIndex, VectorIndex
 
 _BATCH = 512
+# A write of up to this many products encodes them before its transaction (so a database
+# index's vectors commit with the products); a larger one (an import) is encoded after it,
+# where the change log says what really changed.
+PREPARE_MAX = 64
 
 
 @dataclass
@@ -55,13 +62,15 @@ class Indexer:
         index: VectorIndex,
         lexical: LexicalIndex,
         directory: Path,
-        save_below: int = 20_000,
+        save_below: int = 2_000,
         margin: int = 0,
     ) -> None:
         self.store, self.encoder, self.index, self.lexical = store, encoder, index, lexical
         self.directory = directory
-        # Up to this many products the index (and state.json) is saved after each write
-        # (cheap); beyond, at the full sync only (a restart compares hashes once).
+        # Up to this many products an in-process index (and state.json) is saved after each
+        # write (a few MB); beyond, and always for a database index (it holds the vectors),
+        # at the full sync only: a restart compares hashes once and re-encodes nothing the
+        # database or the embedding cache already holds.
         self.save_below = save_below
         # Change-log entries re-read below the newest applied: PostgreSQL can commit
         # sequence numbers out of order (re-applying a change is idempotent).
@@ -80,22 +89,76 @@ class Indexer:
     def model_id(self) -> str:
         return self.encoder.model_id
 
+    def prepare(self, products: Sequence[Product]) -> dict[str, np.ndarray]:
+        """Vectors of a small write's products whose text differs from the stored one,
+        encoded before the write (no lock held), keyed by content hash; {} for a large
+        write (encoded after it, see PREPARE_MAX)."""
+        by_id = {p.id: p for p in products}
+        if not by_id or len(by_id) > PREPARE_MAX:
+            return {}
+        stored = self.store.content_hashes_of(by_id)
+        todo = {p.content_hash(): p for p in by_id.values() if stored.get(p.id) != p.content_hash()}
+        if not todo:
+            return {}
+        vecs = self.encoder.encode([p.embedding_text() for p in todo.values()])
+        return dict(zip(todo, vecs, strict=True))
+
+    def in_transaction(
+        self, products: Sequence[Product], fresh: Mapping[str, np.ndarray]
+    ) -> Callable[[Any, list[str]], None] | None:
+        """The store's in-transaction step for a database index: the written products'
+        prepared vectors go in with them (None for an in-process index)."""
+        if not fresh or not self.index.persistent:
+            return None
+        by_id = {p.id: p for p in products}
+
+        def write(session: Any, written: list[str]) -> None:
+            todo = [by_id[i] for i in written if by_id[i].content_hash() in fresh]
+            if todo:
+                vecs = np.stack([fresh[p.content_hash()] for p in todo])
+                self.index.write_in(session, todo, vecs, self.model_id)
+
+        return write
+
+    def _encode(
+        self,
+        todo: Sequence[Product],
+        fresh: Mapping[str, np.ndarray] | None,
+        progress: Callable[[int], None] | None,
+    ) -> np.ndarray:
+        """The todo's vectors: prepared ones where the text matches, the rest encoded."""
+        if not fresh:
+            return self.encoder.encode([p.embedding_text() for p in todo], progress)
+        rest = [p for p in todo if p.content_hash() not in fresh]
+        new = self.encoder.encode([p.embedding_text() for p in rest], progress) if rest else []
+        made = dict(zip((p.content_hash() for p in rest), new, strict=True))
+        return np.stack([fresh.get(p.content_hash(), made.get(p.content_hash())) for p in todo])
+
     def _index_products(
-        self, products: Sequence[Product], progress: Callable[[int], None] | None = None
+        self,
+        products: Sequence[Product],
+        progress: Callable[[int], None] | None = None,
+        fresh: Mapping[str, np.ndarray] | None = None,
     ) -> int:
-        """Encode the products whose vector is stale, write them, refresh their lexical rows
-        and filter columns; returns how many were encoded."""
+        """Encode the products whose vector is stale (or take `fresh`, their vectors prepared
+        before the write), write them, refresh their lexical rows and filter columns;
+        returns how many were encoded."""
         todo = self.index.stale(products, self.state, self.model_id)
         if todo:
-            vecs = self.encoder.encode([p.embedding_text() for p in todo], progress)
+            vecs = self._encode(todo, fresh, progress)
             self.index.upsert(todo, vecs, self.model_id)
+        # Prepared vectors a database index took in the write's transaction count too.
+        done = {p.id for p in todo}
+        made = len(done) + sum(
+            p.id not in done and p.content_hash() in (fresh or {}) for p in products
+        )
         lex = [p for p in products if self.state.get(p.id) != p.content_hash()]
         if lex:
             self.lexical.upsert(lex)
         self.index.set_columns((p.id, p.category, p.price, p.in_stock) for p in products)
         for p in products:
             self.state[p.id] = p.content_hash()
-        return len(todo)
+        return made
 
     def _remove(self, ids: list[str]) -> None:
         if ids:
@@ -152,19 +215,21 @@ class Indexer:
         )
 
     # -- the incremental path --------------------------------------------------------------
-    def apply_changes(self) -> IndexReport | None:
+    def apply_changes(self, fresh: Mapping[str, np.ndarray] | None = None) -> IndexReport | None:
         """The products written or deleted since the last version applied (by any process).
-        None when the log no longer reaches back that far (the caller runs `sync`)."""
+        None when the log no longer reaches back that far (the caller runs `sync`).
+        `fresh`: this process's write's vectors, prepared before it (by content hash: a
+        product written again since by another process is encoded from what is stored)."""
         newest, ids, complete = self.store.changes_since(max(0, self.seq - self.margin))
         if not complete:
             return None
         calls_before = self.encoder.model_calls
         found = self.store.get_products(ids) if ids else {}
-        encoded = self._index_products([found[i] for i in ids if i in found])
+        encoded = self._index_products([found[i] for i in ids if i in found], fresh=fresh)
         removed = [i for i in ids if i not in found and (i in self.state or i in self.index)]
         self._remove(removed)
         self.seq = max(self.seq, newest)
-        if ids and len(self.state) <= self.save_below:
+        if ids and not self.index.persistent and len(self.state) <= self.save_below:
             self.save()
         return IndexReport(
             len(self.state), encoded, len(removed), self.encoder.model_calls - calls_before, removed

@@ -78,6 +78,13 @@ class VectorIndex(ABC):
     @abstractmethod
     def upsert(self, products: Sequence[Product], vectors: np.ndarray, model_id: str) -> None: ...
 
+    def write_in(
+        self, session: object, products: Sequence[Product], vectors: np.ndarray, model_id: str
+    ) -> bool:
+        """Write vectors inside the store's writing transaction (`session`); False when this
+        index cannot (it is not in the database): the caller upserts after the commit."""
+        return False
+
     @abstractmethod
     def set_columns(self, rows: Iterable[tuple[str, str, float | None, bool]]) -> None:
         """(id, category, price, in_stock) of indexed products: filters change without

@@ -12,10 +12,16 @@ Filtered search on pgvector 0.6.2 (what the pgserver wheel bundles; iterative in
 arrived in 0.8): an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
 applied after it, so a selective filter can leave fewer than k. Hence, per query, the
 planner's estimate of the rows the filter keeps decides:
-- few (≤ `exact_below`): exact search over those rows (a b-tree/heap scan, then distances);
-- otherwise HNSW with ef_search raised by 1/selectivity (at most 1000, pgvector's cap) so
-  about ef_search allowed candidates survive the filter; when fewer than k come back
-  anyway, the exact search answers.
+- the graph needs ef_search ≥ `filter_margin`·k/selectivity for that many allowed
+  candidates to survive the filter (at most 1000, pgvector's cap);
+- exact search over the allowed rows (a b-tree/heap scan, then distances) when they are
+  few (≤ `exact_below`) and either the graph cannot reach them (the ef needed is past
+  the cap) or they are no more than `exact_per_ef`·ef (the exact scan then costs less);
+- otherwise HNSW with that ef_search; when fewer than k come back anyway, exact search.
+A broad filter therefore runs on the graph: the old rule sent every filter keeping ≤ 10,000
+rows to the exact path (59 ms for 8,666 rows, 43 % of 20k, against ~9 ms on the graph) and
+raised ef_search by 1/selectivity (930 for 43 %: 3x the scan for candidates not needed,
+since ef_search·selectivity already leaves ~170 allowed ones).
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ class PgVectorIndex(VectorIndex):
         exact_below: int = 10_000,
         m: int = 16,
         ef_construction: int = 64,
+        with_hnsw: bool = True,
+        filter_margin: float = 8.0,
+        exact_per_ef: float = 3.0,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ConfigError(
@@ -62,9 +71,10 @@ class PgVectorIndex(VectorIndex):
         self.engine, self.dim = engine, dim
         self.ef_search, self.exact_below = ef_search, exact_below
         self.m, self.ef_construction = m, ef_construction
+        self.filter_margin, self.exact_per_ef = filter_margin, exact_per_ef
         self._vec = f"vector({dim})"
         self._dist = f"(v.embedding <=> CAST(:q AS {self._vec}))"
-        self.ensure()
+        self.ensure(with_hnsw)
 
     @property
     def index_name(self) -> str:
@@ -198,9 +208,11 @@ class PgVectorIndex(VectorIndex):
         ef = max(self.ef_search, k)
         if filters_active(filters):
             matching, total = self.estimate(filters)
-            if matching <= self.exact_below:
+            share = max(matching, 1.0) / max(total, matching, 1.0)
+            ef = max(ef, math.ceil(self.filter_margin * k / share))
+            cheaper = ef > EF_MAX or matching <= self.exact_per_ef * ef
+            if matching <= self.exact_below and cheaper:
                 return self.exact(query, k, filters, excluded)
-            ef = math.ceil(ef * total / max(matching, 1.0))
         ef = min(ef + len(excluded), EF_MAX)
         where, params = self._where(filters, excluded)
         sql = (
@@ -281,9 +293,9 @@ class PgVectorIndex(VectorIndex):
             return [r[0] for r in c.execute(text(sql), {"model": model_id})]
 
     # -- writes --------------------------------------------------------------------------
-    def upsert(self, products: Sequence[Product], vectors: np.ndarray, model_id: str) -> None:
-        if not products:
-            return
+    def _write(
+        self, c: Any, products: Sequence[Product], vectors: np.ndarray, model_id: str
+    ) -> None:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(products), self.dim)
         rows = [
             {
@@ -299,18 +311,31 @@ class PgVectorIndex(VectorIndex):
             index_elements=["product_id"],
             set_={c: stmt.excluded[c] for c in ("model_id", "content_hash", "embedding")},
         )
+        c.execute(stmt, rows)
+
+    def write_in(
+        self, session: Any, products: Sequence[Product], vectors: np.ndarray, model_id: str
+    ) -> bool:
+        """In the store's writing transaction (the products are written in it)."""
+        if len(products):
+            self._write(session, products, vectors, model_id)
+        return True
+
+    def upsert(self, products: Sequence[Product], vectors: np.ndarray, model_id: str) -> None:
+        if not products:
+            return
         with self.engine.begin() as c:
             # A product deleted meanwhile has no row to point at: write only living ones.
             alive = {
                 r[0]
                 for r in c.execute(
                     text("SELECT id FROM products WHERE id = ANY(:ids) FOR SHARE"),
-                    {"ids": [r["product_id"] for r in rows]},
+                    {"ids": [p.id for p in products]},
                 )
             }
-            rows = [r for r in rows if r["product_id"] in alive]
-            if rows:
-                c.execute(stmt, rows)
+            keep = [i for i, p in enumerate(products) if p.id in alive]
+            if keep:
+                self._write(c, [products[i] for i in keep], np.asarray(vectors)[keep], model_id)
 
     def set_columns(self, rows: Iterable[tuple[str, str, float | None, bool]]) -> None:
         """The filters read the products table itself: nothing to copy."""

@@ -117,6 +117,45 @@ def test_an_upsert_encodes_only_the_changed_product(
         assert "zz-1" not in app.engine.dense
 
 
+def test_pgvector_product_and_vector_commit_in_one_transaction(
+    tmp_path: Path, encoder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text is encoded before the write; the product row, its change-log row and its
+    vector row then commit together: a failing vector write leaves no product behind, and
+    a successful one needs no second encode."""
+    from service.retrieval.vector_index_pg import PgVectorIndex
+
+    with database("postgresql", tmp_path) as url:
+        app = make_app(tmp_path / "a", url, "pgvector", encoder)
+        ingest_file(app.catalog, DEMO / "products.jsonl", "products")
+        app.sync_index()
+        before = app.catalog.versions()
+        lantern = Product(id="zz-5", title="Solar powered camping lantern", category="Outdoor")
+
+        def broken(*_a: object, **_k: object) -> bool:
+            raise RuntimeError("vector write failed")
+
+        with monkeypatch.context() as m:
+            m.setattr(PgVectorIndex, "write_in", broken)
+            with pytest.raises(RuntimeError, match="vector write failed"):
+                app.upsert_products([lantern])
+        assert app.catalog.get_products(["zz-5"]) == {}
+        assert app.catalog.versions() == before  # no change-log row either
+
+        enc = app.engine.encoder
+        enc.texts.clear()
+        upserts: list[int] = []
+        real = PgVectorIndex.upsert
+        monkeypatch.setattr(
+            PgVectorIndex, "upsert", lambda self, p, *a: upserts.append(len(p)) or real(self, p, *a)
+        )
+        done = app.upsert_products([lantern])
+        assert (done.inserted, done.index.encoded) == (1, 1)
+        assert enc.texts == [lantern.embedding_text()] and upserts == []  # written in the tx
+        assert app.engine.dense.vector("zz-5") is not None
+        assert app.search("solar camping lantern", k=3)[0].product.id == "zz-5"
+
+
 @pytest.mark.parametrize(("db", "index"), SETUPS)
 def test_two_applications_on_one_database_see_each_others_writes(
     tmp_path: Path, db: str, index: str, encoder: Any
