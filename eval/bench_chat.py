@@ -37,7 +37,12 @@ def _pct(xs: list[float], q: float) -> float:
     return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 2) if s else 0.0
 
 
-def run_chat_bench(profile: str, backend: str | None = None, threads: int = 2) -> dict[str, Any]:
+def run_chat_bench(
+    profile: str,
+    backend: str | None = None,
+    threads: int = 2,
+    conversations: list[list[str]] | None = None,
+) -> dict[str, Any]:
     # lazy: service.assistant.chat pulls langchain_core (not needed to import this module)
     from service.assistant.chat import Assistant
 
@@ -63,7 +68,7 @@ def run_chat_bench(profile: str, backend: str | None = None, threads: int = 2) -
     llm.generate([[{"role": "user", "content": "Hi"}]], None)  # load, not timed per turn
     load_s = time.perf_counter() - t
     turns: list[dict[str, Any]] = []
-    for conv in CONVERSATIONS:
+    for conv in conversations or CONVERSATIONS:
         cid = None
         for message in conv:
             t0 = time.perf_counter()
@@ -88,6 +93,8 @@ def run_chat_bench(profile: str, backend: str | None = None, threads: int = 2) -
                         for c in final.get("products", [])
                     ],
                     "degraded": final.get("degraded"),
+                    "template": final.get("template"),
+                    "flags": [f["kind"] for f in final.get("flags", [])],
                     "removed": final.get("removed", []),
                     "query": final.get("query"),
                 }
@@ -112,9 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", required=True)
     ap.add_argument("--backend", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--message", action="append", default=None,
+        help="a one-turn conversation instead of the standard ones (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    res = run_chat_bench(a.profile, a.backend, a.threads)
+    convs = [[m] for m in a.message] if a.message else None
+    res = run_chat_bench(a.profile, a.backend, a.threads, convs)
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
 
 

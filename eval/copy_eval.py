@@ -20,7 +20,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -310,81 +310,8 @@ def demo_chinese_products() -> list[Product]:
     return [Product(**r) for r in rows if "-zh-" in r["id"]]
 
 
-def run_profile_eval(
-    profile: str,
-    backend: str | None = None,
-    n_comparedge: int = 8,
-    n_chinese: int = 6,
-    tasks: tuple[str, ...] = ("summary", "blurb"),
-    seed: int = 0,
-    threads: int = 2,
-    models_dir: Path | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Each product × task written one request at a time (as a shopper-facing call is), with
-    the writer's defaults (retries included): quality rates, latency, tokens/s, texts."""
-    backend = backend or PROFILE_BACKENDS.get(profile, "llamacpp")
-    cases = load_comparedge()
-    random.Random(seed).shuffle(cases)
-    products = [c.product for c in cases[:n_comparedge]] + demo_chinese_products()[:n_chinese]
-    repo = Path(__file__).resolve().parents[1]
-    tmp = tempfile.TemporaryDirectory(prefix="recsmith-copy-profiles-")
-    settings = Settings(
-        data_dir=Path(tmp.name),
-        database_url="",
-        models_dir=models_dir or repo / "var" / "models",
-        writer_backend=backend,
-        writer_model=profile,
-        llm_threads=threads,
-    )
-    settings.ensure_dirs()
-    catalog = CatalogStore(settings.db_url)
-    catalog.upsert_products(products)
-    writer = CopyWriter(settings, catalog=catalog)
-    t_load = time.perf_counter()
-    llm = writer.llm
-    llm.generate([[{"role": "user", "content": "Hi"}]], None)  # load (not timed per text)
-    load_s = time.perf_counter() - t_load
-    rows: list[dict[str, Any]] = []
-    # Task by task, as a batch job runs: the fixed prompt prefix (rules and the task's
-    # worked example) stays in the backend's cache from one product to the next.
-    for task in tasks:
-        for p in products:
-            t = time.perf_counter()
-            [r] = writer.generate(CopyRequest(task=task, product_id=p.id, regenerate=True))
-            dt = time.perf_counter() - t
-            text = r.generated_text or ""
-            facts = key_attributes(p)
-            final_failed = set(r.failed_checks)
-            first_failed = set(
-                (r.meta.get("failed_attempts") or [{}])[0].get("failed", [])
-                if r.attempts > 1
-                else final_failed
-            )
-            rows.append(
-                {
-                    "product_id": p.id,
-                    "language": r.language,
-                    "task": task,
-                    "text": text,
-                    "served": r.text,
-                    "passed": r.passed,
-                    "first_try": r.passed and r.attempts == 1,
-                    "attempts": r.attempts,
-                    "failed_checks": sorted(final_failed),
-                    "first_failed": sorted(first_failed),
-                    "language_ok": "language" not in final_failed,
-                    "length_ok": "length" not in final_failed,
-                    "coverage": (
-                        sum(mentions(text, f) for f in facts) / len(facts) if facts else 0.0
-                    ),
-                    "latency_s": round(dt, 3),
-                    "completion_tokens": int(r.meta.get("completion_tokens") or 0),
-                }
-            )
-            if progress:
-                progress(f"{profile} {p.id} {task} {dt:.1f}s {r.failed_checks}")
-    tmp.cleanup()
+def summarise(rows: list[dict[str, Any]], tasks: Sequence[str], load_s: float) -> dict[str, Any]:
+    """The quality rates, latency percentiles and tokens/s of a run's rows."""
     n = len(rows)
 
     def rate(pred: Callable[[dict[str, Any]], bool], subset: list[dict] | None = None) -> float:
@@ -418,6 +345,93 @@ def run_profile_eval(
         metrics[f"{task}_p95_s"] = _pct(lat, 0.95)
     toks = sum(r["completion_tokens"] for r in rows)
     metrics["tokens_per_s"] = round(toks / max(sum(r["latency_s"] for r in rows), 1e-9), 2)
+    return metrics
+
+
+def run_profile_eval(
+    profile: str,
+    backend: str | None = None,
+    n_comparedge: int = 8,
+    n_chinese: int = 6,
+    tasks: tuple[str, ...] = ("summary", "blurb"),
+    seed: int = 0,
+    threads: int = 2,
+    models_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, Any]:
+    """Each product × task written one request at a time (as a shopper-facing call is), with
+    the writer's defaults (retries included): quality rates, latency, tokens/s, texts.
+    shard=(k, n): only the k-th of every n (task, product) pairs, for runs in parallel
+    processes that `--combine` joins (the texts do not depend on each other)."""
+    backend = backend or PROFILE_BACKENDS.get(profile, "llamacpp")
+    cases = load_comparedge()
+    random.Random(seed).shuffle(cases)
+    products = [c.product for c in cases[:n_comparedge]] + demo_chinese_products()[:n_chinese]
+    repo = Path(__file__).resolve().parents[1]
+    tmp = tempfile.TemporaryDirectory(prefix="recsmith-copy-profiles-")
+    settings = Settings(
+        data_dir=Path(tmp.name),
+        database_url="",
+        models_dir=models_dir or repo / "var" / "models",
+        writer_backend=backend,
+        writer_model=profile,
+        llm_threads=threads,
+    )
+    settings.ensure_dirs()
+    catalog = CatalogStore(settings.db_url)
+    catalog.upsert_products(products)
+    writer = CopyWriter(settings, catalog=catalog)
+    t_load = time.perf_counter()
+    llm = writer.llm
+    llm.generate([[{"role": "user", "content": "Hi"}]], None)  # load (not timed per text)
+    load_s = time.perf_counter() - t_load
+    rows: list[dict[str, Any]] = []
+    # Task by task, as a batch job runs: the fixed prompt prefix (rules and the task's
+    # worked example) stays in the backend's cache from one product to the next.
+    pairs = [(task, p) for task in tasks for p in products]
+    for i, (task, p) in enumerate(pairs):
+        if i % shard[1] == shard[0]:
+            t = time.perf_counter()
+            [r] = writer.generate(CopyRequest(task=task, product_id=p.id, regenerate=True))
+            dt = time.perf_counter() - t
+            text = r.generated_text or ""
+            facts = key_attributes(p)
+            final_failed = set(r.failed_checks)
+            first_failed = set(
+                (r.meta.get("failed_attempts") or [{}])[0].get("failed", [])
+                if r.attempts > 1
+                else final_failed
+            )
+            attempts_meta = r.meta.get("failed_attempts") or []
+            rows.append(
+                {
+                    "pair": i,
+                    "product_id": p.id,
+                    "language": r.language,
+                    "task": task,
+                    "text": text,
+                    "served": r.text,
+                    "passed": r.passed,
+                    "first_try": r.passed and r.attempts == 1,
+                    "attempts": r.attempts,
+                    "failed_checks": sorted(final_failed),
+                    "first_failed": sorted(first_failed),
+                    # The first try's own text when it failed (what the checks caught).
+                    "first_text": attempts_meta[0].get("text") if r.attempts > 1 else None,
+                    "language_ok": "language" not in final_failed,
+                    "length_ok": "length" not in final_failed,
+                    "coverage": (
+                        sum(mentions(text, f) for f in facts) / len(facts) if facts else 0.0
+                    ),
+                    "latency_s": round(dt, 3),
+                    "completion_tokens": int(r.meta.get("completion_tokens") or 0),
+                }
+            )
+            if progress:
+                progress(f"{profile} {p.id} {task} {dt:.1f}s {r.failed_checks}")
+    tmp.cleanup()
+    metrics = summarise(rows, tasks, load_s)
     return {
         "profile": profile,
         "backend": backend,
@@ -569,6 +583,21 @@ def run_profiles_report(
     return write_profiles_report(results, chat_part, out, command, machine)
 
 
+def combine(paths: Sequence[Path]) -> dict[str, Any]:
+    """Shards of one profile's run (`--shard k/n`) as one result: rows in the order of
+    an unsharded run, metrics recomputed over all of them."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: r["pair"])
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    out = dict(parts[0])
+    out["metrics"] = summarise(rows, tasks, max(p["metrics"]["load_s"] for p in parts))
+    out["failed_checks"] = _count([c for r in rows for c in r["failed_checks"]])
+    out["first_failed_checks"] = _count([c for r in rows for c in r["first_failed"]])
+    out["rows"] = rows
+    out["shards"] = len(parts)
+    return out
+
+
 def _chat_conversations() -> list[list[str]]:
     return CONVERSATIONS
 
@@ -586,8 +615,13 @@ def main_profiles(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--zh", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shard", default="0/1", help="k/n: the k-th of every n texts")
+    ap.add_argument("--combine", nargs="*", type=Path, default=None, help="shard JSONs")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    if a.combine is not None:
+        a.out.write_text(json.dumps(combine(a.combine), indent=2, ensure_ascii=False) + "\n")
+        return
     if a.merge is not None:
         results = [json.loads(f.read_text()) for f in a.merge]
         chats = [json.loads(f.read_text()) for f in a.chat]
@@ -599,9 +633,10 @@ def main_profiles(argv: list[str] | None = None) -> None:
         return
     if not a.profile:
         ap.error("--profile or --merge is required")
+    k, n = (int(x) for x in a.shard.split("/"))
     res = run_profile_eval(
         a.profile, a.backend, n_comparedge=a.n, n_chinese=a.zh, threads=a.threads,
-        progress=lambda s: print(s, file=sys.stderr, flush=True),
+        progress=lambda s: print(s, file=sys.stderr, flush=True), shard=(k, n),
     )  # fmt: skip
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
 

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
             "superfood", "excellent quality", "superior quality",
             "抗氧化", "消炎", "排毒", "增强免疫", "减肥", "降血压", "养生", "品质卓越", "卓越",
             "优质", "高品质",
+            # empty puffery and hyperbolic similes ("AI assistants are like superheroes!
+            # … like having a superpower"): they say nothing the data could support
+            "superhero", "superheroes", "superpower", "superpowers", "game-changer",
+            "game changer", "game-changing", "life-changing", "mind-blowing", "jaw-dropping",
+            "next-level", "out of this world", "secret weapon", "dream come true", "magic",
+            "神器", "黑科技", "颠覆",
         ]
     )  # fmt: skip
     # Writer decoding: repetition control on every copy and chat call (1.0 = off).

@@ -49,11 +49,13 @@ from typing import Any
 
 from langchain_core.output_parsers import StrOutputParser
 
-from service.assistant.glossary import shop_words
+from service.assistant.glossary import ZH_CATEGORY, fit_words, shop_words
 from service.assistant.grounding import (
     AnswerGuard,
+    Checked,
     Labels,
     StreamSanitizer,
+    answer_language_ok,
     check_details,
     check_prices,
 )
@@ -69,6 +71,7 @@ from service.assistant.lc import (
 from service.assistant.query import PreviousTurn, TurnQuery, build_query, fuse_crosslingual
 from service.assistant.store import ConversationNotFound, ConversationStore, StoredMessage
 from service.catalog.models import Product
+from service.copy.checks import cjk_ratio
 from service.llm.base import LLM
 from service.llm.factory import get_llm
 from service.llm.log import log_context
@@ -105,6 +108,30 @@ def prompt_instructions() -> list[str]:
     turn's own request line is left out: "the best product for the question is [1]" is a
     fair answer, not a leak."""
     return [render(SYSTEM_TEMPLATE).text]
+
+
+def fallback_items(products: list[Product], question: str, language: str) -> list[dict[str, Any]]:
+    """The templated answer's items, from the data, in the shopper's language: label,
+    product, category and description only where written in that language, and `why`:
+    the question's shop words the product names ("露营", "帐篷" for a camping tent)."""
+    items = []
+    for i, p in enumerate(products):
+        zh_text = cjk_ratio(p.description or p.title) > 0.3
+        same = zh_text == (language == "zh")
+        category = p.category or ""
+        if language == "zh" and not zh_text:
+            category = ZH_CATEGORY.get(category.lower(), "")
+        text = f"{p.title} {p.category} {' '.join(p.tags)} {p.description}"
+        items.append(
+            {
+                "label": i + 1,
+                "p": p,
+                "category": category,
+                "description": p.description if same else "",
+                "why": fit_words(question, text, language),
+            }
+        )
+    return items
 
 
 class Assistant:
@@ -298,6 +325,35 @@ class Assistant:
         finally:
             stop.set()
 
+    def _checked(self, guard: AnswerGuard, labels: Labels, message: str) -> Checked:
+        """The answer the guard let through, minus sentences with a wrong price or a detail
+        the data does not state; '' when nothing grounded is left."""
+        checked = check_prices(guard.text, labels)
+        details = check_details(
+            checked.answer, labels, message, self.rs.settings.unsupported_claims
+        )
+        answer = details.answer
+        if details.removed and not labels.cited(answer):
+            answer = ""  # nothing grounded left: the templated answer from the data
+        return Checked(
+            answer=answer,
+            removed=guard.removed + checked.removed + details.removed,
+            flags=guard.flags + checked.flags + details.flags,
+        )
+
+    def _retry_language(
+        self, llm: LLM, inputs: dict[str, Any], labels: Labels, message: str,
+        tags: dict[str, Any],
+    ) -> Checked:  # fmt: skip
+        """The turn again, not streamed, with the shopper's language restated."""
+        san = StreamSanitizer(labels)
+        guard = AnswerGuard(labels.products, prompt_instructions())
+        for piece in self._generate(llm, {**inputs, "retry": True}, {**tags, "attempt": 2}):
+            guard.feed(san.feed(piece))
+        guard.feed(san.flush())
+        guard.flush()
+        return self._checked(guard, labels, message)
+
     def _turn(
         self,
         conversation_id: str,
@@ -355,26 +411,36 @@ class Assistant:
         removed: list[str] = []
         flags: list[dict[str, Any]] = []
         answer = ""
+        wrong_language = False
         if guard is not None and degraded_reason is None:
-            checked = check_prices(guard.text, labels)
-            details = check_details(
-                checked.answer, labels, message, self.rs.settings.unsupported_claims
-            )
-            answer = details.answer
-            removed = guard.removed + checked.removed + details.removed
-            flags = guard.flags + checked.flags + details.flags
-            if details.removed and not labels.cited(answer):
-                answer = ""  # nothing grounded left: the templated answer from the data
+            checked = self._checked(guard, labels, message)
+            answer, removed, flags = checked.answer, checked.removed, checked.flags
+            if answer and not answer_language_ok(answer, labels, language):
+                # Once more with the language restated (never the failed answer quoted);
+                # the final answer replaces what was streamed. Still wrong: the template.
+                flags.append({"kind": "language", "text": answer})
+                try:
+                    retry = self._retry_language(llm, inputs, labels, message, tags)
+                    removed += retry.removed
+                    flags += retry.flags
+                    answer = retry.answer
+                except Exception as e:  # noqa: BLE001 - the templated answer instead
+                    flags.append({"kind": "retry_failed", "text": f"{type(e).__name__}: {e}"})
+                    answer = ""
+                if answer and not answer_language_ok(answer, labels, language):
+                    flags.append({"kind": "language", "text": answer})
+                    answer = ""
+                wrong_language = not answer
         cited = labels.cited(answer) if answer else []
         if not answer:
             # No products, a failed model, or nothing usable written: the templated answer.
             reason = "llm" if degraded_reason else ("empty" if top else "none")
-            if top and not degraded_reason:
+            if top and not degraded_reason and not wrong_language:
                 flags.append({"kind": "empty_answer", "text": san.text if san else ""})
             fb = render(
                 FALLBACK_TEMPLATE,
                 question=message,
-                products=[{"label": i + 1, "p": p} for i, p in enumerate(top)],
+                products=fallback_items(top, message, language),
                 reason=reason,
                 language=language,
             )

@@ -9,6 +9,8 @@ sentences. Longest entries match first ("咖啡机" before "咖啡").
 
 from __future__ import annotations
 
+import re
+
 # Product kinds and categories, as shoppers write them → the words English product
 # titles use (several where titles differ: "espresso machine", "coffee maker").
 ZH_EN: dict[str, str] = {
@@ -166,3 +168,39 @@ def shop_words(text: str) -> list[str]:
             found.append(key)
             rest = rest.replace(key, " ")
     return found
+
+
+# The demo catalogue's category names in Chinese: a Chinese fallback (an answer or a
+# headline built from the data) names the category in the shopper's language.
+ZH_CATEGORY: dict[str, str] = {
+    "audio": "音频", "baby": "母婴", "bags & luggage": "箱包", "bedding": "床品",
+    "coffee & tea": "咖啡与茶", "cycling": "骑行", "fitness": "健身", "gardening": "园艺",
+    "home cleaning": "家居清洁", "home office": "家庭办公", "kitchen": "厨房",
+    "lighting": "灯具", "outdoor & camping": "户外露营", "pet supplies": "宠物用品",
+    "running": "跑步", "tools": "工具",
+}  # fmt: skip
+
+
+def fit_words(question: str, product_text: str, language: str) -> list[str]:
+    """Why a product fits, as the question's own shop words that the product's text names,
+    in the shopper's language: "推荐一款适合露营的帐篷" and a product saying "tent" and
+    "camping" → ["帐篷", "露营"]; "a gift for a tea lover" and a Chinese tea set (茶具)
+    → ["tea"]. Matched across languages through the glossary."""
+    text = product_text.lower()
+
+    def names(en: str) -> bool:
+        return re.search(rf"\b{re.escape(en)}", text) is not None
+
+    if language == "zh":
+        return [
+            w
+            for w in shop_words(question)
+            if w in product_text or any(map(names, ZH_EN[w].split()))
+        ]
+    asked = set(re.findall(r"[a-z]+", question.lower()))
+    out: list[str] = []
+    for zh, en in ZH_EN.items():
+        for word in en.split():
+            if word in asked and word not in out and (zh in product_text or names(word)):
+                out.append(word)
+    return out

@@ -44,6 +44,7 @@ from service.copy.checks import (
     Facts,
     check_attributes,
     check_claims,
+    check_language,
     check_numbers,
     injection_grams,
     looks_like_instruction,
@@ -433,5 +434,47 @@ def check_details(
             found = [f for c in failed for f in c.found]
             flags.append({"kind": "invented_detail", "text": sent.strip(), "found": found})
             continue
+        mixed = mixed_script_words(body, ref)
+        if mixed:  # "White瓷功夫茶具套装": a title mangled across scripts is no title
+            removed.append(sent.strip())
+            flags.append({"kind": "mixed_script", "text": sent.strip(), "found": mixed})
+            continue
         kept.append(sent)
     return Checked(answer="".join(kept).strip(), removed=removed, flags=flags)
+
+
+# A Latin word glued to Chinese characters ("White瓷功夫"): a model translating half of a
+# product's name. Fine where the data writes it so ("LED台灯", "USB-C供电").
+_MIXED = re.compile(
+    r"[A-Za-z][A-Za-z0-9-]*[\u3400-\u4dbf\u4e00-\u9fff]+|[\u3400-\u4dbf\u4e00-\u9fff]+[A-Za-z][A-Za-z0-9-]*"
+)
+
+
+def mixed_script_words(text: str, products: Sequence[Product]) -> list[str]:
+    """Runs of Latin letters glued to Chinese characters that no product's data writes."""
+    data = normalise_text(
+        " ".join(f"{p.title} {p.brand} {p.description} {' '.join(p.tags)}" for p in products)
+    )
+    data = re.sub(r"\s+", "", data)
+    found = [m.group() for m in _MIXED.finditer(text)]
+    return list(dict.fromkeys(w for w in found if normalise_text(w) not in data))
+
+
+_PRICE_OR_NUMBER = re.compile(
+    r"[$€£¥￥]?\s?\d[\d,.]*\s?(?:usd|eur|gbp|cny|rmb|元|美元)?", re.IGNORECASE
+)
+
+
+def answer_language_ok(text: str, labels: Labels, language: str) -> bool:
+    """The answer is in the shopper's language (the copy checks' measure), judged without
+    what is rightly in another script: the labels, the cited products' own titles and
+    brands, prices. Nothing left to judge (only titles and prices) counts as right."""
+    rest = LABEL.sub(" ", text)
+    for p in sorted(labels.products, key=lambda p: -len(p.title)):
+        for name in (p.title, p.brand):
+            if name:
+                rest = rest.replace(name, " ")
+    rest = _PRICE_OR_NUMBER.sub(" ", rest)
+    if not re.search(r"[A-Za-z]|[\u3400-\u4dbf\u4e00-\u9fff]", rest):
+        return True
+    return check_language(rest, language).ok

@@ -219,6 +219,7 @@ def turn_messages(inputs: dict[str, Any]) -> list[BaseMessage]:
         context=list(inputs.get("context") or []),
         language=inputs.get("language") or question_language(inputs["question"]),
         description_chars=DESCRIPTION_CHARS,
+        retry=bool(inputs.get("retry")),
     )
     return [
         SystemMessage(system.text, additional_kwargs={"template": system.template,

@@ -691,6 +691,23 @@ _AUDIENCES = (
     "|dads|girls|boys|families|couples|chefs|gamers"
 )
 _SIZE = r"(?:XXS|XS|S|M|L|XL|XXL|XXXL|[2-5]XL|\d{1,3})"
+_SAFE_USES = (
+    "oven|dishwasher|microwave|freezer|food|child|children|kid|kids|baby|pet|skin|family"
+    "|toddler|infant|septic|induction"
+)
+_SAFETY_EN = re.compile(
+    rf"\b(?P<value>(?:{_SAFE_USES})[- ]safe|safe to use"
+    r"|safe\s+(?:for|around|with)(?:\s+(?:the|a|an|all|your|whole|entire|young|small|little"
+    r"|most|everyday|daily|any|every))*\s+[\w-]+"
+    r"|(?:completely|totally|perfectly|entirely|100%)\s+safe|non[- ]toxic|bpa[- ]free"
+    r"|lead[- ]free|toxin[- ]free|chemical[- ]free|hypoallergenic|food[- ]grade"
+    r"|medical[- ]grade|eco[- ]friendly|child[- ]proof)(?!\w)",
+    re.IGNORECASE,
+)
+_SAFETY_ZH = re.compile(
+    r"(?P<value>安全无毒|无毒无害|无毒|食品级|母婴级|医用级|可进烤箱|可放烤箱|可用洗碗机|可进洗碗机"
+    r"|儿童安全|安全放心|环保无害|零甲醛|无甲醛)"
+)
 # Attribute-like phrases; the group named `value` holds what must be in the data.
 _ATTRIBUTE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("size", re.compile(rf"\bsizes?\s+(?P<value>{_SIZE}\s*(?:to|-|–|through|and)\s*{_SIZE})\b")),
@@ -717,7 +734,33 @@ _ATTRIBUTE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "audience",
         re.compile(r"适合(?P<value>女士|男士|女性|男性|儿童|宝宝|婴儿|老人|孕妇|敏感肌|学生)"),
     ),
+    # Safety and usage claims ("safe for families", "food-grade", "non-toxic"): a buyer
+    # relies on them, so the data must say them itself, not merely contain their words.
+    ("safety", _SAFETY_EN),
+    ("safety", _SAFETY_ZH),
 )  # fmt: skip
+
+
+def _safety_supported(value: str, data: str, facts: Facts) -> bool:
+    """A safety claim is supported when the data says it: the phrase itself ("oven-safe"
+    == "oven safe"), or for "safe for/around/with …" the data's own "safe for" phrase and
+    every content word that follows it ("safe for families" needs "safe for" and
+    "families"; "family-sized" is not a safety claim)."""
+    if not value.isascii():
+        return value in data
+    v = normalise_text(value).strip()
+    use = re.fullmatch(rf"({_SAFE_USES})[- ]safe", v)
+    if use:  # "dishwasher-safe": the phrase, or the use and "safe" in one sentence
+        return _phrase_in(v, data) or any(
+            _phrase_in(use.group(1), s) and _phrase_in("safe", s) for s in _SENTENCE_END.split(data)
+        )
+    m = re.match(r"safe\s+(for|around|with)\b(.*)", v)
+    if m is None:
+        return _phrase_in(v, data)
+    if not _phrase_in(f"safe {m.group(1)}", data):
+        return False
+    rest = [w for w in re.findall(r"[a-z0-9]+", m.group(2)) if w not in _FUNCTION_WORDS]
+    return all(_variants(w) & facts.words for w in rest)
 
 
 def invented_attributes(text: str, facts: Facts) -> list[str]:
@@ -729,6 +772,10 @@ def invented_attributes(text: str, facts: Facts) -> list[str]:
     for kind, pattern in _ATTRIBUTE_PATTERNS:
         for m in pattern.finditer(text):
             value = m.group("value")
+            if kind == "safety":
+                if not _safety_supported(value, data, facts):
+                    found.append(f"{kind}: {value.strip()}")
+                continue
             if value.isascii():
                 parts = [w for w in re.findall(r"\w+", value.lower()) if w not in ("to", "and")]
                 parts = [w for w in parts if w not in ("with", "through")]
@@ -808,6 +855,8 @@ _GENERIC_NOUNS = {
     "companion", "solution", "tool", "platform", "way", "must", "must-have", "favourite",
     "favorite", "staple", "set", "kit", "piece", "classic", "alternative", "one", "thing",
     "design", "upgrade", "investment", "treat", "buy", "find", "helper", "partner",
+    # what any software product is: naming it says the kind no less than "platform"
+    "software", "app", "application", "service", "suite", "system", "program",
 }  # fmt: skip
 _IS_A = re.compile(
     r"\b(?:is|it's|it is|this is|makes)\s+(?:a|an)\s+((?:[\w'-]+\s+){0,4}?[\w'-]+)"
@@ -834,6 +883,11 @@ def kind_noun(title: str) -> str:
     return words[-1] if words else ""
 
 
+def _alnum(word: str) -> str:
+    """A word's letters and digits only: "1-inch" → "1inch", "fireflies.ai" → "firefliesai"."""
+    return re.sub(r"[^0-9a-z]", "", word.lower())
+
+
 def check_topic(text: str, facts: Facts) -> CheckResult:
     """The copy is about the product: it shares a word with the title (English: a content
     word, matched by its first five letters; Chinese: two adjacent characters); in English
@@ -843,9 +897,10 @@ def check_topic(text: str, facts: Facts) -> CheckResult:
         return CheckResult("topic", True)
     norm = normalise_text(text)
     title = normalise_text(facts.topic_text)
-    stems = {w[:5] for w in facts.topic_words}
+    # Names compared by their letters and digits: "1-inch" names the product "1inch".
+    stems = {_alnum(w)[:5] for w in facts.topic_words}
     out_words = [w.lower() for w in _WORD_RE.findall(norm)]
-    out_stems = {w[:5] for w in out_words if len(w) >= 3}
+    out_stems = {_alnum(w)[:5] for w in out_words if len(_alnum(w)) >= 3}
     title_cjk = "".join(_CJK_RE.findall(title))
     shares = bool(stems & out_stems) or any(
         title_cjk[i : i + 2] in norm for i in range(len(title_cjk) - 1)

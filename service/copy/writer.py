@@ -6,7 +6,9 @@ written again from a fresh prompt that restates the task with stricter rules
 shown to the model, which would copy it) up to `settings.copy_max_retries` times; if it
 still fails it is stored and returned flagged with its failed checks, or refused
 (`copy_on_fail=refuse`: stored as rejected, returned with text None). A text that copies
-the prompt or an instruction (echo, injection) is always refused: it is never served.
+the prompt or an instruction (echo, injection) or loops (repetition) is always refused: it
+is never served. A headline whose every attempt failed gets the templated headline from
+the set's categories (`copy_headline_fallback.<lang>`) when that passes every check.
 
 The prompt: the fixed system rules, one worked example (an invented product, the same
 request form, a restrained answer: `copy_example.<lang>`), then the real product's data and
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from service.assistant.glossary import ZH_CATEGORY
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore, NotFound
 from service.config import Settings, get_settings
@@ -40,6 +43,7 @@ from service.copy.checks import (
     clean_output,
     echo_grams,
     fit_sentences,
+    normalise_text,
     run_checks,
 )
 from service.copy.store import CopyStore, canonical_json, request_key, to_result
@@ -72,12 +76,30 @@ VARIANT_TOP_P = 0.95
 DESCRIPTION_CHARS = 500
 # Recent products of a user's history that personalise a headline.
 INTEREST_ITEMS = 3
-# Checks whose failure means the text is an instruction or the prompt, not copy: such a
-# text is refused whatever copy_on_fail says.
-NEVER_SERVED = ("echo", "injection")
+# Checks whose failure means the text is an instruction, the prompt or a loop, not copy:
+# such a text is refused whatever copy_on_fail says.
+NEVER_SERVED = ("echo", "injection", "repetition")
 # The prompt asks for this share of the checked limit: small models overshoot what they
 # are told by a few words, and a text a little under the limit passes.
 PROMPT_LIMIT_SHARE = 0.75
+
+
+def distinct_interests(texts: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
+    """Texts once each, in order (compared by letters, digits and CJK characters,
+    ignoring case), without those in `exclude`: a headline prompt that lists "Kitchen"
+    twice invites "Kitchen, Cooking, Cooking"."""
+    seen = {_key(t) for t in exclude}
+    out: list[str] = []
+    for t in texts:
+        k = _key(t)
+        if k and k not in seen:
+            seen.add(k)
+            out.append(t)
+    return out
+
+
+def _key(text: str) -> str:
+    return "".join(ch for ch in normalise_text(text) if ch.isalnum())
 
 
 def prompt_limit(limit: int | None) -> int | None:
@@ -117,6 +139,8 @@ class Draft:
     history: list[dict[str, Any]] = field(default_factory=list)
     # A headline's item and interest titles: it must name a theme, not copy one of them.
     titles: list[str] = field(default_factory=list)
+    # The served text is the templated fallback (a headline whose every attempt failed).
+    fallback: bool = False
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -534,6 +558,7 @@ class CopyWriter:
         task = "headline"
         spec = SPECS[task]
         language = self._language(language, products)
+        interests = distinct_interests(interests, [p.title for p in products])
         params: dict[str, Any] = {
             "language": language,
             "variants": req.variants,
@@ -554,6 +579,7 @@ class CopyWriter:
             "task": task,
             "products": products,
             "interests": interests,
+            "categories": distinct_interests([p.category for p in products if p.category]),
             "max_words": prompt_limit(params.get("max_words")),
             "max_chars": prompt_limit(params.get("max_chars")),
         }
@@ -673,6 +699,30 @@ class CopyWriter:
                     if d.failed:
                         d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})
             pending = [d for d in pending if d.failed]
+        for d in pending:
+            if d.task == "headline":
+                self._headline_fallback(d)
+
+    def _headline_fallback(self, d: Draft) -> None:
+        """Every attempt failed ("Kitchen, Cooking, Cooking"): the templated headline from
+        the set's categories, served only if it passes every check itself."""
+        cats = d.variables.get("categories") or []
+        if d.language == "zh":
+            cats = [ZH_CATEGORY.get(c.lower(), c) for c in cats]
+        if not cats:
+            return
+        text = clean_output(
+            self.prompts.render(f"copy_headline_fallback.{d.language}", categories=cats).text,
+            single_line=True,
+        )
+        checks = run_checks(
+            text, d.facts, language=d.language, limits=d.limits,
+            banned=self.settings.banned_claims, topic=False,
+            claims=self.settings.unsupported_claims, titles=d.titles,
+        )  # fmt: skip
+        if all(c.ok for c in checks):
+            d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})
+            d.text, d.raw, d.checks, d.fallback = text, text, checks, True
 
     def _retry_text(self, d: Draft) -> str:
         """Every stricter rule a retry could add (all checks failed): for the echo check."""
@@ -696,6 +746,8 @@ class CopyWriter:
         }
         if d.raw.strip() != d.text:
             meta["raw"] = d.raw
+        if d.fallback:
+            meta["fallback"] = "copy_headline_fallback"
         if len(d.history) > (1 if failed else 0):
             meta["failed_attempts"] = d.history[:-1] if failed else d.history
         return CopyRow(

@@ -367,3 +367,126 @@ def test_a_headline_that_is_a_product_title_is_caught_and_retried_as_a_theme(
         "Name a theme that the whole set shares" in retry
         and "Chef's Knife, 20 cm" not in (retry.split("Be strict")[1])
     )
+
+
+def test_a_repeating_headline_is_caught_and_the_fallback_is_served(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    """u-alice's headline ended "Kitchen, Cooking, Cooking" after 3 attempts and was served
+    flagged. The interests reach the prompt once each, the repetition check flags the loop,
+    and when every attempt fails the templated headline from the set's categories is
+    served (it passes every check itself)."""
+    loop = "Kitchen, Cooking, Cooking"
+    llm = FakeLLM(replies=(loop, loop, loop))
+    w = _writer(settings, quiet_catalog, llm)
+    req = HeadlineRequest(
+        product_ids=["kit-0002", "kit-0003", "kit-0008"],
+        interests=["Cooking", "Kitchen", "cooking", "Carbon Steel Frying Pan, 28 cm"],
+        regenerate=True,
+    )
+    res = w.headline(req)
+    prompt = llm.prompts[0][-1]["content"]
+    listed = prompt.split("The shopper recently looked at:")[1]
+    assert listed.count("Cooking") == 1 and listed.count("cooking") == 0
+    assert "Frying Pan" not in listed  # an item's own title is not an interest as well
+    assert "Their categories: <<<Kitchen>>>" in prompt or "Their categories: Kitchen" in prompt
+    h = res.headline
+    assert h.attempts == 3 and h.passed, h.checks
+    assert h.text == "More for your kitchen" and h.meta.get("fallback")
+    assert h.meta["failed_attempts"][-1]["text"] == loop
+    assert "repetition" in h.meta["failed_attempts"][-1]["failed"]
+
+
+SKILLET = Product(
+    id="kit-0002",
+    title="Cast Iron Skillet with Helper Handle, 30 cm",
+    description=(
+        "30 cm across, with a second loop handle so you can lift all 3.9 kg of it with two "
+        "hands. Big enough for a family-sized frittata. Pre-seasoned, induction-ready and "
+        "oven-safe to 260 °C."
+    ),
+    category="Kitchen",
+    brand="Hearthwell",
+    price=54.0,
+    attributes={"material": "cast iron", "oven_safe_c": 260},
+)
+GROK = Product(
+    id="ce-grok",
+    title="Grok",
+    description="xAI's assistant with real-time data from X and fewer refusals.",
+    category="AI Assistants",
+    brand="Grok",
+    price=8.0,
+)
+ONEINCH = Product(
+    id="ce-1inch",
+    title="1inch",
+    description="A DEX aggregator that splits one order across many exchanges.",
+    category="DeFi",
+    brand="1inch",
+    price=0.0,
+)
+QUICKBOOKS = Product(
+    id="ce-quickbooks",
+    title="QuickBooks Online",
+    description="Cloud accounting for small businesses: invoices, payroll and bank feeds.",
+    category="Accounting",
+    brand="QuickBooks Online",
+    price=35.0,
+)
+
+
+def test_invented_safety_claims_are_caught() -> None:
+    """The default writer's kit-0002 summary passed with "safe for families": the data says
+    "family-sized" and "oven-safe", not that the pan is safe for families."""
+    served = (
+        "The Cast Iron Skillet with Helper Handle is a 30 cm cast iron skillet with a second "
+        "loop handle. It's safe for families and has a pre-seasoned oven-safe temperature range."
+    )
+    assert "attributes" in failed(served, SKILLET)
+    for text in (
+        "A 30 cm cast iron skillet, non-toxic and dishwasher-safe.",
+        "A 30 cm cast iron skillet that is completely safe for kids.",
+        "这口铸铁锅安全无毒，食品级材质。",
+    ):
+        assert "attributes" in failed(text, SKILLET, "zh" if "锅" in text else "en"), text
+    # Said by the data: allowed.
+    assert "attributes" not in failed("An oven-safe 30 cm cast iron skillet.", SKILLET)
+    assert "attributes" not in failed(
+        "The Ceramic Coffee Mug holds 350 ml and is microwave-safe.", MUG
+    )
+
+
+def test_empty_puffery_is_an_unsupported_claim() -> None:
+    """The Grok blurb passed every check: "AI assistants are like superheroes! … It's like
+    having a superpower"."""
+    served = (
+        "AI assistants are like superheroes! With Grok, you can use your AI skills to help "
+        "people solve problems. It's like having a superpower."
+    )
+    assert "claims" in failed(served, GROK)
+    assert "claims" in failed("Grok is a game-changer for real-time answers.", GROK)
+    assert "claims" not in failed("Grok is an AI assistant with real-time data from X.", GROK)
+
+
+def test_the_topic_check_compares_names_by_letters_and_digits() -> None:
+    """False positives of the 2026-11-30 run: "The 1-inch built its reputation …" names
+    the product "1inch"; "a cloud-based accounting software" says what QuickBooks is."""
+    one = "The 1-inch aggregator splits one order across many exchanges for a better rate."
+    assert "topic" not in failed(one, ONEINCH)
+    qb = "QuickBooks Online is a cloud-based accounting software for small businesses."
+    assert "topic" not in failed(qb, QUICKBOOKS)
+    # Still caught: a text about something else, and the wrong kind of product.
+    assert "topic" in failed("Trade smarter across every exchange.", ONEINCH)
+    assert "topic" in failed("Bamboo Cutting Board is a kitchen appliance", BOARD)
+
+
+def test_a_text_that_still_loops_after_the_retries_is_never_served(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    """A loop is not copy: after the retries it is stored as rejected, not served flagged."""
+    loop = "The santoku knife, 17 cm, is a santoku knife, santoku knife, santoku knife."
+    w = _writer(settings, quiet_catalog, FakeLLM(replies=(loop, loop, loop)))
+    [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
+    assert r.attempts == 3 and "repetition" in r.failed_checks
+    assert r.text is None and r.status == "rejected" and r.generated_text == loop
