@@ -73,7 +73,7 @@ def blend_section(data: dict[str, Any]) -> list[str]:
     lines = [
         "## The LLM stage blended with its shortlist (ML-100k)",
         "",
-        f"Verbalizer ({data['backend']}, tiny profile) scores over the served top 20; blend "
+        f"Verbalizer ({data.get('llm') or data['backend']}) scores over the served top 20; blend "
         f"weight fitted on the validation target over 0, 0.05, …, 1: **w = {w:g}** "
         "(0 = the shortlist exactly). Only users whose target is in the top 20 need the model "
         "(the others score 0 in every row).",
@@ -84,7 +84,8 @@ def blend_section(data: dict[str, Any]) -> list[str]:
     for name, got in (("validation (fit)", val), ("test (report)", test)):
         lines.append(
             f"| {name} | {got['users']} | {got['hit_users']} | {got['scored']} | "
-            f"{got['shortlist_s']} | {got['llm_s']} | {got['wall_s']} |"
+            f"{got['shortlist_s']} | {got.get('llm_wall_s', got['llm_s'])} | "
+            f"{got.get('wall_s', '–')} |"
         )
     full = test["scored"] >= test["hit_users"]
     scope = (
