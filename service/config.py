@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # `recsmith models prepare --encoder e5-small` (reads Chinese; chosen by the numbers in
     # eval/results/2026-11-30-encoders.md); "default" = the packaged all-MiniLM-L6-v2
     # (English only, 3.5x faster; the test suite's encoder); or any local folder or hub id.
+    # A "+int8" suffix (e5-small+int8) quantises its Linear layers: ~1.6x faster per text,
+    # another model id (eval/results/2026-11-30-scale-1m.md).
     encoder_model: str = "e5-small"
     encoder_batch_size: int = 64
     encoder_max_length: int = 256
