@@ -598,6 +598,54 @@ def combine(paths: Sequence[Path]) -> dict[str, Any]:
     return out
 
 
+def _cell(x: dict[str, Any] | None) -> str:
+    if x is None:
+        return "-"
+    t = (x["text"] or "").replace("|", "/").replace("\n", " ")
+    mark = "" if x["passed"] else f" ✗ {','.join(x['failed_checks'])}"
+    if x["served"] is None:
+        mark += " (refused)"
+    first = x.get("first_text")
+    if first and x["attempts"] > 1:
+        f = first.replace("|", "/").replace("\n", " ")
+        mark += f" <br>*1st try ✗ {','.join(x['first_failed'])}:* {f}"
+    return t + mark
+
+
+def write_compare_report(
+    before: dict[str, Any], after: dict[str, Any], out: Path, command: str, machine: str,
+    chat: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
+    """Two runs of one profile, before and after a change: both metric rows, then EVERY
+    text side by side (with the failed first try where there was a retry), then chat."""
+    before = {**before, "profile": f"before: {before['profile']}"}
+    after = {**after, "profile": f"after: {after['profile']}"}
+    json_path, md_path = write_profiles_report([before, after], None, out, command, machine)
+    payload = json.loads(json_path.read_text())
+    payload["chat"] = chat
+    json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    md = md_path.read_text().split("## Sample texts side by side")[0]
+    lines = ["## Every text side by side", "",
+             "✗ names the checks the served text fails; *1st try* is the text a retry replaced.",
+             "", "| product, task | before | after |", "|---|---|---|"]  # fmt: skip
+    by_b = {(r["product_id"], r["task"]): r for r in before["rows"]}
+    for r in after["rows"]:
+        k = (r["product_id"], r["task"])
+        lines.append(f"| {k[0]}, {k[1]} | {_cell(by_b.get(k))} | {_cell(r)} |")
+    lines.append("")
+    if chat:
+        lines += ["## Chat answers (after)", ""]
+        for t in chat.get("turns", []):
+            ans = t["answer"].replace("|", "/").replace("\n", " ")
+            lines.append(
+                f"- **{t['message']}** ({t['answer_s']} s, template {t.get('template')}, "
+                f"flags {t.get('flags')}) → {ans}"
+            )
+        lines.append("")
+    md_path.write_text(md + "\n".join(lines) + "\n")
+    return json_path, md_path
+
+
 def _chat_conversations() -> list[list[str]]:
     return CONVERSATIONS
 
@@ -617,8 +665,15 @@ def main_profiles(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shard", default="0/1", help="k/n: the k-th of every n texts")
     ap.add_argument("--combine", nargs="*", type=Path, default=None, help="shard JSONs")
+    ap.add_argument("--compare", nargs=2, type=Path, default=None, help="before.json after.json")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    if a.compare is not None:
+        before, after = (json.loads(f.read_text()) for f in a.compare)
+        before = before["profiles"][0] if "profiles" in before else before
+        chat = json.loads(a.chat[0].read_text()) if a.chat else None
+        write_compare_report(before, after, a.out, a.command, a.machine, chat)
+        return
     if a.combine is not None:
         a.out.write_text(json.dumps(combine(a.combine), indent=2, ensure_ascii=False) + "\n")
         return

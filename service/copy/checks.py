@@ -556,7 +556,13 @@ def repeated_phrases(text: str) -> list[str]:
     content word or phrase said again at once or one word later ("high-end, high-end",
     "most luxurious, and most luxurious"), a run of 6 words said twice (a sentence
     repeated); in Chinese a 3-character run three times or a 6-character run twice."""
-    words = re.findall(r"\w+", normalise_text(text))
+    norm = normalise_text(text)
+    tokens = list(re.finditer(r"\w+", norm))
+    words = [m.group() for m in tokens]
+
+    def joined(a: int, b: int) -> bool:  # tokens a and b = a + 1 with only spaces between
+        return a >= 0 and not norm[tokens[a].end() : tokens[b].start()].strip()
+
     found: list[str] = []
     for n in (2, 3, 4):
         grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
@@ -572,6 +578,11 @@ def repeated_phrases(text: str) -> list[str]:
             for gap in (0, 1):
                 j = i + n + gap
                 if words[j : j + n] == gram:
+                    # "Assistants API, Batch API": a list of items sharing a head noun, each
+                    # a compound, is not a loop ("cooking, cooking" and "luxurious, and
+                    # luxurious" are).
+                    if n == 1 and gap == 1 and joined(i - 1, i) and joined(i + 1, j):
+                        continue
                     found.append(" ".join(gram))
     six = Counter(tuple(words[i : i + 6]) for i in range(len(words) - 5))
     found += [" ".join(g) for g, c in six.items() if c >= 2]
@@ -884,8 +895,9 @@ def kind_noun(title: str) -> str:
 
 
 def _alnum(word: str) -> str:
-    """A word's letters and digits only: "1-inch" → "1inch", "fireflies.ai" → "firefliesai"."""
-    return re.sub(r"[^0-9a-z]", "", word.lower())
+    """A word's letters and digits only, without a possessive: "1-inch" → "1inch",
+    "fireflies.ai" → "firefliesai", "Grok's" → "grok"."""
+    return re.sub(r"[^0-9a-z]", "", re.sub(r"['’]s$", "", word.lower()))
 
 
 def check_topic(text: str, facts: Facts) -> CheckResult:

@@ -490,3 +490,33 @@ def test_a_text_that_still_loops_after_the_retries_is_never_served(
     [r] = w.generate(CopyRequest(task="summary", product_id="kit-0007", regenerate=True))
     assert r.attempts == 3 and "repetition" in r.failed_checks
     assert r.text is None and r.status == "rejected" and r.generated_text == loop
+
+
+def test_a_list_of_compounds_is_not_a_loop_and_a_possessive_names_the_product() -> None:
+    """False positives of the 2026-11-30 runs: "Assistants API, Batch API" (a feature list
+    sharing a head noun) counted as a loop; "Grok's features" did not name Grok."""
+    listed = "The OpenAI API offers GPT-4o, the Assistants API, the Batch API and Vision models."
+    api = Product(
+        id="ce-openai-api", title="OpenAI API", brand="OpenAI", category="AI Tools",
+        description="GPT-4o, the Assistants API, the Batch API and Vision models.", price=0.0,
+    )  # fmt: skip
+    assert "repetition" not in failed(listed, api)
+    for loop in ("Kitchen, Cooking, Kitchen", "Kitchen, Cooking, Cooking"):
+        assert "repetition" in failed(loop, MUG), loop
+    assert "topic" not in failed("Get ready to use Grok's real-time answers from X.", GROK)
+
+
+def test_long_data_is_cut_at_a_word_boundary_in_the_prompt() -> None:
+    """The model copied a feature list cut in half ("… receipt capture, and 1099 C…")."""
+    from service.prompts import library
+
+    features = ", ".join(f"Feature number {i} with Contractor Forms" for i in range(12))
+    p = QUICKBOOKS.model_copy(
+        update={"attributes": {"features": features}, "description": "Word " * 150}
+    )
+    text = library().render("copy_product.en", product=p, description_chars=120).text
+    line = next(ln for ln in text.splitlines() if ln.startswith("<<<features>>>"))
+    shown = line.split(": ", 1)[1].strip("<>")
+    assert "…" not in shown and features.startswith(shown) and features[len(shown)] in " ,"
+    desc = next(ln for ln in text.splitlines() if ln.startswith("Description:"))
+    assert "…" not in desc and desc.endswith("Word>>>")
