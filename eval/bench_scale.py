@@ -33,6 +33,8 @@ from `<pg-dir>/sample-<products>-<sample>.npy`, written by the first run).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import struct
@@ -212,6 +214,10 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ap.add_argument("--build-mem", default="5GB", help="maintenance_work_mem for the build")
     ap.add_argument("--build-workers", type=int, default=1, help="parallel build workers")
     ap.add_argument("--shared-buffers", default="2GB", help="set for the next server start")
+    ap.add_argument(
+        "--memory-kinds", default="ivf", help="in-process variants side by side: flat,ivf"
+    )
+    ap.add_argument("--ivf-nprobe", default="32", help="IVF nprobe values, e.g. 32,64")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -324,17 +330,33 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
             out[name] = {**_pct(lat), "recall_at_10": round(float(np.mean(rec)), 4)}
         return out
 
-    # In-process index (FAISS 8-bit scan from 50k, as served).
-    if "memory" not in skip:
+    # In-process index, as served: the FAISS 8-bit scan from 50k, the IVF from 200k
+    # ("flat" = the scan at every size, the variant before the IVF).
+    mem: MemoryVectorIndex | None = None  # the last variant; the upsert phase saves it
+    for mkind in filter(None, args.memory_kinds.split(",")) if "memory" not in skip else []:
+        mem = None  # one 1M index in memory at a time
+        gc.collect()
         rss0 = proc.memory_info().rss
+        nice0 = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice0, 15))  # the build niced
         t = time.perf_counter()
-        mem = MemoryVectorIndex(dim)
-        mem.upsert(products, vecs, enc.model_id)
-        mem.search(queries[0], 10)  # builds the FAISS codes
-        res["memory_build_s"] = round(time.perf_counter() - t, 1)
-        res["memory_index_rss_mb"] = round((proc.memory_info().rss - rss0) / 2**20)
-        res["memory"] = measure(lambda q, f: mem.search(q, 10, f))
-        print(json.dumps({"memory": res["memory"]}), flush=True)
+        mi = MemoryVectorIndex(dim, ivf_threshold=10**12 if mkind == "flat" else 200_000)
+        mi.upsert(products, vecs, enc.model_id)
+        mi.search(queries[0], 10)  # builds the FAISS codes (the IVF: train + add)
+        with contextlib.suppress(PermissionError):  # back to the timed priority (needs root)
+            os.setpriority(os.PRIO_PROCESS, 0, nice0)
+        key = "memory" if mkind == "flat" else f"memory_{mkind}"
+        res[f"{key}_build_s"] = round(time.perf_counter() - t, 1)
+        res[f"{key}_index_rss_mb"] = round((proc.memory_info().rss - rss0) / 2**20)
+        for nprobe in [int(x) for x in args.ivf_nprobe.split(",")] if mkind == "ivf" else [0]:
+            name = f"{key}_nprobe{nprobe}" if nprobe else key
+            mi.rows.ivf_nprobe = nprobe
+            res[name] = {
+                **measure(lambda q, f, m=mi: m.search(q, 10, f)),
+                "uptime": os.getloadavg(),
+            }
+            print(json.dumps({name: res[name]}), flush=True)
+        mem = mi
 
     # pgvector: vectors bulk-copied next to the products, then the HNSW index built once.
     pg = PgVectorIndex(engine, dim, with_hnsw=False)  # the extension; the index built below
@@ -406,7 +428,7 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
                 state = {"seq": seq, "hashes": dict(zip(ids, hashes, strict=True))}
                 (d / "index" / "state.json").write_text(json.dumps(state))
                 if kind == "memory":
-                    mem.save(d / "index", uenc.model_id)  # type: ignore[possibly-undefined]
+                    mem.save(d / "index", uenc.model_id)  # type: ignore[union-attr]
                 s = Settings(data_dir=d, database_url=url, vector_index=kind)
                 app = Application(s, encoder=uenc)
                 t = time.perf_counter()

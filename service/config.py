@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # re-scored exactly; no graph), or "auto" (faiss above the threshold).
     index_kind: Literal["auto", "exact", "faiss"] = "auto"
     index_faiss_threshold: int = 50_000
+    # From this many items an IVF of the same codes instead (reads nprobe of ~4*sqrt(n)
+    # lists; filters keeping <= 5 % of rows scored exactly): eval/results/2026-11-30-scale-1m.md
+    index_ivf_threshold: int = Field(default=200_000, ge=0)
+    index_ivf_nprobe: int = Field(default=32, ge=1)
     # Where the vectors live: "memory" = in each process (the kinds above), kept in step
     # across processes through the catalogue change log; "pgvector" = in PostgreSQL next to
     # the products (HNSW, filters in SQL; needs a postgresql database_url and the extension).

@@ -41,10 +41,22 @@ class DenseIndex:
 
     COLUMNS: dict[str, np.dtype] = {}  # name -> dtype of per-row columns (a subclass adds)
 
-    def __init__(self, dim: int, kind: str = "auto", faiss_threshold: int = 50_000) -> None:
+    EXACT_SHARE = 0.05  # past the IVF threshold, filters this narrow are scored exactly
+    TRAIN_SAMPLE = 64_000  # rows the IVF's centroids are trained on (bounded build time)
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "auto",
+        faiss_threshold: int = 50_000,
+        ivf_threshold: int = 200_000,
+        ivf_nprobe: int = 32,
+    ) -> None:
         self.dim = dim
         self.kind = kind
         self.faiss_threshold = faiss_threshold
+        self.ivf_threshold = ivf_threshold
+        self.ivf_nprobe = ivf_nprobe
         self.ids: list[str | None] = []  # per row; None = a dead row
         self.row: dict[str, int] = {}
         self._buf = np.zeros((0, dim), dtype=np.float32)
@@ -54,6 +66,8 @@ class DenseIndex:
         }
         self._dead = 0
         self._faiss = None  # built lazily when used, then extended by appends
+        self._ivf = False  # whether self._faiss is the IVF one
+        self._quantizer = None  # the IVF's coarse quantizer (kept alive beside it)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -135,7 +149,7 @@ class DenseIndex:
         self.ids = [self.ids[r] for r in keep]
         self.row = {pid: r for r, pid in enumerate(self.ids)}  # type: ignore[misc]
         self._dead = 0
-        self._faiss = None
+        self._faiss = None  # row numbers changed: the IVF too is rebuilt on next use
 
     def vector(self, pid: str) -> np.ndarray | None:
         r = self.row.get(pid)
@@ -144,6 +158,9 @@ class DenseIndex:
     # -- search -----------------------------------------------------------------------
     def use_faiss(self) -> bool:
         return self.kind == "faiss" or (self.kind == "auto" and len(self) >= self.faiss_threshold)
+
+    def use_ivf(self) -> bool:
+        return self.use_faiss() and len(self) >= self.ivf_threshold
 
     def search(
         self, query: np.ndarray, k: int, mask: np.ndarray | None = None
@@ -156,6 +173,8 @@ class DenseIndex:
         if self._dead:
             alive = self._alive[:n]
             mask = alive if mask is None else (mask & alive)
+        if self.use_ivf():
+            return self._search_ivf(q, k, mask)
         if self.use_faiss():
             return self._search_faiss(q, k, mask)
         with _one_blas_thread():
@@ -176,6 +195,8 @@ class DenseIndex:
         # lazy: faiss loads a native library; only large indexes use it
         import faiss
 
+        if self._faiss is not None and self._ivf:  # shrank below the IVF threshold
+            self._faiss = None
         if self._faiss is None:
             vectors = self.vectors
             index = faiss.IndexScalarQuantizer(
@@ -185,6 +206,7 @@ class DenseIndex:
             index.train(vectors)
             index.add(vectors)
             self._faiss = index
+            self._ivf = False
         params = None
         if mask is not None:
             if not mask.any():
@@ -194,10 +216,81 @@ class DenseIndex:
             params = faiss.SearchParameters(sel=sel)  # `bits` stays alive until search returns
         fetch = min(max(3 * k, k + 20), len(self.ids))
         _, idx = self._faiss.search(q[None, :], fetch, params=params)
-        rows = idx[0][idx[0] >= 0]
+        return self._rescore(q, k, idx[0])
+
+    def _rescore(self, q: np.ndarray, k: int, idx: np.ndarray) -> list[tuple[str, float]]:
+        """The candidates' exact cosines (float32 rows), best k first."""
+        rows = idx[idx >= 0]
         exact = self._buf[rows] @ q
         order = np.argsort(-exact, kind="stable")[:k]
-        return [(self.ids[rows[i]], float(exact[i])) for i in order]
+        return [(self.ids[rows[i]], float(exact[i])) for i in order]  # type: ignore[misc]
+
+    def _build_ivf(self) -> None:
+        """IVF over 8-bit codes of the residuals: ~4*sqrt(n) lists, k-means on a seeded sample
+        of <= TRAIN_SAMPLE rows (10 iterations), rows added in chunks. FAISS ids are row
+        numbers (appends keep them in step); dead rows stay in the lists and are masked out."""
+        import faiss
+
+        vectors = self.vectors
+        n = len(vectors)
+        nlist = max(16, int(4 * np.sqrt(n)))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        index.cp.niter = 10
+        index.cp.seed = 1234
+        index.cp.max_points_per_centroid = max(1, self.TRAIN_SAMPLE // nlist + 1)
+        index.cp.min_points_per_centroid = 1  # 64k rows for 4k lists at 1M: 16 each is enough
+        faiss.omp_set_num_threads(1)  # shared cores; one query at a time
+        alive = np.flatnonzero(self._alive[:n])
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(alive, min(self.TRAIN_SAMPLE, len(alive)), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample]))
+        for start in range(0, n, 65_536):
+            index.add(np.ascontiguousarray(vectors[start : start + 65_536]))
+        self._quantizer = quantizer  # SWIG: the index does not own it
+        self._faiss = index
+        self._ivf = True
+
+    def _search_ivf(
+        self, q: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> list[tuple[str, float]]:
+        """Query plan by the filter's share of rows: a selective filter (<= EXACT_SHARE) is an
+        exact float scan of just its rows (1M x 2 % = 20k rows: a few ms, exact answer);
+        otherwise the IVF, reading nprobe/share lists so that enough allowed rows are seen,
+        with the filter as a bitmap the scan checks per code (dead rows are never returned:
+        they are out of the mask)."""
+        import faiss
+
+        share = 1.0 if mask is None else float(mask.mean())
+        if mask is not None and share <= self.EXACT_SHARE:
+            rows = np.flatnonzero(mask)
+            if len(rows) == 0:
+                return []
+            scores = np.empty(len(rows), dtype=np.float32)
+            with _one_blas_thread():  # in chunks: each gathered block is scored from cache
+                for s in range(0, len(rows), 2048):
+                    scores[s : s + 2048] = self._buf[rows[s : s + 2048]] @ q
+            kk = min(k, len(rows))
+            top = np.argpartition(-scores, kk - 1)[:kk]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return [(self.ids[rows[i]], float(scores[i])) for i in top]  # type: ignore[misc]
+        if self._faiss is None or not self._ivf:
+            self._build_ivf()
+        index = self._faiss
+        nprobe = min(index.nlist, int(np.ceil(self.ivf_nprobe / max(share, self.EXACT_SHARE))))
+        bits = None
+        if mask is not None:
+            bits = np.packbits(mask.astype(np.uint8), bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        else:
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+        fetch = min(max(5 * k, k + 40), len(self.ids))
+        _, idx = index.search(q[None, :], fetch, params=params)
+        del bits  # the bitmap had to outlive the search
+        return self._rescore(q, k, idx[0])
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: Path, model_id: str) -> None:
@@ -213,9 +306,17 @@ class DenseIndex:
 
     @classmethod
     def load(
-        cls, directory: Path, dim: int, model_id: str, kind: str = "auto", threshold: int = 50_000
+        cls,
+        directory: Path,
+        dim: int,
+        model_id: str,
+        kind: str = "auto",
+        threshold: int = 50_000,
+        ivf_threshold: int = 200_000,
+        ivf_nprobe: int = 32,
     ) -> DenseIndex:
-        index = cls(dim, kind, threshold)
+        """The codes (flat or IVF) are not persisted: they are rebuilt on the first search."""
+        index = cls(dim, kind, threshold, ivf_threshold, ivf_nprobe)
         meta_path, vec_path = directory / "dense.json", directory / "dense.npy"
         if not (meta_path.exists() and vec_path.exists()):
             return index

@@ -109,17 +109,33 @@ class _Rows(DenseIndex):
 
 
 class MemoryVectorIndex(VectorIndex):
-    def __init__(self, dim: int, kind: str = "auto", faiss_threshold: int = 50_000) -> None:
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "auto",
+        faiss_threshold: int = 50_000,
+        ivf_threshold: int = 200_000,
+        ivf_nprobe: int = 32,
+    ) -> None:
         self.dim = dim
-        self.rows = _Rows(dim, kind, faiss_threshold)
+        self.rows = _Rows(dim, kind, faiss_threshold, ivf_threshold, ivf_nprobe)
         self._codes: dict[str, int] = {}
 
     @classmethod
     def load(
-        cls, directory: Path, dim: int, model_id: str, kind: str = "auto", threshold: int = 50_000
+        cls,
+        directory: Path,
+        dim: int,
+        model_id: str,
+        kind: str = "auto",
+        threshold: int = 50_000,
+        ivf_threshold: int = 200_000,
+        ivf_nprobe: int = 32,
     ) -> MemoryVectorIndex:
-        index = cls(dim, kind, threshold)
-        index.rows = _Rows.load(directory, dim, model_id, kind, threshold)  # type: ignore[assignment]
+        index = cls(dim, kind, threshold, ivf_threshold, ivf_nprobe)
+        index.rows = _Rows.load(  # type: ignore[assignment]
+            directory, dim, model_id, kind, threshold, ivf_threshold, ivf_nprobe
+        )
         index.rows.columns["cat"][:] = -1  # filled by set_columns (the full sync)
         return index
 
