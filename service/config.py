@@ -167,6 +167,10 @@ class Settings(BaseSettings):
             "game changer", "game-changing", "life-changing", "mind-blowing", "jaw-dropping",
             "next-level", "out of this world", "secret weapon", "dream come true", "magic",
             "神器", "黑科技", "颠覆",
+            # disease claims the tiny model made for a French press ("effective against
+            # various diseases like cancer by removing toxins")
+            "cancer", "disease", "diseases", "toxins", "infections", "viruses",
+            "癌症", "疾病", "毒素",
         ]
     )  # fmt: skip
     # Writer decoding: repetition control on every copy and chat call (1.0 = off).

@@ -84,10 +84,11 @@ def test_a_banned_claim_is_caught_and_refused(
     s = settings.model_copy(update={"copy_max_retries": 0, "copy_on_fail": "refuse"})
     w = CopyWriter(s, llm=llm, catalog=catalog, prompts=provoking_prompts)  # type: ignore[arg-type]
     [r] = w.generate(CopyRequest(task="blurb", product_id="cof-0005"))
-    # The settings' banned phrase, or the praise no data supports ("proven by doctors").
+    # The settings' banned phrase, or the praise or health claim no data supports ("proven
+    # by doctors"; "effective against various diseases like cancer by removing toxins").
     caught = {"banned", "claims"} & set(r.failed_checks)
     assert caught, r.generated_text
-    assert any("proven" in f for c in caught for f in r.checks[c].found)
+    assert any(f for c in caught for f in r.checks[c].found)
     assert r.refused and r.text is None and r.status == "rejected"
     assert r.note.startswith("refused:")
     llm.reset()
