@@ -81,6 +81,8 @@ class Recsmith:
             self.encoder.model_id,
             s.index_kind,
             s.index_faiss_threshold,
+            s.index_ivf_threshold,
+            s.index_ivf_nprobe,
         )
 
     @cached_property

@@ -9,7 +9,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from service.config import Settings
+from service.recsmith import Recsmith
 from service.retrieval.dense import DenseIndex
+from tests.eval.fakes import HashEncoder
 
 DIM = 48
 N = 5000
@@ -124,3 +127,12 @@ def test_the_ivf_is_rebuilt_after_load(tmp_path: Path) -> None:
     assert ix._faiss is None
     assert recall(ix, vecs) >= 0.95
     assert isinstance(ix._faiss, faiss.IndexIVFScalarQuantizer)
+
+
+def test_the_service_passes_the_ivf_settings_to_its_index(tmp_path: Path) -> None:
+    rs = Recsmith(
+        Settings(data_dir=tmp_path, database_url="", index_ivf_threshold=1234, index_ivf_nprobe=7)
+    )
+    rs.__dict__["encoder"] = HashEncoder()
+    rows = rs.dense.rows
+    assert (rows.ivf_threshold, rows.ivf_nprobe) == (1234, 7)
