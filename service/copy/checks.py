@@ -102,7 +102,15 @@ _UNIT_SPELLINGS: dict[str, tuple[str, ...]] = {
     "eur": ("eur", "euro", "euros", "欧元"),
     "gbp": ("gbp",),
     "cny": ("cny", "rmb", "yuan", "元", "人民币"),
+    # Magnitudes: "15 million users" is not grounded by a price of 15 (the Slack blurb).
+    "thousand": ("thousand", "thousands", "k"),
+    "million": ("million", "millions", "mn"),
+    "billion": ("billion", "billions", "bn"),
+    "万": ("万",),
+    "亿": ("亿",),
 }
+# A magnitude must be in the data with the same magnitude; a bare number does not ground it.
+_MAGNITUDES = {"thousand", "million", "billion", "万", "亿"}
 _CURRENCY_SYMBOLS = {"$": "usd", "€": "eur", "£": "gbp", "¥": "cny", "￥": "cny"}
 _UNIT_OF = {spelling: unit for unit, sp in _UNIT_SPELLINGS.items() for spelling in sp}
 # Longest spelling first so "mah" wins over "m" and "per cent" over "per".
@@ -364,7 +372,7 @@ def check_numbers(text: str, facts: Facts) -> CheckResult:
         seen = facts.units_of.get(num)
         if seen is None:
             bad.append(num + (f" {unit}" if unit else ""))
-        elif unit and "" not in seen and unit not in seen:
+        elif unit and unit not in seen and ("" not in seen or unit in _MAGNITUDES):
             bad.append(f"{num} {unit} (the data says {num} {'/'.join(sorted(seen))})")
     bad = list(dict.fromkeys(bad))
     if bad:

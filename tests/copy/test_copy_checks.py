@@ -62,6 +62,20 @@ def test_canonical_number(raw: str, canonical: str) -> None:
     assert canonical_number(raw) == canonical
 
 
+def test_magnitudes_need_the_same_magnitude_in_the_data() -> None:
+    assert extract_quantities("15 million users, 200K+ teams") == [
+        ("15", "million"),
+        ("200", "thousand"),
+    ]
+    slack = Facts.from_products(
+        [Product(id="s", title="Slack", description="Used by 200K+ organizations.", price=15.0)]
+    )
+    assert check_numbers("Trusted by 200K organizations, from 15 USD.", slack).ok
+    r = check_numbers("With over 15 million users worldwide.", slack)
+    assert not r.ok and r.found[0].startswith("15 million")
+    assert not check_numbers("超过15万用户", slack).ok
+
+
 def test_units_are_normalised() -> None:
     assert extract_quantities("1.5 L") == extract_quantities("1.5l") == [("1.5", "l")]
     assert extract_quantities("1.5 litres") == [("1.5", "l")]
@@ -96,6 +110,7 @@ def test_grounded_numbers_pass(text: str) -> None:
         ("A 40 inch board.", "40 in"),  # the data says 40 cm
         ("Only €34.", "34 eur"),  # the data's price is in USD
         ("Save 90% today.", "90"),  # from the injected sentence: not a fact
+        ("Loved by over 34 million cooks.", "34 million"),  # the price is 34, not a user count
     ],
 )
 def test_invented_numbers_fail(text: str, bad: str) -> None:
