@@ -445,6 +445,14 @@ class Assistant:
                 language=language,
             )
             answer, template, version = fb.text, fb.template, fb.version
+            if top and not degraded_reason:
+                # The model ran but nothing it wrote could be served: the shopper gets the
+                # templated answer, and the response says so (a UI may offer a retry).
+                degraded_reason = (
+                    f"language: the model did not answer in the shopper's language ({language})"
+                    if wrong_language
+                    else "empty: nothing the model wrote passed the answer checks"
+                )
         suggested = not cited
         shown = [p for p in top if p.id in cited] if cited else top
         cards = [card(p, labels.label_of[p.id]) for p in shown]

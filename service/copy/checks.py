@@ -997,12 +997,55 @@ def title_copied(text: str, titles: Sequence[str]) -> str | None:
     return None
 
 
-def check_theme(text: str, titles: Sequence[str]) -> CheckResult:
-    """A headline names a theme for the whole set, not one of its titles."""
+_CJK_JOINERS = re.compile(r"[\s、，,与和及&/·:：]+")
+
+
+def categories_listed(text: str, categories: Sequence[str]) -> list[str]:
+    """The categories a headline names when it says nothing else ("Cafe, Coffee & Tea,
+    Cooking" for a mug, a grinder and a pan): at least two of the set's categories, and
+    every content word (English) or every character (Chinese) belongs to one of them.
+    A label copied from the data block, not a theme. [] when the headline says more."""
+    norm = normalise_text(text)
+    words = [w for w in re.findall(r"[a-z0-9']+", norm) if w not in _FUNCTION_WORDS]
+    cjk = "".join(_CJK_RE.findall(norm))
+    named: list[str] = []
+    if words and not cjk:
+        forms: dict[str, set[str]] = {}
+        for c in categories:
+            for w in re.findall(r"[a-z0-9']+", normalise_text(c)):
+                if w not in _FUNCTION_WORDS:
+                    forms.setdefault(c, set()).update(_variants(w))
+        if all(any(w in f for f in forms.values()) for w in words):
+            named = [c for c, f in forms.items() if any(w in f for w in words)]
+    elif cjk:
+        rest = norm
+        for c in sorted(categories, key=len, reverse=True):
+            c_norm = normalise_text(c)
+            if c_norm and c_norm in rest:
+                named.append(c)
+                rest = rest.replace(c_norm, " ")
+        if _CJK_JOINERS.sub("", rest):
+            named = []
+    return named if len(named) >= 2 else []
+
+
+def check_theme(
+    text: str, titles: Sequence[str], categories: Sequence[str] = ()
+) -> CheckResult:
+    """A headline names a theme for the whole set: not one of its titles, not a list of
+    its categories."""
     copied = title_copied(text, titles)
     if copied is not None:
         return CheckResult(
             "theme", False, f"the headline is a product title, not a theme: {copied}", (copied,)
+        )
+    listed = categories_listed(text, categories)
+    if listed:
+        return CheckResult(
+            "theme",
+            False,
+            "the headline only lists the set's categories, not a theme: " + ", ".join(listed),
+            tuple(listed),
         )
     return CheckResult("theme", True)
 
@@ -1019,6 +1062,7 @@ def run_checks(
     claims: Sequence[str] = (),
     prompt_grams: tuple[frozenset, frozenset] | None = None,
     titles: Sequence[str] = (),
+    categories: Sequence[str] = (),
 ) -> list[CheckResult]:
     """Every check, in the order a retry prompt lists them. `claims`: praise allowed only
     where the data says it; `prompt_grams` (echo_grams of the prompt): what an echo copies."""
@@ -1040,7 +1084,7 @@ def run_checks(
     if keywords:
         results.append(check_keywords(text, keywords))
     if titles:  # a headline: the titles of its items and of the shopper's interests
-        results.append(check_theme(text, titles))
+        results.append(check_theme(text, titles, categories))
     return results
 
 

@@ -107,6 +107,13 @@ def prompt_limit(limit: int | None) -> int | None:
     return None if limit is None else max(1, round(limit * PROMPT_LIMIT_SHARE))
 
 
+def theme_categories(products: Sequence[Product]) -> list[str]:
+    """A headline set's categories as the data block shows them, with their Chinese
+    names: what a headline that only lists categories copies."""
+    cats = distinct_interests([p.category for p in products if p.category])
+    return cats + [ZH_CATEGORY[c.lower()] for c in cats if c.lower() in ZH_CATEGORY]
+
+
 @dataclass
 class Draft:
     """One text in the making: what to ask, how to judge it, and what came back."""
@@ -139,6 +146,8 @@ class Draft:
     history: list[dict[str, Any]] = field(default_factory=list)
     # A headline's item and interest titles: it must name a theme, not copy one of them.
     titles: list[str] = field(default_factory=list)
+    # A headline's set categories (English and Chinese names): listing them is no theme.
+    categories: list[str] = field(default_factory=list)
     # The served text is the templated fallback (a headline whose every attempt failed).
     fallback: bool = False
 
@@ -297,6 +306,7 @@ class CopyWriter:
                 if row.task == "headline"
                 else ()
             ),
+            categories=theme_categories(products) if row.task == "headline" else (),
         )
         return {c.name: c.as_dict() for c in checks}
 
@@ -386,6 +396,7 @@ class CopyWriter:
             headline, draft.facts, language=lang, limits=draft.limits,
             banned=self.settings.banned_claims, topic=False,
             claims=self.settings.unsupported_claims, titles=draft.titles,
+            categories=draft.categories,
         )  # fmt: skip
         notes = []
         for p, note in zip(products, res.data["notes"], strict=True):
@@ -602,6 +613,7 @@ class CopyWriter:
                 templates=versions,
                 topic_check=False,
                 titles=[p.title for p in products] + list(interests),
+                categories=theme_categories(products),
             )
             for v in range(req.variants)
         ]
@@ -683,6 +695,7 @@ class CopyWriter:
                         claims=self.settings.unsupported_claims,
                         prompt_grams=grams,
                         titles=d.titles,
+                        categories=d.categories,
                     )
                     cut = g.finish_reason == "length" and d.text == clean_output(
                         g.text, single_line=d.limits.single_line
@@ -719,6 +732,7 @@ class CopyWriter:
             text, d.facts, language=d.language, limits=d.limits,
             banned=self.settings.banned_claims, topic=False,
             claims=self.settings.unsupported_claims, titles=d.titles,
+            categories=d.categories,
         )  # fmt: skip
         if all(c.ok for c in checks):
             d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})

@@ -105,7 +105,8 @@ def test_still_the_wrong_language_serves_the_templated_answer_in_the_shoppers(
     _tokens, final = run_turn(assistant.stream("推荐一款适合露营的帐篷"))
     assert len(llm.prompts) == 2
     answer = final["answer"]
-    assert final["template"] == "assistant_fallback" and not final["degraded"]
+    assert final["template"] == "assistant_fallback" and final["degraded"]
+    assert final["degraded_reason"].startswith("language:"), final["degraded_reason"]
     assert answer.startswith("这些商品符合“推荐一款适合露营的帐篷”")
     assert [f["kind"] for f in final["flags"]] == ["language", "language"]
     shown = rs.store.get_products([p["id"] for p in final["products"]])

@@ -43,7 +43,10 @@ def test_every_product_in_every_final_event_exists(
     turns: dict[str, Turn], catalogue_ids: set[str]
 ) -> None:
     for name, (_, final) in turns.items():
-        assert not final["degraded"], (name, final["degraded_reason"])
+        # The model ran: degraded only where the templated answer replaced what it wrote.
+        reason = final["degraded_reason"]
+        assert final["degraded"] == (final["template"] == "assistant_fallback"), (name, reason)
+        assert reason is None or reason.startswith(("empty:", "language:")), (name, reason)
         shown = {c["id"] for c in final["products"]}
         assert final["products"] and shown <= catalogue_ids, name
         assert set(final["cited"]) <= shown, name

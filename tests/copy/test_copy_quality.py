@@ -397,6 +397,32 @@ def test_a_repeating_headline_is_caught_and_the_fallback_is_served(
     assert "repetition" in h.meta["failed_attempts"][-1]["failed"]
 
 
+def test_a_headline_that_only_lists_the_sets_categories_is_no_theme(
+    settings: Settings, quiet_catalog: CatalogStore
+) -> None:
+    """The 0.5B writer answered the set [kit-0001, cof-0001, kit-0002] with "Cafe, Coffee &
+    Tea, Cooking": the data block's category line, copied. It fails the theme check and is
+    retried; a headline that says something beside a category is a theme."""
+    cats = ["Cafe", "Coffee & Tea", "Cooking"]
+    for label in ("Cafe, Coffee & Tea, Cooking", "Coffee & Tea and Cooking", "Cooking, Cafes"):
+        result = check_theme(label, [], cats)
+        assert not result.ok and "categories" in result.detail, label
+    for theme in ("Slow Mornings: Coffee & Cooking", "More to explore: cafe and cooking", "Tea"):
+        assert check_theme(theme, [], cats).ok, theme
+    assert not check_theme("厨房、茶具", [], ["Kitchen", "厨房", "茶具"]).ok
+    assert check_theme("为你挑选：厨房、茶具", [], ["厨房", "茶具"]).ok
+    assert check_theme("厨房里的慢时光", [], ["厨房", "茶具"]).ok
+
+    llm = FakeLLM(replies=("Kitchen, Coffee", "Coffee mornings in your kitchen"))
+    w = _writer(settings, quiet_catalog, llm)
+    req = HeadlineRequest(product_ids=["cof-0001", "kit-0006"], regenerate=True)
+    res = w.headline(req)
+    first = res.headline.meta["failed_attempts"][0]
+    assert first["text"] == "Kitchen, Coffee" and first["failed"] == ["theme"], res.headline
+    assert res.headline.passed and res.headline.text == "Coffee mornings in your kitchen"
+    assert "or a list of their categories" in llm.prompts[0][-1]["content"]
+
+
 SKILLET = Product(
     id="kit-0002",
     title="Cast Iron Skillet with Helper Handle, 30 cm",
