@@ -1029,9 +1029,7 @@ def categories_listed(text: str, categories: Sequence[str]) -> list[str]:
     return named if len(named) >= 2 else []
 
 
-def check_theme(
-    text: str, titles: Sequence[str], categories: Sequence[str] = ()
-) -> CheckResult:
+def check_theme(text: str, titles: Sequence[str], categories: Sequence[str] = ()) -> CheckResult:
     """A headline names a theme for the whole set: not one of its titles, not a list of
     its categories."""
     copied = title_copied(text, titles)
