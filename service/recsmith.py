@@ -79,10 +79,10 @@ class Recsmith:
             self.index_dir,
             self.encoder.dim,
             self.encoder.model_id,
-            s.index_kind,
-            s.index_faiss_threshold,
-            s.index_ivf_threshold,
-            s.index_ivf_nprobe,
+            kind=s.index_kind,
+            faiss_threshold=s.index_faiss_threshold,
+            ivf_threshold=s.index_ivf_threshold,
+            ivf_nprobe=s.index_ivf_nprobe,
         )
 
     @cached_property

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -27,6 +28,16 @@ def _one_blas_thread():  # noqa: ANN202 - a threadpoolctl context manager
     """A single query is one matrix-vector product: BLAS threads only add sync cost (measured
     on 2 cores: 2.4 ms vs 8 ms p50 at 10k items)."""
     return _threadpools.limit(limits=1, user_api="blas")
+
+
+class IndexParams(TypedDict, total=False):
+    """How the in-process index searches (defaults: DenseIndex's constructor). One bundle
+    passed by keyword through MemoryVectorIndex and load() to the DenseIndex that uses it."""
+
+    kind: str  # "auto" (exact, then FAISS past faiss_threshold) | "exact" | "faiss"
+    faiss_threshold: int
+    ivf_threshold: int
+    ivf_nprobe: int
 
 
 class DenseIndex:
@@ -306,17 +317,10 @@ class DenseIndex:
 
     @classmethod
     def load(
-        cls,
-        directory: Path,
-        dim: int,
-        model_id: str,
-        kind: str = "auto",
-        threshold: int = 50_000,
-        ivf_threshold: int = 200_000,
-        ivf_nprobe: int = 32,
+        cls, directory: Path, dim: int, model_id: str, **params: Unpack[IndexParams]
     ) -> DenseIndex:
         """The codes (flat or IVF) are not persisted: they are rebuilt on the first search."""
-        index = cls(dim, kind, threshold, ivf_threshold, ivf_nprobe)
+        index = cls(dim, **params)
         meta_path, vec_path = directory / "dense.json", directory / "dense.npy"
         if not (meta_path.exists() and vec_path.exists()):
             return index

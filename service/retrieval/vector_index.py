@@ -15,15 +15,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
 from service.catalog.models import Product
-from service.retrieval.dense import DenseIndex
+from service.retrieval.dense import DenseIndex, IndexParams
 from service.retrieval.filters import Filters, filters_active
 
 Hits = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class VectorQuery:
+    """One search as an implementation receives it: k > 0, the excluded ids unique and
+    sorted (a stable SQL parameter)."""
+
+    vector: np.ndarray
+    k: int
+    filters: Filters | None
+    excluded: tuple[str, ...]
 
 
 class VectorIndex(ABC):
@@ -49,7 +62,6 @@ class VectorIndex(ABC):
     def vector(self, pid: str) -> np.ndarray | None:
         return self.vectors([pid]).get(pid)
 
-    @abstractmethod
     def search(
         self,
         query: np.ndarray,
@@ -59,6 +71,13 @@ class VectorIndex(ABC):
     ) -> Hits:
         """The k nearest allowed products, (id, cosine) best first; k of them whenever k
         allowed products exist."""
+        if k <= 0:
+            return []
+        return self._search(VectorQuery(query, k, filters, tuple(sorted(set(excluded)))))
+
+    @abstractmethod
+    def _search(self, q: VectorQuery) -> Hits:
+        """search() for an implementation, its arguments checked and bundled."""
 
     @abstractmethod
     def allowed(self, ids: Sequence[str], filters: Filters, excluded: Iterable[str]) -> set[str]:
@@ -109,33 +128,17 @@ class _Rows(DenseIndex):
 
 
 class MemoryVectorIndex(VectorIndex):
-    def __init__(
-        self,
-        dim: int,
-        kind: str = "auto",
-        faiss_threshold: int = 50_000,
-        ivf_threshold: int = 200_000,
-        ivf_nprobe: int = 32,
-    ) -> None:
+    def __init__(self, dim: int, **params: Unpack[IndexParams]) -> None:
         self.dim = dim
-        self.rows = _Rows(dim, kind, faiss_threshold, ivf_threshold, ivf_nprobe)
+        self.rows = _Rows(dim, **params)
         self._codes: dict[str, int] = {}
 
     @classmethod
     def load(
-        cls,
-        directory: Path,
-        dim: int,
-        model_id: str,
-        kind: str = "auto",
-        threshold: int = 50_000,
-        ivf_threshold: int = 200_000,
-        ivf_nprobe: int = 32,
+        cls, directory: Path, dim: int, model_id: str, **params: Unpack[IndexParams]
     ) -> MemoryVectorIndex:
-        index = cls(dim, kind, threshold, ivf_threshold, ivf_nprobe)
-        index.rows = _Rows.load(  # type: ignore[assignment]
-            directory, dim, model_id, kind, threshold, ivf_threshold, ivf_nprobe
-        )
+        index = cls(dim)
+        index.rows = _Rows.load(directory, dim, model_id, **params)  # type: ignore[assignment]
         index.rows.columns["cat"][:] = -1  # filled by set_columns (the full sync)
         return index
 
@@ -245,11 +248,5 @@ class MemoryVectorIndex(VectorIndex):
         ok = self.allows(filters, set(excluded))
         return {i for i in ids if ok(i)}
 
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        filters: Filters | None = None,
-        excluded: Iterable[str] = (),
-    ) -> Hits:
-        return self.rows.search(query, k, self.mask(filters, excluded))  # type: ignore[misc]
+    def _search(self, q: VectorQuery) -> Hits:
+        return self.rows.search(q.vector, q.k, self.mask(q.filters, q.excluded))  # type: ignore[misc]

@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from service.catalog.models import Product
 from service.config import ConfigError
 from service.retrieval.filters import Filters, filters_active
-from service.retrieval.vector_index import Hits, VectorIndex
+from service.retrieval.vector_index import Hits, VectorIndex, VectorQuery
 from service.retrieval.vector_index_tables import ProductVectorRow
 
 EF_MAX = 1000  # pgvector's upper bound of hnsw.ef_search
@@ -195,26 +195,17 @@ class PgVectorIndex(VectorIndex):
         rows = float(plan[0]["Plan"]["Plan Rows"])
         return rows, float(total) if total and total > 0 else rows
 
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        filters: Filters | None = None,
-        excluded: Iterable[str] = (),
-    ) -> Hits:
-        if k <= 0:
-            return []
-        excluded = sorted(set(excluded))
-        ef = max(self.ef_search, k)
-        if filters_active(filters):
-            matching, total = self.estimate(filters)
+    def _search(self, q: VectorQuery) -> Hits:
+        ef = max(self.ef_search, q.k)
+        if filters_active(q.filters):
+            matching, total = self.estimate(q.filters)
             share = max(matching, 1.0) / max(total, matching, 1.0)
-            ef = max(ef, math.ceil(self.filter_margin * k / share))
+            ef = max(ef, math.ceil(self.filter_margin * q.k / share))
             cheaper = ef > EF_MAX or matching <= self.exact_per_ef * ef
             if matching <= self.exact_below and cheaper:
-                return self.exact(query, k, filters, excluded)
-        ef = min(ef + len(excluded), EF_MAX)
-        where, params = self._where(filters, excluded)
+                return self.exact(q)
+        ef = min(ef + len(q.excluded), EF_MAX)
+        where, params = self._where(q.filters, q.excluded)
         sql = (
             f"SELECT v.product_id, 1 - {self._dist} AS score FROM product_vectors v "
             f"JOIN products p ON p.id = v.product_id WHERE {where} "
@@ -224,22 +215,16 @@ class PgVectorIndex(VectorIndex):
             c.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
             hits = [
                 (pid, float(s))
-                for pid, s in c.execute(text(sql), {**params, "q": _literal(query), "k": k})
+                for pid, s in c.execute(text(sql), {**params, "q": _literal(q.vector), "k": q.k})
             ]
-        if len(hits) < k and filters_active(filters):
-            return self.exact(query, k, filters, excluded)  # the graph ran dry: be exact
+        if len(hits) < q.k and filters_active(q.filters):
+            return self.exact(q)  # the graph ran dry: be exact
         return hits
 
-    def exact(
-        self,
-        query: np.ndarray,
-        k: int,
-        filters: Filters | None = None,
-        excluded: Iterable[str] = (),
-    ) -> Hits:
+    def exact(self, q: VectorQuery) -> Hits:
         """Exact search (no graph): the ground truth, and the plan for selective filters.
         `+ 0` keeps the planner off the HNSW index."""
-        where, params = self._where(filters, sorted(set(excluded)))
+        where, params = self._where(q.filters, q.excluded)
         sql = (
             f"SELECT v.product_id, 1 - {self._dist} AS score FROM product_vectors v "
             f"JOIN products p ON p.id = v.product_id WHERE {where} "
@@ -250,7 +235,7 @@ class PgVectorIndex(VectorIndex):
             # whole vector table (measured 77 ms vs 15 ms for 1,000 of 50k rows).
             c.execute(text("SET LOCAL enable_hashjoin = off"))
             c.execute(text("SET LOCAL enable_mergejoin = off"))
-            rows = c.execute(text(sql), {**params, "q": _literal(query), "k": k})
+            rows = c.execute(text(sql), {**params, "q": _literal(q.vector), "k": q.k})
             return [(pid, float(s)) for pid, s in rows]
 
     def allowed(self, ids: Sequence[str], filters: Filters, excluded: Iterable[str]) -> set[str]:

@@ -123,7 +123,7 @@ def test_below_the_ivf_threshold_the_flat_scan_is_unchanged() -> None:
 def test_the_ivf_is_rebuilt_after_load(tmp_path: Path) -> None:
     vecs = clustered()
     ivf_index(vecs).save(tmp_path, "m")
-    ix = DenseIndex.load(tmp_path, DIM, "m", "auto", 500, 1000, 8)
+    ix = DenseIndex.load(tmp_path, DIM, "m", faiss_threshold=500, ivf_threshold=1000, ivf_nprobe=8)
     assert ix._faiss is None
     assert recall(ix, vecs) >= 0.95
     assert isinstance(ix._faiss, faiss.IndexIVFScalarQuantizer)

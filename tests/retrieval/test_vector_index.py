@@ -206,9 +206,9 @@ def test_pgvector_broad_filter_runs_on_the_graph_narrow_one_exactly(  # noqa: AN
     exact = index.exact
     calls: list[Filters | None] = []
 
-    def counting(query, k, filters=None, excluded=()):  # noqa: ANN001, ANN202
-        calls.append(filters)
-        return exact(query, k, filters, excluded)
+    def counting(q):  # noqa: ANN001, ANN202
+        calls.append(q.filters)
+        return exact(q)
 
     monkeypatch.setattr(index, "exact", counting)
     broad, narrow = Filters(in_stock_only=True), Filters(categories=["Books"], max_price=40)
