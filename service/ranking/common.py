@@ -14,7 +14,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
@@ -181,18 +181,61 @@ def call_with_budget(fn: Callable[[], T], timeout_s: float | None) -> T:
     return box["value"]
 
 
+class RerankerOptions(TypedDict, total=False):
+    """The options every LLM reranker takes (defaults: LLMReranker's constructor); a
+    subclass adds its own and passes these on by keyword."""
+
+    window: int  # candidates per prompt (one label each)
+    passes: int  # seeded shuffles of the candidates, aggregated
+    seed: int
+    max_history: int  # the shopper's most recent items shown
+    timeout_s: float | None  # the budget of one `rank` call
+
+
+@dataclass
+class RankJob:
+    """One `rank` call as an implementation's `_rank` gets it: the deduplicated shortlist
+    (two or more), their products, and when the call's time budget ends (None: no limit)."""
+
+    user: UserContext
+    candidates: list[Candidate]
+    products: dict[str, Product]
+    deadline: float | None
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+
 class LLMReranker(Reranker):
     """Shared `rank`: trivial lists skip the model; any failure (LLMError, timeout,
     unparseable output, a model that will not load) serves the retrieval order, degraded."""
 
     name: str
     template_name: str
+    min_window = 2
+    window_note = ""  # why the window is bounded, for the error
 
-    def __init__(self, llm: LLM | Callable[[], LLM], timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        llm: LLM | Callable[[], LLM],
+        *,
+        window: int = DEFAULT_WINDOW,
+        passes: int = 1,
+        seed: int = 0,
+        max_history: int = 8,
+        timeout_s: float | None = None,
+    ) -> None:
+        if not self.min_window <= window <= len(ALL_LABELS):
+            raise ValueError(
+                f"window must be between {self.min_window} and {len(ALL_LABELS)}{self.window_note}"
+            )
+        if passes < 1:
+            raise ValueError("passes must be >= 1")
         self._llm_or_loader = llm
         self._llm: LLM | None = llm if isinstance(llm, LLM) else None
         self._load_lock = threading.Lock()
-        self.timeout_s = timeout_s
+        self.window, self.passes, self.seed = window, passes, seed
+        self.max_history, self.timeout_s = max_history, timeout_s
 
     @property
     def llm(self) -> LLM:
@@ -220,7 +263,7 @@ class LLMReranker(Reranker):
             if len(cands) <= 1:  # nothing to order: no model call
                 result = retrieval_order(cands, self.name)
             else:
-                result = self._rank(user, cands, products, deadline)
+                result = self._rank(RankJob(user, cands, products, deadline))
         except Exception as e:  # noqa: BLE001 - the contract: never raise for model trouble
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             result = retrieval_order(cands, self.name, reason=reason[:500])
@@ -232,15 +275,5 @@ class LLMReranker(Reranker):
         result.latency_s = time.perf_counter() - t0
         return result
 
-    @staticmethod
-    def remaining(deadline: float | None) -> float | None:
-        return None if deadline is None else deadline - time.perf_counter()
-
     @abstractmethod
-    def _rank(
-        self,
-        user: UserContext,
-        candidates: list[Candidate],
-        products: dict[str, Product],
-        deadline: float | None,
-    ) -> RankResult: ...
+    def _rank(self, job: RankJob) -> RankResult: ...

@@ -16,18 +16,18 @@ aggregates by Borda (mean rank points in [0, 1]).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
-from service.catalog.models import Product
 from service.llm.base import LLM, GenParams, Message
 from service.llm.log import log_context
 from service.prompts import Rendered
 from service.ranking.base import RankResult, UserContext, retrieval_order
 from service.ranking.common import (
     ALL_LABELS,
-    DEFAULT_WINDOW,
     Item,
     LLMReranker,
+    RankJob,
+    RerankerOptions,
     UnparseableOutput,
     aggregate,
     call_with_budget,
@@ -42,7 +42,6 @@ from service.ranking.parse import (
     ParsedRanking,
     parse_ranking,
 )
-from service.retrieval.retriever import Candidate
 
 TEMPLATE = "rank_reasoning"
 
@@ -87,29 +86,15 @@ class ReasoningReranker(LLMReranker):
         self,
         llm: LLM | Callable[[], LLM],
         *,
-        window: int = DEFAULT_WINDOW,
-        passes: int = 1,
-        seed: int = 0,
         max_tokens: int = 192,
         top_reasons: int = 3,
-        max_history: int = 8,
-        timeout_s: float | None = None,
+        **options: Unpack[RerankerOptions],
     ) -> None:
-        super().__init__(llm, timeout_s)
-        if not 2 <= window <= len(ALL_LABELS):
-            raise ValueError(f"window must be between 2 and {len(ALL_LABELS)}")
-        if passes < 1:
-            raise ValueError("passes must be >= 1")
-        self.window, self.passes, self.seed = window, passes, seed
-        self.max_tokens, self.top_reasons, self.max_history = max_tokens, top_reasons, max_history
+        super().__init__(llm, **options)
+        self.max_tokens, self.top_reasons = max_tokens, top_reasons
 
-    def _rank(
-        self,
-        user: UserContext,
-        candidates: list[Candidate],
-        products: dict[str, Product],
-        deadline: float | None,
-    ) -> RankResult:
+    def _rank(self, job: RankJob) -> RankResult:
+        user, candidates, products = job.user, job.candidates, job.products
         head, tail = candidates[: self.window], candidates[self.window :]
         n = len(head)
         labels = list(ALL_LABELS[:n])
@@ -127,9 +112,7 @@ class ReasoningReranker(LLMReranker):
         )
         with log_context(template=TEMPLATE, template_version=self.template_version()):
             # self.llm inside: a first call may load the model, within the budget too
-            gens = call_with_budget(
-                lambda: self.llm.generate(prompts, params), self.remaining(deadline)
-            )
+            gens = call_with_budget(lambda: self.llm.generate(prompts, params), job.remaining())
         if len(gens) != len(prompts):
             raise UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
 

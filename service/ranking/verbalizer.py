@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
@@ -35,9 +35,10 @@ from service.ranking.base import RankResult, UserContext
 from service.ranking.blend import RerankBlend
 from service.ranking.common import (
     ALL_LABELS,
-    DEFAULT_WINDOW,
     Item,
     LLMReranker,
+    RankJob,
+    RerankerOptions,
     UnparseableOutput,
     aggregate,
     call_with_budget,
@@ -98,33 +99,25 @@ class VerbalizerReranker(LLMReranker):
     name = "verbalizer"
     template_name = TEMPLATE
 
+    min_window = 3
+    window_note = " (single-token labels)"
+
     def __init__(
         self,
         llm: LLM | Callable[[], LLM],
         *,
-        window: int = DEFAULT_WINDOW,
         anchors: int = 4,
-        passes: int = 1,
-        seed: int = 0,
         aggregate: str = "mean",
-        max_history: int = 8,
-        timeout_s: float | None = None,
         blend: RerankBlend | None = None,
+        **options: Unpack[RerankerOptions],
     ) -> None:
-        super().__init__(llm, timeout_s)
+        super().__init__(llm, **options)
         # Fitted on the validation target (service/ranking/blend.py): the LLM's scores mixed
         # with the shortlist's, weight 0 = the shortlist order. None: the LLM's order.
         self.blend = blend
-        if not 3 <= window <= len(ALL_LABELS):
-            raise ValueError(
-                f"window must be between 3 and {len(ALL_LABELS)} (single-token labels)"
-            )
-        if passes < 1:
-            raise ValueError("passes must be >= 1")
         if aggregate not in ("mean", "borda"):
             raise ValueError("aggregate must be 'mean' or 'borda'")
-        self.window, self.anchors, self.passes, self.seed = window, anchors, passes, seed
-        self.how, self.max_history = aggregate, max_history
+        self.anchors, self.how = anchors, aggregate
 
     def plan(
         self, user: UserContext, candidates: list[Candidate], products: dict[str, Product]
@@ -201,14 +194,9 @@ class VerbalizerReranker(LLMReranker):
             timings["prompts"] = timings.get("prompts", 0) + len(prompts)
         return out
 
-    def _rank(
-        self,
-        user: UserContext,
-        candidates: list[Candidate],
-        products: dict[str, Product],
-        deadline: float | None,
-    ) -> RankResult:
-        plan = self.plan(user, candidates, products)
+    def _rank(self, job: RankJob) -> RankResult:
+        candidates = job.candidates
+        plan = self.plan(job.user, candidates, job.products)
         prompts = plan.prompts
         labels = list(ALL_LABELS[: max(len(idxs) for _, idxs in plan.jobs)])
 
@@ -219,7 +207,7 @@ class VerbalizerReranker(LLMReranker):
             return llm.choice_logprobs_batch(prompts, labels)  # all windows and passes at once
 
         with log_context(template=TEMPLATE, template_version=self.template_version()):
-            lps = call_with_budget(score, self.remaining(deadline))
+            lps = call_with_budget(score, job.remaining())
         scores = self.combine(plan, lps)
         if self.blend is not None:
             scores = self.blend.scores([c.score for c in candidates], scores)
