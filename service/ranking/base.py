@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,20 @@ class RankResult:
     template_version: str | None = None
     latency_s: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)  # passes, windows, parse notes, …
+
+
+@dataclass
+class RankJob:
+    """One `rank` call as an implementation's `_rank` gets it: the deduplicated shortlist
+    (two or more), their products, and when the call's time budget ends (None: no limit)."""
+
+    user: UserContext
+    candidates: list[Candidate]
+    products: dict[str, Product]
+    deadline: float | None
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.perf_counter()
 
 
 class Reranker(ABC):

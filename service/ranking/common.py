@@ -19,7 +19,7 @@ from typing import Any, TypedDict, TypeVar
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
 from service.prompts import Rendered, library, render
-from service.ranking.base import RankResult, Reranker, UserContext, retrieval_order
+from service.ranking.base import RankJob, RankResult, Reranker, UserContext, retrieval_order
 from service.retrieval.retriever import Candidate
 
 logger = logging.getLogger(__name__)
@@ -190,20 +190,6 @@ class RerankerOptions(TypedDict, total=False):
     seed: int
     max_history: int  # the shopper's most recent items shown
     timeout_s: float | None  # the budget of one `rank` call
-
-
-@dataclass
-class RankJob:
-    """One `rank` call as an implementation's `_rank` gets it: the deduplicated shortlist
-    (two or more), their products, and when the call's time budget ends (None: no limit)."""
-
-    user: UserContext
-    candidates: list[Candidate]
-    products: dict[str, Product]
-    deadline: float | None
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.perf_counter()
 
 
 class LLMReranker(Reranker):

@@ -21,12 +21,11 @@ from typing import Any, Unpack
 from service.llm.base import LLM, GenParams, Message
 from service.llm.log import log_context
 from service.prompts import Rendered
-from service.ranking.base import RankResult, UserContext, retrieval_order
+from service.ranking.base import RankJob, RankResult, UserContext, retrieval_order
 from service.ranking.common import (
     ALL_LABELS,
     Item,
     LLMReranker,
-    RankJob,
     RerankerOptions,
     UnparseableOutput,
     aggregate,

@@ -31,13 +31,12 @@ from service.catalog.models import Product
 from service.llm.base import LLM, Message
 from service.llm.log import log_context
 from service.prompts import Rendered
-from service.ranking.base import RankResult, UserContext
+from service.ranking.base import RankJob, RankResult, UserContext
 from service.ranking.blend import RerankBlend
 from service.ranking.common import (
     ALL_LABELS,
     Item,
     LLMReranker,
-    RankJob,
     RerankerOptions,
     UnparseableOutput,
     aggregate,
