@@ -16,8 +16,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.registry import Collector
@@ -99,53 +100,60 @@ if MULTIPROC is not None:
 # them too would report this worker's values twice.
 _REG: CollectorRegistry | None = None if MULTIPROC is not None else REGISTRY
 
-HTTP_REQUESTS = Counter(
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def _metric(kind: type[M], name: str, doc: str, labels: Sequence[str] = (), **kw: Any) -> M:
+    """A metric registered in this process's registry (_REG: none in multiprocess mode)."""
+    return kind(name, doc, labels, registry=_REG, **kw)
+
+
+HTTP_REQUESTS = _metric(
+    Counter,
     "recsmith_http_requests",
     "HTTP requests by method, route template and status",
     ["method", "route", "status"],
-    registry=_REG,
 )
-HTTP_LATENCY = Histogram(
+HTTP_LATENCY = _metric(
+    Histogram,
     "recsmith_http_request_duration_seconds",
     "HTTP request latency by route template (until the response starts for streams)",
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-    registry=_REG,
 )
-HTTP_IN_FLIGHT = Gauge(
+HTTP_IN_FLIGHT = _metric(
+    Gauge,
     "recsmith_http_requests_in_flight",
     "Requests being served",
-    registry=_REG,
     multiprocess_mode="livesum",  # summed over live workers; a dead one's are dropped
 )
-LLM_CALLS = Counter(
+LLM_CALLS = _metric(
+    Counter,
     "recsmith_llm_calls",
     "Language model calls (one per prompt) by backend, model, kind and outcome",
     ["backend", "model", "kind", "outcome"],
-    registry=_REG,
 )
-LLM_TOKENS = Counter(
+LLM_TOKENS = _metric(
+    Counter,
     "recsmith_llm_tokens",
     "Language model tokens by direction (prompt | completion)",
     ["backend", "model", "direction"],
-    registry=_REG,
 )
-LLM_LATENCY = Histogram(
+LLM_LATENCY = _metric(
+    Histogram,
     "recsmith_llm_call_duration_seconds",
     "Language model call latency (a batched call counts once per prompt)",
     ["backend", "kind"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    registry=_REG,
 )
-RECOMMENDATIONS = Counter(
-    "recsmith_recommendations", "Recommendation responses by rerank mode", ["rerank"],
-    registry=_REG,
-)  # fmt: skip
-DEGRADED = Counter(
+RECOMMENDATIONS = _metric(
+    Counter, "recsmith_recommendations", "Recommendation responses by rerank mode", ["rerank"]
+)
+DEGRADED = _metric(
+    Counter,
     "recsmith_degraded_responses",
     "Responses served degraded (a model stage failed; fallback served) by route and stage",
     ["route", "stage"],
-    registry=_REG,
 )
 
 
