@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from service.catalog.models import Product
@@ -104,18 +105,26 @@ class IndexState:
         self, products: Sequence[Product]
     ) -> tuple[int, int, list[str], IndexReport | None]:
         """A product write, complete when it returns (a dense search finds the products):
-        the changed texts are encoded first, with no lock held (Indexer.prepare); then one
-        store transaction writes the products, the change log and, with pgvector, their
-        vectors; then this process's indexes take the prepared vectors (no second encode).
+        the changed texts are encoded with no lock held (Indexer.prepare; beside the
+        transaction's first statements on PostgreSQL); one store transaction writes the
+        products, the change log and, with pgvector, their vectors, and commits once they are
+        encoded; then this process's indexes take the prepared vectors (no second encode).
         Returns the store's (inserted, updated, changed ids) and the index report."""
         rs = self.rs
         if not rs.synced:  # the first write of a process indexes everything once anyway
             inserted, updated, changed = rs.store.upsert_products(products)
             return inserted, updated, changed, self.apply_changes() if changed else None
         calls = rs.encoder.model_calls
-        fresh = rs.indexer.prepare(products)
-        hook = rs.indexer.in_transaction(products, fresh)
-        inserted, updated, changed = rs.store.upsert_products(products, hook)
+        # PostgreSQL: the text is encoded while the transaction sends its statements (torch
+        # and the socket wait both release the GIL); the transaction waits for it before it
+        # commits. SQLite: encoded first, as its write lock is the whole database's.
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(rs.indexer.prepare, products)
+            if rs.store.engine.dialect.name != "postgresql":
+                job.result()
+            hook = rs.indexer.in_transaction(products, job)
+            inserted, updated, changed = rs.store.upsert_products(products, hook)
+            fresh = job.result()
         if not changed:
             return inserted, updated, changed, None
         with self.lock.write():

@@ -211,17 +211,25 @@ class CatalogStore:
         """(newest seq read, product ids written or deleted after `seq`, complete): complete
         is False when the log no longer reaches back to `seq` (pruned), so the caller must
         compare the whole catalogue instead."""
-        with session_scope(self.engine) as s:
-            oldest = s.scalar(select(func.min(CatalogChangeRow.seq)))
-            rows = s.execute(
-                select(CatalogChangeRow.seq, CatalogChangeRow.product_id)
-                .where(CatalogChangeRow.seq > seq)
-                .order_by(CatalogChangeRow.seq)
-                .limit(limit)
-            ).all()
-        complete = (oldest is None or oldest <= seq + 1) and len(rows) < limit
+        rows, complete = self.change_rows(seq, limit)
         newest = rows[-1][0] if rows else seq
         return newest, list(dict.fromkeys(pid for _, pid in rows)), complete
+
+    def change_rows(self, seq: int, limit: int = 100_000) -> tuple[list[tuple[int, str]], bool]:
+        """([(seq, product id)] after `seq` in order, complete) in one statement (a write's
+        incremental index path runs it every time); complete as in changes_since. With no
+        row after `seq` the log is complete: its oldest row would be one."""
+        oldest = select(func.min(CatalogChangeRow.seq)).scalar_subquery()
+        stmt = (
+            select(CatalogChangeRow.seq, CatalogChangeRow.product_id, oldest)
+            .where(CatalogChangeRow.seq > seq)
+            .order_by(CatalogChangeRow.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as c:
+            got = c.execute(stmt).all()
+        complete = not got or (got[0][2] <= seq + 1 and len(got) < limit)
+        return [(n, pid) for n, pid, _ in got], complete
 
     def prune_changes(self, keep: int = 1_000_000) -> int:
         """Drop all but the newest `keep` change rows (a process further behind than that

@@ -106,7 +106,11 @@ class EmbeddingCache:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False)
+        # WAL + synchronous=NORMAL: no fsync per commit (each upsert's new vector is one).
+        # A process crash loses nothing committed; an OS crash may lose the last entries of
+        # a cache, which only costs their re-encoding.
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS emb (model TEXT, h TEXT, v BLOB, PRIMARY KEY (model, h))"
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class Indexer:
         # Change-log entries re-read below the newest applied: PostgreSQL can commit
         # sequence numbers out of order (re-applying a change is idempotent).
         self.margin = margin
+        # Change-log seqs applied within that margin: re-read, they are skipped (else every
+        # write re-read and re-indexed the previous `margin` changes' products).
+        self._applied: set[int] = set()
         self.state_path = directory / "state.json"
         self.state: dict[str, str] = {}  # id -> content hash this process has indexed
         self.seq = 0  # the catalogue change applied last
@@ -90,13 +94,15 @@ class Indexer:
         return self.encoder.model_id
 
     def prepare(self, products: Sequence[Product]) -> dict[str, np.ndarray]:
-        """Vectors of a small write's products whose text differs from the stored one,
-        encoded before the write (no lock held), keyed by content hash; {} for a large
-        write (encoded after it, see PREPARE_MAX)."""
+        """Vectors of a small write's products whose text differs from the one this process
+        indexed (`state`: no database read), encoded before the write (no lock held), keyed
+        by content hash; {} for a large write (encoded after it, see PREPARE_MAX). Where
+        another process changed a text since, the write's own indexing step encodes what
+        `state` missed, and a vector encoded in vain is only time."""
         by_id = {p.id: p for p in products}
         if not by_id or len(by_id) > PREPARE_MAX:
             return {}
-        stored = self.store.content_hashes_of(by_id)
+        stored = self.state
         todo = {p.content_hash(): p for p in by_id.values() if stored.get(p.id) != p.content_hash()}
         if not todo:
             return {}
@@ -104,18 +110,22 @@ class Indexer:
         return dict(zip(todo, vecs, strict=True))
 
     def in_transaction(
-        self, products: Sequence[Product], fresh: Mapping[str, np.ndarray]
-    ) -> Callable[[Any, list[str]], None] | None:
-        """The store's in-transaction step for a database index: the written products'
-        prepared vectors go in with them (None for an in-process index)."""
-        if not fresh or not self.index.persistent:
-            return None
+        self,
+        products: Sequence[Product],
+        fresh: Mapping[str, np.ndarray] | Future[dict[str, np.ndarray]],
+    ) -> Callable[[Any, list[str]], None]:
+        """The store's in-transaction step: waits for the write's vectors (`prepare`, maybe
+        still running beside the transaction's statements: an encoding error rolls the
+        write back, as when it ran first); a database index writes them with the products."""
         by_id = {p.id: p for p in products}
 
         def write(session: Any, written: list[str]) -> None:
-            todo = [by_id[i] for i in written if by_id[i].content_hash() in fresh]
+            vectors = fresh.result() if isinstance(fresh, Future) else fresh
+            if not vectors or not self.index.persistent:
+                return
+            todo = [by_id[i] for i in written if by_id[i].content_hash() in vectors]
             if todo:
-                vecs = np.stack([fresh[p.content_hash()] for p in todo])
+                vecs = np.stack([vectors[p.content_hash()] for p in todo])
                 self.index.write_in(session, todo, vecs, self.model_id)
 
         return write
@@ -174,6 +184,9 @@ class Indexer:
         on_total: Callable[[int], None] | None = None,
     ) -> IndexReport:
         seq, _ = self.store.versions()  # read first: changes during the scan are re-applied
+        # Changes already committed are in the scan: the next write's step need not re-read
+        # them (one that commits later, out of order, is not among them: it is applied).
+        in_scan = [n for n, _ in self.store.change_rows(max(0, seq - self.margin))[0]]
         calls_before = self.encoder.model_calls
         hashes: dict[str, str] = {}
         columns = []
@@ -208,6 +221,7 @@ class Indexer:
         # Filter columns come from the store every time (a price changes without the text).
         self.index.set_columns(columns)
         self.seq = max(self.seq, seq)
+        self._applied.update(n for n in in_scan if n > self.seq - self.margin)
         if todo or removed or not self.state_path.exists():
             self.save()
         return IndexReport(
@@ -220,15 +234,21 @@ class Indexer:
         None when the log no longer reaches back that far (the caller runs `sync`).
         `fresh`: this process's write's vectors, prepared before it (by content hash: a
         product written again since by another process is encoded from what is stored)."""
-        newest, ids, complete = self.store.changes_since(max(0, self.seq - self.margin))
+        floor = max(0, self.seq - self.margin)
+        rows, complete = self.store.change_rows(floor)
         if not complete:
             return None
+        newest = rows[-1][0] if rows else floor
+        rows = [(n, pid) for n, pid in rows if n not in self._applied]
+        ids = list(dict.fromkeys(pid for _, pid in rows))
         calls_before = self.encoder.model_calls
         found = self.store.get_products(ids) if ids else {}
         encoded = self._index_products([found[i] for i in ids if i in found], fresh=fresh)
         removed = [i for i in ids if i not in found and (i in self.state or i in self.index)]
         self._remove(removed)
         self.seq = max(self.seq, newest)
+        self._applied = {n for n in self._applied if n > self.seq - self.margin}
+        self._applied.update(n for n, _ in rows if n > self.seq - self.margin)
         if ids and not self.index.persistent and len(self.state) <= self.save_below:
             self.save()
         return IndexReport(
