@@ -99,7 +99,7 @@ def _events(events: Iterator[dict[str, Any]], rid: str = "") -> Iterator[bytes]:
             "description": "The token stream (or, with stream=false, the final object)",
             "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
-        **error_responses(400, 401, 404, 413, 422),
+        **error_responses(400, 404),
     },
 )
 async def chat(body: ChatRequest, app: App, request: Request) -> Any:
@@ -133,9 +133,8 @@ async def chat(body: ChatRequest, app: App, request: Request) -> Any:
 
 @router.get(
     "/conversations/{conversation_id}",
-    response_model=Conversation,
     summary="A conversation with all its messages",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(404),
 )
 def conversation(
     conversation_id: Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN)],

@@ -62,7 +62,6 @@ def _export_row(r: Any) -> dict[str, Any]:
 @router.post(
     "/jobs",
     status_code=202,
-    response_model=CopyJob,
     summary="Start a batch copy job",
     description="Snapshots the products (a category, or all; at most `limit`) and writes "
     "their copy in batches on the server's job runner. Poll the job for progress. The same "
@@ -70,7 +69,7 @@ def _export_row(r: Any) -> dict[str, Any]:
     "at most `RECSMITH_COPY_MAX_ACTIVE_JOBS` jobs are queued or running at once (429 beyond).",
     responses={
         200: {"description": "The identical job already queued or running"},
-        **error_responses(400, 401, 413, 422, 429, 503),
+        **error_responses(400, 429, 503),
     },
 )
 def start_job(body: CopyJobCreate, app: App, response: Response) -> CopyJob:
@@ -83,21 +82,13 @@ def start_job(body: CopyJobCreate, app: App, response: Response) -> CopyJob:
     return CopyJob.from_domain(started.job, queued=started.queued)
 
 
-@router.get(
-    "/jobs",
-    response_model=list[CopyJob],
-    summary="Recent batch copy jobs, newest first",
-    responses=error_responses(401, 422),
-)
+@router.get("/jobs", summary="Recent batch copy jobs, newest first")
 def list_copy_jobs(app: App, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20) -> list[CopyJob]:
     return [CopyJob.from_domain(s) for s in app.list_copy_jobs(limit)]
 
 
 @router.get(
-    "/jobs/{job_id}",
-    response_model=CopyJob,
-    summary="A batch job's status and progress",
-    responses=error_responses(401, 404, 422),
+    "/jobs/{job_id}", summary="A batch job's status and progress", responses=error_responses(404)
 )
 def get_copy_job(job_id: JobId, app: App) -> CopyJob:
     return CopyJob.from_domain(app.get_copy_job(job_id))
@@ -105,21 +96,15 @@ def get_copy_job(job_id: JobId, app: App) -> CopyJob:
 
 @router.post(
     "/jobs/{job_id}/cancel",
-    response_model=CopyJob,
     summary="Cancel a batch job (it stops after the batch in flight)",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(404),
 )
 def cancel_copy_job(job_id: JobId, app: App) -> CopyJob:
     return CopyJob.from_domain(app.cancel_copy_job(job_id))
 
 
 # -- reading and export ---------------------------------------------------------------------
-@router.get(
-    "",
-    response_model=CopyPage,
-    summary="Stored copy, newest first, with filters",
-    responses=error_responses(401, 422),
-)
+@router.get("", summary="Stored copy, newest first, with filters")
 def list_copy(app: App, q: Annotated[CopyQuery, Query()]) -> CopyPage:
     items = app.list_copy(q.where(), limit=q.limit + 1, offset=q.offset)
     more = len(items) > q.limit
@@ -140,7 +125,6 @@ def list_copy(app: App, q: Annotated[CopyQuery, Query()]) -> CopyPage:
             "description": "The file",
             "content": {"text/csv": {}, "application/x-ndjson": {}},
         },
-        **error_responses(401, 422),
     },
 )
 def export_copy(
@@ -195,9 +179,8 @@ def export_copy(
 # -- writing --------------------------------------------------------------------------------
 @router.post(
     "/headline",
-    response_model=HeadlineWritten,
     summary="Write a theme headline for a set of products, with per-item fit scores",
-    responses=error_responses(400, 401, 404, 413, 422, 503),
+    responses=error_responses(400, 404, 503),
 )
 def write_headline(body: HeadlineGenerate, app: App) -> HeadlineWritten:
     return HeadlineWritten.of(app.headline(body))
@@ -205,13 +188,12 @@ def write_headline(body: HeadlineGenerate, app: App) -> HeadlineWritten:
 
 @router.post(
     "/{task}",
-    response_model=CopyGenerated,
     summary="Write a summary, title or blurb for products",
     description="Stored texts for the same request, model and prompt version are returned "
     "without a model call (`cached: true`) unless `regenerate` is set. Every text is "
     "checked (numbers, names, banned claims, length, language); a failed text is flagged "
     "with `failed_checks`.",
-    responses=error_responses(400, 401, 404, 413, 422, 503),
+    responses=error_responses(400, 404, 503),
 )
 def generate_copy(
     task: Annotated[ProductTask, Path(description="summary | title | blurb")],
@@ -224,24 +206,18 @@ def generate_copy(
 
 
 # -- one text -------------------------------------------------------------------------------
-@router.get(
-    "/{copy_id}",
-    response_model=CopyOut,
-    summary="One stored text",
-    responses=error_responses(401, 404, 422),
-)
+@router.get("/{copy_id}", summary="One stored text", responses=error_responses(404))
 def get_copy(copy_id: CopyId, app: App) -> CopyOut:
     return CopyOut.of(app.get_copy(copy_id))
 
 
 @router.post(
     "/{copy_id}/approve",
-    response_model=CopyOut,
     summary="Approve a text (optionally with an edit)",
     description="An edited text is checked like the model's; one that fails a check is "
     "refused with 422 naming the checks, and nothing is stored (save it with PATCH to keep "
     "it as a flagged draft).",
-    responses=error_responses(400, 401, 404, 422),
+    responses=error_responses(400, 404),
 )
 def approve_copy(copy_id: CopyId, app: App, body: CopyApprove | None = None) -> CopyOut:
     return CopyOut.of(app.approve_copy(copy_id, body.text if body else None))
@@ -249,9 +225,8 @@ def approve_copy(copy_id: CopyId, app: App, body: CopyApprove | None = None) -> 
 
 @router.post(
     "/{copy_id}/reject",
-    response_model=CopyOut,
     summary="Reject a text (it is not served again; the next identical request writes anew)",
-    responses=error_responses(400, 401, 404, 422),
+    responses=error_responses(400, 404),
 )
 def reject_copy(copy_id: CopyId, app: App, body: CopyReject | None = None) -> CopyOut:
     return CopyOut.of(app.reject_copy(copy_id, body.reason if body else ""))
@@ -259,9 +234,8 @@ def reject_copy(copy_id: CopyId, app: App, body: CopyReject | None = None) -> Co
 
 @router.patch(
     "/{copy_id}",
-    response_model=CopyOut,
     summary="Replace a text by a person's edit (re-checked; back to draft)",
-    responses=error_responses(400, 401, 404, 413, 422),
+    responses=error_responses(400, 404),
 )
 def edit_copy(copy_id: CopyId, body: CopyEdit, app: App) -> CopyOut:
     return CopyOut.of(app.edit_copy(copy_id, body.text))

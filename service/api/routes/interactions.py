@@ -13,12 +13,11 @@ router = APIRouter(prefix=f"{V1}/interactions", tags=["interactions"])
 
 @router.post(
     "",
-    response_model=AppendResult,
     summary="Append interaction events",
     description="Events for products the catalogue does not hold are reported in `errors` and "
     "skipped; the rest are appended (an exact duplicate — same user, product, event and "
     "time — is skipped silently). When no event is for a known product the answer is 422.",
-    responses=error_responses(400, 401, 413, 422),
+    responses=error_responses(400),
 )
 def append_interactions(body: InteractionsAppend, app: App) -> AppendResult:
     return AppendResult.from_domain(app.add_interactions(body.interactions), body.interactions)

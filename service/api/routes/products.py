@@ -52,12 +52,11 @@ def _fe(field: str, problem: str) -> FieldError:
 
 @router.post(
     "",
-    response_model=UpsertResult,
     summary="Insert or update products in bulk",
     description="Each item is validated on its own: good items are stored (and indexed), "
     "bad ones are listed in `errors` with the field and the problem. When no item is good "
     "the answer is 422.",
-    responses=error_responses(400, 401, 413, 422),
+    responses=error_responses(400),
 )
 def upsert_products(body: ProductsUpsert, app: App) -> UpsertResult:
     # Each item is parsed on its own here (the protocol's job); the good ones are stored.
@@ -77,11 +76,9 @@ def upsert_products(body: ProductsUpsert, app: App) -> UpsertResult:
 
 @router.get(
     "",
-    response_model=ProductPage,
     summary="List products, or search them by text",
     description="Without `q`: the catalogue in id order, paged. With `q`: dense + BM25 "
     "search results in relevance order, paged (at most 500 deep).",
-    responses=error_responses(401, 422),
 )
 def list_products(
     app: App,
@@ -95,12 +92,7 @@ def list_products(
     return ProductPage.from_domain(app.list_products(category, limit, offset))
 
 
-@router.get(
-    "/{product_id}",
-    response_model=Product,
-    summary="Get one product",
-    responses=error_responses(401, 404, 422),
-)
+@router.get("/{product_id}", summary="Get one product", responses=error_responses(404))
 def get_product(product_id: PathId, app: App) -> Product:
     return app.get_product(product_id)
 
@@ -110,7 +102,7 @@ def get_product(product_id: PathId, app: App) -> Product:
     status_code=204,
     response_class=Response,
     summary="Delete a product (and its interactions)",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(404),
 )
 def delete_product(product_id: PathId, app: App) -> Response:
     app.delete_product(product_id)
@@ -119,10 +111,9 @@ def delete_product(product_id: PathId, app: App) -> Response:
 
 @router.get(
     "/{product_id}/similar",
-    response_model=SimilarResponse,
     summary="Products similar to this one",
     description="Content similarity (dense) fused with co-interaction (bought/viewed together).",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(404),
 )
 def similar_products(
     product_id: PathId,

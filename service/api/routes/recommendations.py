@@ -14,13 +14,12 @@ router = APIRouter(prefix=V1, tags=["recommendations"])
 
 @router.post(
     "/recommendations",
-    response_model=RecommendationResponse,
     summary="Recommend products",
     description="For a known user, an explicit history, a query, or any mix of them. The "
     "retrieval shortlist is optionally reranked by the language model; if the model fails "
     "or is slow the shortlist order is served with `degraded: true` and the reason. "
     "`stages` lists what ran; `timings_ms` how long each stage took.",
-    responses=error_responses(400, 401, 404, 413, 422),
+    responses=error_responses(400, 404),
 )
 def recommendations(
     body: RecommendationRequest, app: App, request: Request
