@@ -4,6 +4,7 @@ command), sharing service/cli_support.py (errors, progress, terminal-safe text).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -293,20 +294,8 @@ def recommend(
     if as_json:
         out.print_json(json.dumps(result.as_dict(), ensure_ascii=False))
         return
-    rows = [
-        {
-            "product_id": i.product_id,
-            "title": i.title,
-            "category": i.category,
-            "price": i.price,
-            "currency": i.currency,
-            "score": i.score,
-            "sources": i.sources,
-            "why": i.why,
-        }
-        for i in result.items
-    ]
     state = f"DEGRADED: {result.degraded_reason}" if result.degraded else "ok"
+    rows = [asdict(i) for i in result.items]  # an item's fields are _show's columns
     _show(rows, False, f"for {user} (rerank: {result.rerank}, {state})")
 
 
