@@ -14,14 +14,28 @@ branch_labels = None
 depends_on = None
 
 
+# The columns below follow two conventions: NOT NULL unless said otherwise, and an integer
+# surrogate key on the log-like tables.
+def _id() -> sa.Column:
+    return sa.Column("id", sa.Integer(), autoincrement=True, nullable=False)
+
+
+def _col(name: str, type_: sa.types.TypeEngine, nullable: bool = False) -> sa.Column:
+    return sa.Column(name, type_, nullable=nullable)
+
+
+def _str(name: str, length: int, nullable: bool = False) -> sa.Column:
+    return _col(name, sa.String(length=length), nullable)
+
+
 def upgrade() -> None:
     op.create_table(
         "assistant_conversations",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("user_id", sa.String(length=128), nullable=True),
-        sa.Column("title", sa.String(length=200), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        _str("id", 64),
+        _str("user_id", 128, nullable=True),
+        _str("title", 200),
+        _col("created_at", sa.DateTime()),
+        _col("updated_at", sa.DateTime()),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("assistant_conversations", schema=None) as batch_op:
@@ -31,31 +45,31 @@ def upgrade() -> None:
 
     op.create_table(
         "copies",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("request_key", sa.String(length=64), nullable=False),
-        sa.Column("task", sa.String(length=32), nullable=False),
-        sa.Column("product_id", sa.String(length=128), nullable=True),
-        sa.Column("product_ids", sa.JSON(), nullable=False),
-        sa.Column("params", sa.JSON(), nullable=False),
-        sa.Column("language", sa.String(length=8), nullable=False),
-        sa.Column("variant", sa.Integer(), nullable=False),
-        sa.Column("text", sa.Text(), nullable=False),
-        sa.Column("edited_text", sa.Text(), nullable=True),
-        sa.Column("model_id", sa.String(length=256), nullable=False),
-        sa.Column("backend", sa.String(length=32), nullable=False),
-        sa.Column("template", sa.String(length=128), nullable=False),
-        sa.Column("template_version", sa.String(length=64), nullable=False),
-        sa.Column("prompt", sa.Text(), nullable=False),
-        sa.Column("checks", sa.JSON(), nullable=False),
-        sa.Column("failed_checks", sa.JSON(), nullable=False),
-        sa.Column("passed", sa.Boolean(), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("note", sa.Text(), nullable=False),
-        sa.Column("meta", sa.JSON(), nullable=False),
-        sa.Column("job_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        _id(),
+        _str("request_key", 64),
+        _str("task", 32),
+        _str("product_id", 128, nullable=True),
+        _col("product_ids", sa.JSON()),
+        _col("params", sa.JSON()),
+        _str("language", 8),
+        _col("variant", sa.Integer()),
+        _col("text", sa.Text()),
+        _col("edited_text", sa.Text(), nullable=True),
+        _str("model_id", 256),
+        _str("backend", 32),
+        _str("template", 128),
+        _str("template_version", 64),
+        _col("prompt", sa.Text()),
+        _col("checks", sa.JSON()),
+        _col("failed_checks", sa.JSON()),
+        _col("passed", sa.Boolean()),
+        _col("attempts", sa.Integer()),
+        _str("status", 16),
+        _col("note", sa.Text()),
+        _col("meta", sa.JSON()),
+        _col("job_id", sa.Integer(), nullable=True),
+        _col("created_at", sa.DateTime()),
+        _col("updated_at", sa.DateTime()),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("copies", schema=None) as batch_op:
@@ -66,24 +80,24 @@ def upgrade() -> None:
 
     op.create_table(
         "copy_jobs",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("task", sa.String(length=32), nullable=False),
-        sa.Column("params", sa.JSON(), nullable=False),
-        sa.Column("signature", sa.String(length=64), nullable=False),
-        sa.Column("category", sa.String(length=128), nullable=True),
-        sa.Column("max_products", sa.Integer(), nullable=True),
-        sa.Column("batch_size", sa.Integer(), nullable=False),
-        sa.Column("total", sa.Integer(), nullable=False),
-        sa.Column("done", sa.Integer(), nullable=False),
-        sa.Column("failed", sa.Integer(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("cancel_requested", sa.Boolean(), nullable=False),
-        sa.Column("error", sa.Text(), nullable=False),
-        sa.Column("runner_pid", sa.Integer(), nullable=True),
-        sa.Column("runner_host", sa.String(length=256), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
-        sa.Column("finished_at", sa.DateTime(), nullable=True),
+        _id(),
+        _str("task", 32),
+        _col("params", sa.JSON()),
+        _str("signature", 64),
+        _str("category", 128, nullable=True),
+        _col("max_products", sa.Integer(), nullable=True),
+        _col("batch_size", sa.Integer()),
+        _col("total", sa.Integer()),
+        _col("done", sa.Integer()),
+        _col("failed", sa.Integer()),
+        _str("status", 16),
+        _col("cancel_requested", sa.Boolean()),
+        _col("error", sa.Text()),
+        _col("runner_pid", sa.Integer(), nullable=True),
+        _str("runner_host", 256),
+        _col("created_at", sa.DateTime()),
+        _col("updated_at", sa.DateTime()),
+        _col("finished_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("copy_jobs", schema=None) as batch_op:
@@ -91,12 +105,12 @@ def upgrade() -> None:
 
     op.create_table(
         "interactions",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("user_id", sa.String(length=128), nullable=False),
-        sa.Column("product_id", sa.String(length=128), nullable=False),
-        sa.Column("event", sa.String(length=16), nullable=False),
-        sa.Column("value", sa.Float(), nullable=True),
-        sa.Column("ts", sa.DateTime(), nullable=False),
+        _id(),
+        _str("user_id", 128),
+        _str("product_id", 128),
+        _str("event", 16),
+        _col("value", sa.Float(), nullable=True),
+        _col("ts", sa.DateTime()),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("interactions", schema=None) as batch_op:
@@ -108,18 +122,18 @@ def upgrade() -> None:
 
     op.create_table(
         "llm_calls",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("ts", sa.DateTime(), nullable=False),
-        sa.Column("backend", sa.String(length=32), nullable=False),
-        sa.Column("model_id", sa.String(length=512), nullable=False),
-        sa.Column("kind", sa.String(length=32), nullable=False),
-        sa.Column("prompt", sa.Text(), nullable=False),
-        sa.Column("response", sa.Text(), nullable=True),
-        sa.Column("params", sa.JSON(), nullable=False),
-        sa.Column("prompt_tokens", sa.Integer(), nullable=True),
-        sa.Column("completion_tokens", sa.Integer(), nullable=True),
-        sa.Column("latency_ms", sa.Float(), nullable=False),
-        sa.Column("error", sa.Text(), nullable=True),
+        _id(),
+        _col("ts", sa.DateTime()),
+        _str("backend", 32),
+        _str("model_id", 512),
+        _str("kind", 32),
+        _col("prompt", sa.Text()),
+        _col("response", sa.Text(), nullable=True),
+        _col("params", sa.JSON()),
+        _col("prompt_tokens", sa.Integer(), nullable=True),
+        _col("completion_tokens", sa.Integer(), nullable=True),
+        _col("latency_ms", sa.Float()),
+        _col("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("llm_calls", schema=None) as batch_op:
@@ -127,19 +141,19 @@ def upgrade() -> None:
 
     op.create_table(
         "products",
-        sa.Column("id", sa.String(length=128), nullable=False),
-        sa.Column("title", sa.String(length=512), nullable=False),
-        sa.Column("description", sa.Text(), nullable=False),
-        sa.Column("category", sa.String(length=128), nullable=False),
-        sa.Column("brand", sa.String(length=128), nullable=False),
-        sa.Column("price", sa.Float(), nullable=True),
-        sa.Column("currency", sa.String(length=8), nullable=False),
-        sa.Column("attributes", sa.JSON(), nullable=False),
-        sa.Column("tags", sa.JSON(), nullable=False),
-        sa.Column("language", sa.String(length=8), nullable=False),
-        sa.Column("in_stock", sa.Boolean(), nullable=False),
-        sa.Column("content_hash", sa.String(length=64), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        _str("id", 128),
+        _str("title", 512),
+        _col("description", sa.Text()),
+        _str("category", 128),
+        _str("brand", 128),
+        _col("price", sa.Float(), nullable=True),
+        _str("currency", 8),
+        _col("attributes", sa.JSON()),
+        _col("tags", sa.JSON()),
+        _str("language", 8),
+        _col("in_stock", sa.Boolean()),
+        _str("content_hash", 64),
+        _col("updated_at", sa.DateTime()),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("products", schema=None) as batch_op:
@@ -147,18 +161,18 @@ def upgrade() -> None:
 
     op.create_table(
         "assistant_messages",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("conversation_id", sa.String(length=64), nullable=False),
-        sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("content", sa.Text(), nullable=False),
-        sa.Column("cited_ids", sa.JSON(), nullable=False),
-        sa.Column("product_ids", sa.JSON(), nullable=False),
-        sa.Column("model_id", sa.String(length=512), nullable=True),
-        sa.Column("template", sa.String(length=128), nullable=True),
-        sa.Column("template_version", sa.String(length=32), nullable=True),
-        sa.Column("degraded", sa.Boolean(), nullable=False),
-        sa.Column("meta", sa.JSON(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        _id(),
+        _str("conversation_id", 64),
+        _str("role", 16),
+        _col("content", sa.Text()),
+        _col("cited_ids", sa.JSON()),
+        _col("product_ids", sa.JSON()),
+        _str("model_id", 512, nullable=True),
+        _str("template", 128, nullable=True),
+        _str("template_version", 32, nullable=True),
+        _col("degraded", sa.Boolean()),
+        _col("meta", sa.JSON()),
+        _col("created_at", sa.DateTime()),
         sa.ForeignKeyConstraint(
             ["conversation_id"], ["assistant_conversations.id"], ondelete="CASCADE"
         ),
@@ -169,14 +183,14 @@ def upgrade() -> None:
 
     op.create_table(
         "copy_job_items",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("job_id", sa.Integer(), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("product_id", sa.String(length=128), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("copy_id", sa.Integer(), nullable=True),
-        sa.Column("error", sa.Text(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        _id(),
+        _col("job_id", sa.Integer()),
+        _col("seq", sa.Integer()),
+        _str("product_id", 128),
+        _str("status", 16),
+        _col("copy_id", sa.Integer(), nullable=True),
+        _col("error", sa.Text()),
+        _col("updated_at", sa.DateTime()),
         sa.ForeignKeyConstraint(["job_id"], ["copy_jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
