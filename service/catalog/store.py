@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -230,6 +230,31 @@ class CatalogStore:
             got = c.execute(stmt).all()
         complete = not got or (got[0][2] <= seq + 1 and len(got) < limit)
         return [(n, pid) for n, pid, _ in got], complete
+
+    def changes_with_products(
+        self, seq: int, skip: Collection[int] = (), limit: int = 100_000
+    ) -> tuple[list[tuple[int, str]], dict[str, Product], bool]:
+        """change_rows less the seqs in `skip` (already applied), with the current row of
+        each product they name (absent: deleted), in one statement: a write's incremental
+        index step reads the log and its products in one round trip."""
+        oldest = select(func.min(CatalogChangeRow.seq)).scalar_subquery()
+        stmt = (
+            select(CatalogChangeRow.seq, CatalogChangeRow.product_id, oldest, ProductRow)
+            .outerjoin(ProductRow, ProductRow.id == CatalogChangeRow.product_id)
+            .where(CatalogChangeRow.seq > seq)
+            .order_by(CatalogChangeRow.seq)
+            .limit(limit)
+        )
+        if skip:
+            stmt = stmt.where(CatalogChangeRow.seq.not_in(sorted(skip)))
+        with session_scope(self.engine) as s:
+            got = s.execute(stmt).all()
+            found = {row.id: _row_to_product(row) for *_, row in got if row is not None}
+            first = got[0][2] if got else None  # none after `seq`: complete
+            if not got and skip:  # or every one skipped: does the log still reach `seq`?
+                first = s.scalar(select(func.min(CatalogChangeRow.seq)))
+        complete = (first is None or first <= seq + 1) and len(got) < limit
+        return [(n, pid) for n, pid, *_ in got], found, complete
 
     def prune_changes(self, keep: int = 1_000_000) -> int:
         """Drop all but the newest `keep` change rows (a process further behind than that

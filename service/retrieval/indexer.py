@@ -235,14 +235,12 @@ class Indexer:
         `fresh`: this process's write's vectors, prepared before it (by content hash: a
         product written again since by another process is encoded from what is stored)."""
         floor = max(0, self.seq - self.margin)
-        rows, complete = self.store.change_rows(floor)
+        rows, found, complete = self.store.changes_with_products(floor, self._applied)
         if not complete:
             return None
         newest = rows[-1][0] if rows else floor
-        rows = [(n, pid) for n, pid in rows if n not in self._applied]
         ids = list(dict.fromkeys(pid for _, pid in rows))
         calls_before = self.encoder.model_calls
-        found = self.store.get_products(ids) if ids else {}
         encoded = self._index_products([found[i] for i in ids if i in found], fresh=fresh)
         removed = [i for i in ids if i not in found and (i in self.state or i in self.index)]
         self._remove(removed)

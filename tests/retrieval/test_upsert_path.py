@@ -116,9 +116,15 @@ def test_an_upsert_rereads_nothing_and_is_found_at_once(
         app = make_app(tmp_path / "a", url, index, encoder)
         ingest_file(app.catalog, DEMO / "products.jsonl", "products")
         app.sync_index()
-        read: list[list[str]] = []
-        real = app.catalog.get_products
-        app.catalog.get_products = lambda ids: read.append(list(ids)) or real(ids)  # type: ignore[method-assign]
+        read: list[list[str]] = []  # the products each write's indexing step read
+        real = app.catalog.changes_with_products
+
+        def reading(*a: Any) -> Any:
+            rows, found, complete = real(*a)
+            read.append(sorted(found))
+            return rows, found, complete
+
+        app.catalog.changes_with_products = reading  # type: ignore[method-assign]
         sent = Statements(app.catalog.engine)
         for n in range(3):
             lantern = Product(
@@ -186,3 +192,22 @@ def test_an_encoding_error_leaves_nothing_written(
             app.upsert_products([lantern])
         assert app.catalog.get_products(["zz-e"]) == {}
         assert app.catalog.versions() == before
+
+
+def test_the_one_statement_change_read_reports_a_pruned_log(tmp_path: Path) -> None:
+    from service.catalog.store import CatalogStore
+
+    store = CatalogStore(f"sqlite:///{tmp_path / 'store.db'}")
+    for n in range(4):
+        store.upsert_products([Product(id=f"p{n}", title=f"Lantern {n}")])
+    store.delete_product("p0")
+    rows, found, complete = store.changes_with_products(0)
+    assert [pid for _, pid in rows] == ["p0", "p1", "p2", "p3", "p0"] and complete
+    assert sorted(found) == ["p1", "p2", "p3"]  # p0 deleted: no row
+    applied = {n for n, _ in rows[:4]}
+    rows, found, complete = store.changes_with_products(0, applied)
+    assert [pid for _, pid in rows] == ["p0"] and found == {} and complete
+    store.prune_changes(keep=2)
+    assert store.changes_with_products(1)[2] is False  # pruned past it: compare everything
+    assert store.changes_with_products(1, {4, 5})[2] is False  # also when all are skipped
+    assert store.changes_with_products(3)[2] is True
