@@ -18,6 +18,7 @@ from typing import Any, TypedDict, TypeVar
 
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
+from service.llm.log import log_context
 from service.prompts import Rendered, library, render
 from service.ranking.base import RankJob, RankResult, Reranker, UserContext, retrieval_order
 from service.retrieval.retriever import Candidate
@@ -55,6 +56,11 @@ def product_text(p: Product | None, fallback: str) -> str:
         return fallback
     extra = ", ".join(x for x in (p.brand, p.category) if x)
     return f"{p.title} ({extra})" if extra else p.title
+
+
+def labelled(texts: Sequence[str], order: Sequence[int]) -> list[Item]:
+    """The candidates a prompt shows: candidate order[k] (texts[order[k]]) under label k."""
+    return [Item(ALL_LABELS[k], texts[i]) for k, i in enumerate(order)]
 
 
 def history_texts(user: UserContext, max_history: int) -> list[str]:
@@ -238,6 +244,12 @@ class LLMReranker(Reranker):
             return library().version(self.template_name)
         except (KeyError, OSError):
             return None
+
+    def _call_model(self, fn: Callable[[], T], timeout_s: float | None) -> T:
+        """fn (this reranker's model call) with its template in the LLM call log, given up
+        after timeout_s (None: no budget)."""
+        with log_context(template=self.template_name, template_version=self.template_version()):
+            return call_with_budget(fn, timeout_s)
 
     def rank(
         self, user: UserContext, candidates: list[Candidate], products: dict[str, Product]

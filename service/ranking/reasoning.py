@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, Unpack
 
 from service.llm.base import LLM, GenParams, Message
-from service.llm.log import log_context
 from service.prompts import Rendered
 from service.ranking.base import RankJob, RankResult, UserContext, retrieval_order
 from service.ranking.common import (
@@ -29,7 +28,7 @@ from service.ranking.common import (
     RerankerOptions,
     UnparseableOutput,
     aggregate,
-    call_with_budget,
+    labelled,
     order_by_scores,
     pass_orders,
     product_text,
@@ -101,7 +100,7 @@ class ReasoningReranker(LLMReranker):
         orders = pass_orders(n, self.passes, self.seed)
         prompts = []
         for order in orders:  # pass p shows candidate order[k] under label k
-            items = [Item(labels[k], texts[i]) for k, i in enumerate(order)]
+            items = labelled(texts, order)
             prompts.append(build_prompt(user, items, self.max_history, self.top_reasons)[0])
         params = GenParams(
             max_tokens=self.max_tokens,
@@ -109,9 +108,8 @@ class ReasoningReranker(LLMReranker):
             json_schema=ranking_schema(labels),
             seed=self.seed,
         )
-        with log_context(template=TEMPLATE, template_version=self.template_version()):
-            # self.llm inside: a first call may load the model, within the budget too
-            gens = call_with_budget(lambda: self.llm.generate(prompts, params), job.remaining())
+        # self.llm inside: a first call may load the model, within the budget too
+        gens = self._call_model(lambda: self.llm.generate(prompts, params), job.remaining())
         if len(gens) != len(prompts):
             raise UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
 

@@ -29,7 +29,6 @@ from typing import Any, Unpack
 
 from service.catalog.models import Product
 from service.llm.base import LLM, Message
-from service.llm.log import log_context
 from service.prompts import Rendered
 from service.ranking.base import RankJob, RankResult, UserContext
 from service.ranking.blend import RerankBlend
@@ -40,8 +39,8 @@ from service.ranking.common import (
     RerankerOptions,
     UnparseableOutput,
     aggregate,
-    call_with_budget,
     dedupe,
+    labelled,
     log_softmax,
     order_by_scores,
     pass_orders,
@@ -131,8 +130,7 @@ class VerbalizerReranker(LLMReranker):
             jobs += [(p, sorted(w, key=pos.__getitem__)) for w in windows]
         prompts = []
         for _, idxs in jobs:
-            items = [Item(ALL_LABELS[k], texts[i]) for k, i in enumerate(idxs)]
-            prompts.append(build_prompt(user, items, self.max_history)[0])
+            prompts.append(build_prompt(user, labelled(texts, idxs), self.max_history)[0])
         return Plan(n, anchor_idx, len(windows), jobs, prompts)
 
     def combine(self, plan: Plan, lps: Sequence[Any]) -> list[float]:
@@ -180,8 +178,7 @@ class VerbalizerReranker(LLMReranker):
         prompts = [m for p in plans for m in p.prompts]
         labels = list(ALL_LABELS[: max(len(i) for p in plans for _, i in p.jobs)])
         t1 = time.perf_counter()
-        with log_context(template=TEMPLATE, template_version=self.template_version()):
-            lps = self.llm.choice_logprobs_batch(prompts, labels)
+        lps = self._call_model(lambda: self.llm.choice_logprobs_batch(prompts, labels), None)
         t2 = time.perf_counter()
         out, k = [], 0
         for p in plans:
@@ -205,8 +202,7 @@ class VerbalizerReranker(LLMReranker):
                 return [llm.choice_logprobs(prompts[0], labels)]
             return llm.choice_logprobs_batch(prompts, labels)  # all windows and passes at once
 
-        with log_context(template=TEMPLATE, template_version=self.template_version()):
-            lps = call_with_budget(score, job.remaining())
+        lps = self._call_model(score, job.remaining())
         scores = self.combine(plan, lps)
         if self.blend is not None:
             scores = self.blend.scores([c.score for c in candidates], scores)
