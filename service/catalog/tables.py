@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.orm import Base
+from service.orm import Base, IntegerId
 
 
 class ProductRow(Base):
@@ -29,7 +29,7 @@ class ProductRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=datetime.utcnow)
 
 
-class InteractionRow(Base):
+class InteractionRow(IntegerId, Base):
     __tablename__ = "interactions"
     __table_args__ = (
         Index("ix_interactions_user_ts", "user_id", "ts"),
@@ -38,7 +38,6 @@ class InteractionRow(Base):
         Index("ux_interactions_event", "user_id", "product_id", "event", "ts", unique=True),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(128))
     product_id: Mapped[str] = mapped_column(String(128))
     event: Mapped[str] = mapped_column(String(16))

@@ -7,14 +7,14 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.orm import Base
+from service.orm import Base, IntegerId
 
 
 def _now() -> datetime:
     return datetime.utcnow()
 
 
-class CopyRow(Base):
+class CopyRow(IntegerId, Base):
     """One generated text (one variant of one request), with what produced it."""
 
     __tablename__ = "copies"
@@ -28,7 +28,6 @@ class CopyRow(Base):
         Index("ux_copies_job_item", "job_id", "task", "product_id", "variant", unique=True),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # sha256 of task + products + canonical params + model + template versions: the cache key.
     request_key: Mapped[str] = mapped_column(String(64))
     task: Mapped[str] = mapped_column(String(32))
@@ -58,12 +57,11 @@ class CopyRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
 
 
-class CopyJobRow(Base):
+class CopyJobRow(IntegerId, Base):
     """A batch job over many products; resumable from its items."""
 
     __tablename__ = "copy_jobs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     # Identity of (task, params, selection): re-running the same command resumes the job.
@@ -90,7 +88,7 @@ class CopyJobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
-class CopyJobItemRow(Base):
+class CopyJobItemRow(IntegerId, Base):
     """One product of a job: pending until the batch holding it commits.
 
     The queue (service/copy/queue.py): a worker claims pending items (worker_id, claimed_at)
@@ -103,7 +101,6 @@ class CopyJobItemRow(Base):
         Index("ix_copy_job_items_status", "job_id", "status", "seq"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("copy_jobs.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)  # processing order
     product_id: Mapped[str] = mapped_column(String(128))

@@ -7,14 +7,13 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.orm import Base
+from service.orm import Base, IntegerId
 
 
-class LLMCallRow(Base):
+class LLMCallRow(IntegerId, Base):
     __tablename__ = "llm_calls"
     __table_args__ = (Index("ix_llm_calls_ts", "ts"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ts: Mapped[datetime] = mapped_column(DateTime)  # UTC, when the call started
     backend: Mapped[str] = mapped_column(String(32))
     model_id: Mapped[str] = mapped_column(String(512))
