@@ -32,9 +32,10 @@ from eval.ranking import (
 from service.config import get_settings
 from service.llm.factory import get_llm
 from service.offline.metrics import summarize
+from service.ranking.adapter import adapter_dir, load_adapter_into
 from service.ranking.verbalizer import VerbalizerReranker
 from service.retrieval.retriever import Candidate
-from service.training.lora import adapter_dir, load_adapter_into
+from service.retrieval.sequential import read_model
 from service.training.sequential import (
     EpochReport,
     SASRecConfig,
@@ -42,7 +43,6 @@ from service.training.sequential import (
     SequentialModelError,
     model_dir,
     rank_metrics,
-    read_model,
 )
 
 if TYPE_CHECKING:

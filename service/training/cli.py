@@ -13,13 +13,13 @@ from service.catalog.store import CatalogStore
 from service.cli_support import fail, out, progress_bar
 from service.config import Settings, get_settings
 from service.offline.datasets import DatasetError, load
+from service.retrieval.sequential import read_model
 from service.training.sequential import (
     EpochReport,
     SASRecConfig,
     SequentialModelError,
     data_version,
     model_dir,
-    read_model,
     sequences_from_log,
     train_on_sequences,
     train_sequential,

@@ -60,10 +60,8 @@ from service.ranking.adapter import (  # noqa: E402
     FORMAT_VERSION,
     SERVED_NAME,
     AdapterError,
-    adapter_dir,  # noqa: F401 - re-exported for the training CLI and tests
+    adapter_dir,
     base_fingerprint,
-    load_adapter_into,  # noqa: F401 - re-exported for the training CLI and tests
-    read_manifest,  # noqa: F401 - re-exported for the training CLI and tests
 )
 from service.ranking.base import UserContext
 from service.ranking.common import ALL_LABELS, Item, product_text

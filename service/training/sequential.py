@@ -58,9 +58,7 @@ from service.retrieval.sequential import (  # noqa: E402
     _build_model,
     _sha256,
     first_occurrences,
-    load_sequential,  # noqa: F401 - re-exported for the training CLI and tests
     model_dir,
-    read_model,  # noqa: F401 - re-exported for the training CLI and tests
     score_histories,
 )
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from service.catalog.models import Product
 from service.config import Settings, get_settings
 from service.llm.transformers_backend import TransformersLLM
+from service.ranking.adapter import adapter_dir, load_adapter_into, read_manifest
 from service.ranking.base import UserContext
 from service.ranking.common import ALL_LABELS, Item, product_text
 from service.ranking.verbalizer import build_prompt
@@ -28,12 +29,9 @@ from service.training.lora import (
     AdapterError,
     LoraTrainConfig,
     RankExample,
-    adapter_dir,
     build_examples,
     encode_prompt,
-    load_adapter_into,
     prompt_messages,
-    read_manifest,
     reranker_llm,
     shuffled_pass,
     train_reranker,

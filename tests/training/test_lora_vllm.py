@@ -16,13 +16,13 @@ from service.config import Settings
 from service.llm.openai_backend import OpenAILLM
 from service.llm.transformers_backend import TransformersLLM
 from service.llm.vllm_server import VLLMServer, free_port
+from service.ranking.adapter import load_adapter_into
 from service.ranking.common import ALL_LABELS
 from service.training.lora import (
     FORMAT_VERSION,
     RankExample,
     VLLMLora,
     base_fingerprint,
-    load_adapter_into,
     prompt_messages,
     save_adapter,
 )

@@ -22,6 +22,7 @@ from service.config import Settings
 from service.offline.datasets import Dataset
 from service.offline.split import leave_last_two_out
 from service.retrieval.retriever import RetrievalRequest
+from service.retrieval.sequential import load_sequential, read_model
 from service.training.cli import train_app
 from service.training.sequential import (
     SASRecConfig,
@@ -30,10 +31,8 @@ from service.training.sequential import (
     _build_model,
     fit_sasrec,
     leave_one_out,
-    load_sequential,
     model_dir,
     rank_metrics,
-    read_model,
     sequences_from_log,
     train_sequential,
 )
