@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from service.artefacts import Artefacts
 from service.catalog.ingest import IngestReport, ingest_file
@@ -69,6 +69,9 @@ from service.retrieval.fusion import Fusion
 from service.retrieval.indexer import IndexReport
 from service.retrieval.retriever import Candidate, RetrievalRequest
 from service.vocab import RerankMode
+
+if TYPE_CHECKING:  # the assistant module loads LangChain: imported where first used
+    from service.assistant.chat import TurnOptions
 
 logger = logging.getLogger("service.application")
 
@@ -535,20 +538,13 @@ class Application:
 
     # -- the assistant --------------------------------------------------------------------
     def chat(
-        self,
-        message: str,
-        conversation_id: str | None = None,
-        *,
-        filters: Filters | None = None,
-        user_id: str | None = None,
+        self, message: str, conversation_id: str | None = None, **options: Unpack[TurnOptions]
     ) -> Iterator[dict[str, Any]]:
         """One assistant turn as events (token…, final). Retrieval and the conversation
         lookup run before this returns, so their errors come before the first event."""
         with self.index.reading():
             try:
-                return self.assistant.stream(
-                    message, conversation_id, filters=filters, user_id=user_id
-                )
+                return self.assistant.stream(message, conversation_id, **options)
             except NotFound:
                 raise
             except ValueError as e:

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
             # various diseases like cancer by removing toxins")
             "cancer", "disease", "diseases", "toxins", "infections", "viruses",
             "癌症", "疾病", "毒素",
+            # popularity and scale the data does not state (the 0.5B writer: "a popular
+            # choice for traders", "the go-to platform", "the foundation for millions of
+            # AI-powered applications" where the data says thousands, "性价比高")
+            "popular", "go-to", "must-have", "best-in-class", "millions of", "thousands of",
+            "billions of", "性价比高", "性价比", "爆款", "人气",
         ]
     )  # fmt: skip
     # Writer decoding: repetition control on every copy and chat call (1.0 = off).

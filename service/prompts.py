@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,31 @@ def as_data(value: Any, max_chars: int = 2000) -> str:
     return f"{DATA_OPEN}{text}{DATA_CLOSE}"
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|[。！？]")
+_ITEM_SEP = (", ", "; ", "，", "、", "；")
+_DANGLING = ",;:、，；： "
+
+
+def clip(value: Any, max_chars: int) -> str:
+    """A long value cut where a reader would stop: after its last whole sentence that
+    fits, else after its last whole list item, else at a word boundary; never a dangling
+    comma. A small model copies a value cut mid-item ("Receipt Capture,", "Role-based")
+    and runs on past it into the fence ("…, and>>")."""
+    text = " ".join(str(value).split())
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    floor = max_chars * 0.4  # a cut that keeps less than this is worse than a word cut
+    ends = [m.end() for m in _SENTENCE_END.finditer(head + " ")]
+    if ends and ends[-1] >= floor:
+        return head[: ends[-1]].strip()
+    item = max(head.rfind(sep) for sep in _ITEM_SEP)
+    if item >= floor:
+        return head[:item].rstrip(_DANGLING)
+    space = head.rfind(" ")
+    return (head[:space] if space >= floor else head).rstrip(_DANGLING)
+
+
 @dataclass(frozen=True)
 class Rendered:
     text: str
@@ -51,6 +77,7 @@ class PromptLibrary:
             keep_trailing_newline=False,
         )
         self.env.filters["data"] = as_data
+        self.env.filters["clip"] = clip
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.directory.glob("*.j2"))

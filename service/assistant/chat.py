@@ -45,7 +45,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 from langchain_core.output_parsers import StrOutputParser
 
@@ -132,6 +132,13 @@ def fallback_items(products: list[Product], question: str, language: str) -> lis
             }
         )
     return items
+
+
+class TurnOptions(TypedDict, total=False):
+    """What a turn may add to its message: filters on the products, and the shopper."""
+
+    filters: Filters | None
+    user_id: str | None
 
 
 class Assistant:

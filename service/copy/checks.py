@@ -46,6 +46,17 @@ class CheckResult:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "detail": self.detail, "found": list(self.found)}
 
+    @classmethod
+    def judge(
+        cls, name: str, found: Sequence[str], why: str, sep: str = ", ", shown: int = 0
+    ) -> CheckResult:
+        """Passed when nothing was found; else failed, the detail `why` + what was found
+        (the first `shown` of it when set)."""
+        if not found:
+            return cls(name, True)
+        listed = list(found)[:shown] if shown else list(found)
+        return cls(name, False, why + sep.join(listed), tuple(found))
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -375,14 +386,7 @@ def check_numbers(text: str, facts: Facts) -> CheckResult:
         elif unit and unit not in seen and ("" not in seen or unit in _MAGNITUDES):
             bad.append(f"{num} {unit} (the data says {num} {'/'.join(sorted(seen))})")
     bad = list(dict.fromkeys(bad))
-    if bad:
-        return CheckResult(
-            "numbers",
-            False,
-            "numbers or sizes not in the product data: " + ", ".join(bad),
-            tuple(bad),
-        )
-    return CheckResult("numbers", True)
+    return CheckResult.judge("numbers", bad, "numbers or sizes not in the product data: ")
 
 
 def _is_title_case(words: list[tuple[str, bool]]) -> bool:
@@ -449,11 +453,7 @@ def brand_like_names(text: str, facts: Facts) -> list[str]:
 
 def check_names(text: str, facts: Facts) -> CheckResult:
     names = brand_like_names(text, facts)
-    if names:
-        return CheckResult(
-            "names", False, "names not in the product data: " + ", ".join(names), tuple(names)
-        )
-    return CheckResult("names", True)
+    return CheckResult.judge("names", names, "names not in the product data: ")
 
 
 def check_banned(text: str, banned: Sequence[str]) -> CheckResult:
@@ -469,9 +469,7 @@ def check_banned(text: str, banned: Sequence[str]) -> CheckResult:
                 hits.append(phrase)
         elif p in norm:
             hits.append(phrase)
-    if hits:
-        return CheckResult("banned", False, "banned claims: " + ", ".join(hits), tuple(hits))
-    return CheckResult("banned", True)
+    return CheckResult.judge("banned", hits, "banned claims: ")
 
 
 def count_words(text: str) -> int:
@@ -606,21 +604,13 @@ def _repeats(text: str) -> bool:
 
 def check_format(text: str) -> CheckResult:
     problems = [name for name, pattern in _FORMAT_PATTERNS if pattern.search(text)]
-    if problems:
-        return CheckResult(
-            "format", False, "the text contains " + ", ".join(problems), tuple(problems)
-        )
-    return CheckResult("format", True)
+    return CheckResult.judge("format", problems, "the text contains ")
 
 
 def check_repetition(text: str) -> CheckResult:
     """No loop: see `repeated_phrases`."""
     found = repeated_phrases(text)
-    if found:
-        return CheckResult(
-            "repetition", False, "the text repeats itself: " + "; ".join(found[:5]), tuple(found)
-        )
-    return CheckResult("repetition", True)
+    return CheckResult.judge("repetition", found, "the text repeats itself: ", "; ", shown=5)
 
 
 def injection_grams(facts: Facts) -> tuple[frozenset[tuple[str, ...]], ...]:
@@ -654,14 +644,8 @@ def check_injection(text: str, facts: Facts) -> CheckResult:
     if not facts.injected:
         return CheckResult("injection", True)
     phrases = repeated_injection(text, injection_grams(facts))
-    if phrases:
-        return CheckResult(
-            "injection",
-            False,
-            "the text repeats an instruction found in the product data: " + "; ".join(phrases),
-            tuple(phrases),
-        )
-    return CheckResult("injection", True)
+    why = "the text repeats an instruction found in the product data: "
+    return CheckResult.judge("injection", phrases, why, "; ")
 
 
 # -- claims, attributes, echo, kind ----------------------------------------------------
@@ -684,12 +668,7 @@ def check_claims(text: str, facts: Facts, claims: Sequence[str]) -> CheckResult:
     norm, data = normalise_text(text), normalise_text(facts.text)
     hits = [c for c in claims if _phrase_in(c, norm) and not _phrase_in(c, data)]
     hits = list(dict.fromkeys(hits))
-    if hits:
-        return CheckResult(
-            "claims", False, "claims the product data does not support: " + ", ".join(hits),
-            tuple(hits),
-        )  # fmt: skip
-    return CheckResult("claims", True)
+    return CheckResult.judge("claims", hits, "claims the product data does not support: ")
 
 
 _COLOURS = (
@@ -813,12 +792,7 @@ def invented_attributes(text: str, facts: Facts) -> list[str]:
 
 def check_attributes(text: str, facts: Facts) -> CheckResult:
     found = invented_attributes(text, facts)
-    if found:
-        return CheckResult(
-            "attributes", False, "attributes not in the product data: " + "; ".join(found),
-            tuple(found),
-        )  # fmt: skip
-    return CheckResult("attributes", True)
+    return CheckResult.judge("attributes", found, "attributes not in the product data: ", "; ")
 
 
 # Phrases of the copy prompts a text must never contain, whatever the prompt was this time:
@@ -861,11 +835,7 @@ def check_echo(
         cjk = "".join(_CJK_RE.findall(text))
         found += sorted({cjk[i : i + ECHO_CJK] for i in range(len(cjk) - ECHO_CJK + 1)} & runs)[:3]
     found = list(dict.fromkeys(f for f in found if f))
-    if found:
-        return CheckResult(
-            "echo", False, "the text copies the prompt: " + "; ".join(found), tuple(found)
-        )
-    return CheckResult("echo", True)
+    return CheckResult.judge("echo", found, "the text copies the prompt: ", "; ")
 
 
 # Words that say what the text is about without naming a kind ("a great choice").
@@ -959,11 +929,7 @@ def check_keywords(text: str, keywords: Sequence[str]) -> CheckResult:
     """Every requested keyword appears (case-insensitive, whitespace-insensitive)."""
     norm = " ".join(normalise_text(text).split())
     missing = [k for k in keywords if " ".join(normalise_text(k).split()) not in norm]
-    if missing:
-        return CheckResult(
-            "keywords", False, "missing keywords: " + ", ".join(missing), tuple(missing)
-        )
-    return CheckResult("keywords", True)
+    return CheckResult.judge("keywords", missing, "missing keywords: ")
 
 
 # A headline whose words are mostly one product's or interest's title is that title, not a
@@ -1116,6 +1082,36 @@ def clean_output(text: str, single_line: bool = False) -> str:
 
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
+def drop_repeated_sentences(text: str, min_share: float = 0.4) -> str:
+    """A text with each sentence that says an earlier one again left out (a run of 6
+    words, or 6 Chinese characters, shared with a sentence kept before it), when what
+    stays is at least `min_share` of it. Seen on the 0.5B writer: a good first sentence,
+    then the data's sentence copied with the same phrase ("… state-of-the-art text
+    generation, reasoning, and multimodal understanding. GPT-4o provides state-of-the-art
+    text generation, reasoning, and multimodal understanding."). Only the model's own
+    sentences are kept; the raw text is stored beside."""
+    sentences = [s for s in _SENTENCE_SPLIT.split(text.strip()) if s.strip()]
+    if len(sentences) < 2:
+        return text
+    kept: list[str] = []
+    seen_words: set[tuple[str, ...]] = set()
+    seen_cjk: set[str] = set()
+    for sentence in sentences:
+        words = re.findall(r"\w+", normalise_text(sentence))
+        six = {tuple(words[i : i + 6]) for i in range(len(words) - 5)}
+        cjk = "".join(_CJK_RE.findall(sentence))
+        runs = {cjk[i : i + 6] for i in range(len(cjk) - 5)}
+        if kept and (six & seen_words or runs & seen_cjk):
+            continue
+        kept.append(sentence)
+        seen_words |= six
+        seen_cjk |= runs
+    if len(kept) == len(sentences):
+        return text
+    joined = "".join(kept) if _CJK_RE.search(text) else " ".join(s.strip() for s in kept)
+    return joined if len(joined) >= min_share * len(text.strip()) else text
 
 
 def fit_sentences(text: str, language: str, limits: Limits, min_share: float = 0.4) -> str:

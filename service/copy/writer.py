@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from service.copy.checks import (
     Limits,
     cjk_ratio,
     clean_output,
+    drop_repeated_sentences,
     echo_grams,
     fit_sentences,
     normalise_text,
@@ -72,6 +73,8 @@ from service.vocab import ProductTask
 # Sampling defaults when several variants are asked for and no temperature is given.
 VARIANT_TEMPERATURE = 0.8
 VARIANT_TOP_P = 0.95
+# A retry of a greedy first try samples (seeded, so a rerun writes the same text).
+RETRY_TEMPERATURE = 0.7
 # Description characters shown to the model: enough for the facts, short for a small model.
 DESCRIPTION_CHARS = 500
 # Recent products of a user's history that personalise a headline.
@@ -526,7 +529,6 @@ class CopyWriter:
             options.variants, options.seed, options.temperature, max_tokens, spec.single_line
         )
         params |= sampling | {"max_tokens": max_tokens, "policy": self._policy()}
-        template, version, versions = self._template_family(task, language)
         facts = Facts.from_products([product], extra=options.keywords)
         variables = {
             "task": task,
@@ -538,26 +540,10 @@ class CopyWriter:
             "length": options.length,
             "keywords": options.keywords,
         }
-        return [
-            Draft(
-                task=task,
-                products=[product],
-                language=language,
-                params=params,
-                variant=v,
-                key=request_key(task, [product.id], params, self.llm.model_id, version, v),
-                facts=facts,
-                limits=self._limits(task, language, params),
-                keywords=list(options.keywords),
-                variables=variables,
-                gen=gen,
-                template=template,
-                template_version=version,
-                templates=versions,
-                topic_check=spec.topic_check,
-            )
-            for v in range(options.variants)
-        ]
+        return self._drafts(
+            task, [product], language, params, gen, facts, variables, options.variants,
+            keywords=list(options.keywords), topic_check=spec.topic_check,
+        )  # fmt: skip
 
     def _plan_headline(
         self,
@@ -584,7 +570,6 @@ class CopyWriter:
             req.variants, req.seed, req.temperature, max_tokens, spec.single_line
         )
         params |= sampling | {"max_tokens": max_tokens, "policy": self._policy()}
-        template, version, versions = self._template_family(task, language)
         facts = Facts.from_products(products, extra=interests)
         variables = {
             "task": task,
@@ -594,6 +579,29 @@ class CopyWriter:
             "max_words": prompt_limit(params.get("max_words")),
             "max_chars": prompt_limit(params.get("max_chars")),
         }
+        return self._drafts(
+            task, products, language, params, gen, facts, variables, req.variants,
+            keywords=[], topic_check=False,
+            titles=[p.title for p in products] + list(interests),
+            categories=theme_categories(products),
+        )  # fmt: skip
+
+    def _drafts(
+        self,
+        task: str,
+        products: list[Product],
+        language: str,
+        params: dict[str, Any],
+        gen: GenParams,
+        facts: Facts,
+        variables: dict[str, Any],
+        variants: int,
+        **checks: Any,
+    ) -> list[Draft]:
+        """One draft per variant of a planned request; the template family, the limits and
+        each variant's cache key follow from task, language and params. `checks`: the
+        task's own check inputs (keywords, topic_check, a headline's titles/categories)."""
+        template, version, versions = self._template_family(task, language)
         ids = [p.id for p in products]
         return [
             Draft(
@@ -605,17 +613,14 @@ class CopyWriter:
                 key=request_key(task, ids, params, self.llm.model_id, version, v),
                 facts=facts,
                 limits=self._limits(task, language, params),
-                keywords=[],
                 variables=variables,
                 gen=gen,
                 template=template,
                 template_version=version,
                 templates=versions,
-                topic_check=False,
-                titles=[p.title for p in products] + list(interests),
-                categories=theme_categories(products),
-            )
-            for v in range(req.variants)
+                **checks,
+            )  # fmt: skip
+            for v in range(variants)
         ]
 
     # -- running ----------------------------------------------------------------------
@@ -652,8 +657,15 @@ class CopyWriter:
             for d in pending:
                 d.prompt = self._messages(d)
                 gen = d.gen
-                if attempt and gen.seed is not None:  # a fresh sample on each retry
-                    gen = GenParams(**{**gen.__dict__, "seed": gen.seed + 1000 * attempt})
+                if attempt:
+                    # A fresh, seeded sample on each retry: greedy decoding of a near-identical
+                    # prompt wrote the same rejected text again ("unparalleled" three times).
+                    gen = replace(
+                        gen,
+                        temperature=gen.temperature or RETRY_TEMPERATURE,
+                        top_p=gen.top_p if gen.temperature else VARIANT_TOP_P,
+                        seed=(gen.seed or 0) + 1000 * attempt,
+                    )
                 groups.setdefault(gen, []).append(d)
             for gen, group in groups.items():
                 first = group[0]
@@ -670,11 +682,8 @@ class CopyWriter:
                 for d, g in zip(group, outs, strict=True):
                     d.attempts = attempt + 1
                     d.raw = g.text
-                    d.text = fit_sentences(
-                        clean_output(g.text, single_line=d.limits.single_line),
-                        d.language,
-                        d.limits,
-                    )
+                    clean = clean_output(g.text, single_line=d.limits.single_line)
+                    d.text = fit_sentences(drop_repeated_sentences(clean), d.language, d.limits)
                     # Everything the prompt says (system rules, example, task, every
                     # retry's rules) minus the data: what an echo would copy.
                     grams = echo_grams(
@@ -697,9 +706,9 @@ class CopyWriter:
                         titles=d.titles,
                         categories=d.categories,
                     )
-                    cut = g.finish_reason == "length" and d.text == clean_output(
-                        g.text, single_line=d.limits.single_line
-                    )  # cut off at the token limit, and not trimmed back to whole sentences
+                    # Cut off at the token limit, and still ending where the model stopped
+                    # (not trimmed back to whole sentences).
+                    cut = g.finish_reason == "length" and clean.endswith(d.text.strip()[-40:])
                     if cut and not d.limits.single_line:
                         d.checks.append(
                             CheckResult(

@@ -261,6 +261,11 @@ def test_a_retry_restates_the_task_and_never_quotes_the_failure(
     # Every call had repetition control and a budget from the length limit.
     assert all(p.repetition_penalty > 1.0 for p in llm.params)
     assert llm.params[0].max_tokens == token_budget(40, None)  # the summary default: 40 words
+    # The first try is greedy; each retry a fresh seeded sample (greedy decoding of the
+    # restated prompt wrote the same rejected text again), the same on a rerun.
+    assert llm.params[0].temperature == 0.0
+    assert [p.temperature > 0 for p in llm.params[1:]] == [True, True]
+    assert llm.params[1].seed != llm.params[2].seed
 
 
 def test_a_retry_never_serves_an_instruction(
@@ -546,3 +551,48 @@ def test_long_data_is_cut_at_a_word_boundary_in_the_prompt() -> None:
     assert "…" not in shown and features.startswith(shown) and features[len(shown)] in " ,"
     desc = next(ln for ln in text.splitlines() if ln.startswith("Description:"))
     assert "…" not in desc and desc.endswith("Word>>>")
+
+
+def test_long_data_is_cut_after_a_whole_sentence_or_list_item() -> None:
+    """The 0.5B writer copied QuickBooks' features cut as "…, Receipt Capture," and ran on
+    into the fence ("receipt capture, and>>"), and Insightly's cut mid-item ("Role-based>>").
+    The data block now ends a long value after its last whole sentence or item."""
+    from service.prompts import clip
+
+    features = "Invoicing, Expense Tracking, Payroll (add-on), Receipt Capture, 1099 Contractor"
+    assert clip(features, 72) == "Invoicing, Expense Tracking, Payroll (add-on), Receipt Capture"
+    desc = "Insightly bridges CRM and projects. After a deal is won, convert it into a project"
+    assert clip(desc, 60) == "Insightly bridges CRM and projects."
+    assert clip("plans: Free: 0; Plus: 29 user/mo; Pro: 49 user/mo", 40) == (
+        "plans: Free: 0; Plus: 29 user/mo"
+    )
+    assert (
+        clip("智能电饭煲容量为1.8升。适合2-6人的家庭日常使用，米饭受热均匀", 20)
+        == "智能电饭煲容量为1.8升。"
+    )
+    assert clip("word " * 30, 23) == "word word word word"  # no sentence, no item: words
+    assert clip("short enough", 40) == "short enough"
+
+
+def test_a_sentence_that_says_an_earlier_one_again_is_left_out() -> None:
+    """The 0.5B summary of the OpenAI API was refused after three tries: a good sentence,
+    then the data's sentence copied with the same phrase. The repeat is left out; the
+    text left passes the repetition check. A text that is mostly repeats stays as it is
+    (and fails the check)."""
+    from service.copy.checks import check_repetition, drop_repeated_sentences
+
+    first = (
+        "The OpenAI API is the foundation for AI-powered applications, offering "
+        "state-of-the-art text generation, reasoning, and multimodal understanding."
+    )
+    again = (
+        "GPT-4o provides state-of-the-art text generation, reasoning, and multimodal understanding."
+    )
+    assert not check_repetition(f"{first} {again}").ok
+    kept = drop_repeated_sentences(f"{first} {again} It also offers a Batch API.")
+    assert kept == f"{first} It also offers a Batch API." and check_repetition(kept).ok
+    loop = "Buy the mug now. " + "Buy the mug now, it is a great mug for you. " * 4
+    assert drop_repeated_sentences(loop) == loop  # too little would stay: not a repair
+    zh = "白瓷功夫茶具套装含盖碗一只。白瓷功夫茶具套装含品茗杯六只。适合冲泡乌龙茶。"
+    assert drop_repeated_sentences(zh) == "白瓷功夫茶具套装含盖碗一只。适合冲泡乌龙茶。"
+    assert drop_repeated_sentences("One sentence only.") == "One sentence only."
