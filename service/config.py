@@ -176,6 +176,8 @@ class Settings(BaseSettings):
             # AI-powered applications" where the data says thousands, "性价比高")
             "popular", "go-to", "must-have", "best-in-class", "millions of", "thousands of",
             "billions of", "性价比高", "性价比", "爆款", "人气",
+            # health benefits (a sampled retry: "富含铁质 … 绝对可以带来健康益处")
+            "health benefits", "healthy", "健康益处", "有益健康", "益处", "富含铁",
         ]
     )  # fmt: skip
     # Writer decoding: repetition control on every copy and chat call (1.0 = off).

@@ -73,8 +73,6 @@ from service.vocab import ProductTask
 # Sampling defaults when several variants are asked for and no temperature is given.
 VARIANT_TEMPERATURE = 0.8
 VARIANT_TOP_P = 0.95
-# A retry of a greedy first try samples (seeded, so a rerun writes the same text).
-RETRY_TEMPERATURE = 0.7
 # Description characters shown to the model: enough for the facts, short for a small model.
 DESCRIPTION_CHARS = 500
 # Recent products of a user's history that personalise a headline.
@@ -657,15 +655,11 @@ class CopyWriter:
             for d in pending:
                 d.prompt = self._messages(d)
                 gen = d.gen
-                if attempt:
-                    # A fresh, seeded sample on each retry: greedy decoding of a near-identical
-                    # prompt wrote the same rejected text again ("unparalleled" three times).
-                    gen = replace(
-                        gen,
-                        temperature=gen.temperature or RETRY_TEMPERATURE,
-                        top_p=gen.top_p if gen.temperature else VARIANT_TOP_P,
-                        seed=(gen.seed or 0) + 1000 * attempt,
-                    )
+                # A retry stays greedy: sampled retries (temperature 0.7, tried) served texts
+                # the checks pass but a reader rejects ("富含铁质 … 绝对可以带来健康益处",
+                # "适合居住"). A sampled request gets a fresh seed per retry.
+                if attempt and gen.seed is not None:
+                    gen = replace(gen, seed=gen.seed + 1000 * attempt)
                 groups.setdefault(gen, []).append(d)
             for gen, group in groups.items():
                 first = group[0]
