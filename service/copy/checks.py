@@ -967,10 +967,10 @@ _CJK_JOINERS = re.compile(r"[\s、，,与和及&/·:：]+")
 
 
 def categories_listed(text: str, categories: Sequence[str]) -> list[str]:
-    """The categories a headline names when it says nothing else ("Cafe, Coffee & Tea,
-    Cooking" for a mug, a grinder and a pan): at least two of the set's categories, and
-    every content word (English) or every character (Chinese) belongs to one of them.
-    A label copied from the data block, not a theme. [] when the headline says more."""
+    """The categories a headline names when it says nothing else: at least two of the
+    set's categories, and every content word (English) or every character (Chinese)
+    belongs to one of them ("Kitchen, Coffee & Tea"); or a list of labels that names one
+    (`_label_list`). A label copied from the data block, not a theme. [] otherwise."""
     norm = normalise_text(text)
     words = [w for w in re.findall(r"[a-z0-9']+", norm) if w not in _FUNCTION_WORDS]
     cjk = "".join(_CJK_RE.findall(norm))
@@ -992,7 +992,37 @@ def categories_listed(text: str, categories: Sequence[str]) -> list[str]:
                 rest = rest.replace(c_norm, " ")
         if _CJK_JOINERS.sub("", rest):
             named = []
-    return named if len(named) >= 2 else []
+    if len(named) >= 2:
+        return named
+    return _label_list(text, categories)
+
+
+_LIST_SPLIT = re.compile(r"\s*[,，、;；]\s*")
+
+
+def _label_list(text: str, categories: Sequence[str]) -> list[str]:
+    """A headline shaped as a list of labels ("Cafe, Coffee & Tea, Cooking": 3+ parts of
+    at most 3 words or 4 Chinese characters each) of which one names a set category: the
+    category line, copied and padded. A list of its own words ("Brew, Sear, Savour") is
+    not caught."""
+    parts = [p for p in _LIST_SPLIT.split(normalise_text(text).strip(" .!")) if p]
+
+    def short(part: str) -> bool:  # a label: at most 3 words, or 4 Chinese characters
+        return len(re.findall(r"[a-z0-9']+", part)) <= 3 and len(_CJK_RE.findall(part)) <= 4
+
+    if len(parts) < 3 or not all(short(p) for p in parts):
+        return []
+    forms: set[str] = set()
+    for c in categories:
+        forms |= {v for w in re.findall(r"[a-z0-9']+", normalise_text(c)) for v in _variants(w)}
+    cjk_cats = [normalise_text(c) for c in categories if _CJK_RE.search(c)]
+
+    def names_a_category(part: str) -> bool:
+        latin = [w for w in re.findall(r"[a-z0-9']+", part) if w not in _FUNCTION_WORDS]
+        return any(w in forms for w in latin) or any(c in part for c in cjk_cats)
+
+    hits = [p for p in parts if names_a_category(p)]
+    return hits if hits else []
 
 
 def check_theme(text: str, titles: Sequence[str], categories: Sequence[str] = ()) -> CheckResult:

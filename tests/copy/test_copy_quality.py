@@ -411,6 +411,15 @@ def test_a_headline_that_only_lists_the_sets_categories_is_no_theme(
         assert not result.ok and "categories" in result.detail, label
     for theme in ("Slow Mornings: Coffee & Cooking", "More to explore: cafe and cooking", "Tea"):
         assert check_theme(theme, [], cats).ok, theme
+    # Served for [kit-0001, cof-0001, kit-0002] (categories Kitchen, Coffee & Tea) by the
+    # 0.5B writer after the first fix: a list of labels padded around one category.
+    assert not check_theme("Cafe, Coffee & Tea, Cooking", [], ["Kitchen", "Coffee & Tea"]).ok
+    assert not check_theme("Kitchen, Coffee, Breakfast", [], ["Kitchen", "Coffee & Tea"]).ok
+    for theme in ("Brew, Sear, Savour", "Cook, Sip and Sleep Well at Camp"):
+        assert check_theme(theme, [], ["Kitchen", "Coffee & Tea"]).ok, theme
+    # The Chinese fallback headline lists categories after its own words: a theme.
+    assert check_theme("为你挑选：厨房、茶具、咖啡", [], ["厨房", "茶具", "咖啡"]).ok
+    assert check_theme("More to explore: a, b, kitchen and tea", [], ["Kitchen", "Tea"]).ok
     assert not check_theme("厨房、茶具", [], ["Kitchen", "厨房", "茶具"]).ok
     assert check_theme("为你挑选：厨房、茶具", [], ["厨房", "茶具"]).ok
     assert check_theme("厨房里的慢时光", [], ["厨房", "茶具"]).ok
