@@ -417,6 +417,11 @@ def test_a_headline_that_only_lists_the_sets_categories_is_no_theme(
     assert not check_theme("Kitchen, Coffee, Breakfast", [], ["Kitchen", "Coffee & Tea"]).ok
     for theme in ("Brew, Sear, Savour", "Cook, Sip and Sleep Well at Camp"):
         assert check_theme(theme, [], ["Kitchen", "Coffee & Tea"]).ok, theme
+    # Served for u-alice (review, 14:50): three of her items' and interests' names listed.
+    alice = ["Damascus Chef's Knife, 20 cm", "Digital Kitchen Scale", "Glass French Press, 1 L"]
+    listed = check_theme("Chef's Knife, Digital Scale, Glass Press", alice, ["Kitchen"])
+    assert not listed.ok and "item names" in listed.detail
+    assert check_theme("Sear, Slice and Weigh at Home", alice, ["Kitchen"]).ok
     # The Chinese fallback headline lists categories after its own words: a theme.
     assert check_theme("为你挑选：厨房、茶具、咖啡", [], ["厨房", "茶具", "咖啡"]).ok
     assert check_theme("More to explore: a, b, kitchen and tea", [], ["Kitchen", "Tea"]).ok
