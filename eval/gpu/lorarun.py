@@ -11,7 +11,9 @@ by score (ties: served order). Test prompts keep the served (retrieval) order; a
 test item is not in the shortlist scores 0 in NDCG@10/Recall@10 whatever the reranker does,
 so only the others need the model, and the metrics over ALL users are exact.
 
-Loss: cross-entropy of the answer's label token at that one position, nothing else.
+Loss (as service.training.lora.label_loss, the CPU trainer's default): at that one
+position, the cross-entropy of the answer's label over the labels shown (log-softmax of the
+label tokens' logits, the served scoring); `--loss vocab`: full-vocabulary cross-entropy.
 """
 
 from __future__ import annotations
@@ -213,7 +215,12 @@ def train(
                 tgt = labels[torch.tensor(pack["label"][mb].astype(np.int64), device=device)]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                     lg = answer_logits(model, seqs_of(pack, mb), meta["pad_id"], device)
-                loss = torch.nn.functional.cross_entropy(lg, tgt, reduction="sum")
+                if args.loss == "vocab":
+                    loss = torch.nn.functional.cross_entropy(lg, tgt, reduction="sum")
+                else:  # over the label tokens only, as the verbalizer scores
+                    lab = torch.log_softmax(lg[:, labels], dim=-1)
+                    ans = torch.tensor(pack["label"][mb].astype(np.int64), device=device)
+                    loss = -lab[torch.arange(len(mb), device=device), ans].sum()
                 (loss / len(batch)).backward()
                 total += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -240,6 +247,7 @@ def train(
         "loss_first": losses[0] if losses else None,
         "loss_last": float(np.mean(losses[-10:])) if losses else None,
         "lr": args.lr,
+        "loss": args.loss,
         "rank": args.rank,
         "layers": args.layers or "all",
         "batch": per_step,
@@ -313,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-untuned", action="store_true")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--loss", choices=("labels", "vocab"), default="labels")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--layers", type=int, default=0, help="adapters in the top N blocks (0 = all)")
     p.add_argument("--batch", type=int, default=32, help="prompts per optimizer step")

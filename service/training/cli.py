@@ -180,6 +180,10 @@ def reranker(
         int | None, typer.Option(help="adapters only in the top N blocks (faster on CPU)")
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="optimizer steps per checkpoint")] = 5,
+    loss: Annotated[
+        str,
+        typer.Option(help="labels (CE over the 20 label tokens, as served) | vocab (full CE)"),
+    ] = "labels",
     fresh: Annotated[bool, typer.Option(help="ignore an existing checkpoint")] = False,
     dataset: DatasetOpt = None,
     tie_break: TieOpt = "item_id",
@@ -231,6 +235,8 @@ def reranker(
         train_reranker,
     )
 
+    if loss not in ("labels", "vocab"):
+        raise typer.BadParameter("use labels or vocab", param_hint="--loss")
     if candidates not in ("sasrec", "pipeline"):
         raise typer.BadParameter("use sasrec or pipeline", param_hint="--candidates")
     if candidates == "pipeline" and not dataset:
@@ -253,6 +259,7 @@ def reranker(
         seed=seed,
         device=device,
         threads=threads,
+        loss=loss,
     )
     with progress_bar() as bar:
         task = bar.add_task("building prompts", total=None)

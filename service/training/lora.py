@@ -8,9 +8,12 @@ seeded RNG, so the answer's label is uniform over A..T. The prompt is exactly wh
 verbalizer sends (`service.ranking.verbalizer.build_prompt` over prompts/rank_verbalizer.j2,
 through the model's chat template, as TransformersLLM.encode tokenises it).
 
-Loss: cross-entropy of the answer's label token at the position right after the prompt,
-and nothing else: the position the verbalizer reads at serving time. Only LoRA weights
-train (peft); optionally only in the top `layers` blocks, which also cuts the backward
+Loss: at the position right after the prompt (the one the verbalizer reads at serving
+time) and nothing else, the cross-entropy of the answer's label over the labels shown
+(`label_loss`: a log-softmax over the 20 label tokens, the served scoring), so every
+gradient step is about the answer's rank among the candidates, not about answering with a
+letter at all; `loss="vocab"` is the full-vocabulary cross-entropy of earlier runs. Only
+LoRA weights train (peft); optionally only in the top `layers` blocks, which also cuts the backward
 pass to those blocks (a CPU run's main cost).
 
 Artefacts in DATA_DIR/models/reranker-lora/: the peft adapter (adapter_config.json,
@@ -92,6 +95,7 @@ class LoraTrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU torch threads; 0 = auto (service.training.sequential.train_threads)
+    loss: str = "labels"  # labels: CE over the label tokens shown (as served) | vocab
 
 
 @dataclass
@@ -235,6 +239,19 @@ def answer_logits(model: Any, seqs: Sequence[Sequence[int]], pad: int, device: s
     return out.logits[:, -1, :].float()
 
 
+def label_loss(logits: Any, label_ids: Sequence[int], answers: Sequence[int]) -> Any:
+    """Summed cross-entropy of each answer over the label tokens only: -log_softmax of the
+    label logits (what the verbalizer renormalises at serving time) at the answer's label.
+    Logits of other tokens do not enter, so probability mass moved between non-labels
+    (or from all labels to a non-label) costs nothing; only the answer's rank does."""
+    # lazy: torch takes ~5 s to import; only this path needs it
+    import torch
+
+    lab = torch.log_softmax(logits[:, list(label_ids)], dim=-1)
+    idx = torch.tensor(list(answers), device=lab.device)
+    return -lab[torch.arange(len(idx), device=lab.device), idx].sum()
+
+
 def _evaluate(
     model: Any,
     encoded: Sequence[tuple[list[int], int]],
@@ -307,6 +324,8 @@ def train_reranker(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = config or LoraTrainConfig()
+    if cfg.loss not in ("labels", "vocab"):
+        raise AdapterError(f"loss must be 'labels' or 'vocab', not {cfg.loss!r}")
     if not train:
         raise AdapterError("no training examples (users need 4 or more distinct items)")
     t0 = time.perf_counter()
@@ -420,13 +439,16 @@ def train_reranker(
             model.train()
             opt.zero_grad(set_to_none=True)
             total = 0.0
+            batch.sort(key=lambda e: len(e[0]))  # similar lengths share a pass: less padding
             for s in range(0, len(batch), cfg.micro_batch):
                 mb = batch[s : s + cfg.micro_batch]
-                target = torch.tensor([label_ids[a] for _, a in mb], device=device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                     logits = answer_logits(model, [ids for ids, _ in mb], pad, device)
-                # Full-vocabulary CE on the answer token only: nothing else is supervised.
-                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+                if cfg.loss == "vocab":  # full-vocabulary CE on the answer token
+                    target = torch.tensor([label_ids[a] for _, a in mb], device=device)
+                    loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+                else:
+                    loss = label_loss(logits, label_ids, [a for _, a in mb])
                 (loss / len(batch)).backward()
                 total += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -472,6 +494,7 @@ def train_reranker(
         "resumed_from_step": resumed_from,
         "train_s": round(train_s, 1),
         "examples": len(enc_train),
+        "prompts_trained": min(step * cfg.batch_size, len(enc_train) * cfg.epochs),
         "val_examples": len(enc_val),
         "prompt_tokens_mean": round(float(np.mean([len(i) for i, _ in enc_train])), 1),
         "loss_first": losses[0] if losses else None,

@@ -31,6 +31,7 @@ from service.training.lora import (
     RankExample,
     build_examples,
     encode_prompt,
+    label_loss,
     prompt_messages,
     reranker_llm,
     shuffled_pass,
@@ -296,3 +297,51 @@ def test_cli_tunes_on_the_store_log_with_the_service_retriever(
     assert m["candidates_from"] == "recsmith retriever" and m["complete"]
     assert m["examples"] == 4 and m["steps"] == 2
     assert (tmp_path / "models" / "reranker-lora" / "adapter_model.safetensors").exists()
+
+
+def test_label_loss_is_the_served_renormalised_answer_probability() -> None:
+    # lazy: torch takes ~5 s to import; only this test needs it
+    import torch
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    label_ids, answers = [7, 3, 11, 40], [0, 2, 3]
+    lab = logits[:, label_ids]
+    want = -sum(float(lab[i, a] - torch.logsumexp(lab[i], dim=0)) for i, a in enumerate(answers))
+    assert float(label_loss(logits, label_ids, answers)) == pytest.approx(want, abs=1e-5)
+    # Mass on tokens that are not labels shown costs nothing (full-vocabulary CE would rise).
+    bumped = logits.clone()
+    bumped[:, 0] += 20.0
+    assert float(label_loss(bumped, label_ids, answers)) == pytest.approx(want, abs=1e-5)
+    full = torch.nn.functional.cross_entropy(
+        bumped, torch.tensor([label_ids[a] for a in answers]), reduction="sum"
+    )
+    assert float(full) > want + 10
+
+
+def test_training_loss_is_over_the_labels_shown_by_default(
+    tiny_model: str, tmp_path: Path, examples: list[RankExample], products: dict[str, Product]
+) -> None:
+    # One step over every example: its loss is measured before any update, on the same
+    # prompts as the validation score, so it must equal minus the mean answer log-probability
+    # over the 20 labels (what the verbalizer reads), not the full-vocabulary CE.
+    settings = _settings(tmp_path, tiny_model)
+    cfg = _cfg(batch_size=len(examples), micro_batch=2, epochs=1)
+    m = train_reranker(examples, examples, products, settings, config=cfg, fresh=True)
+    assert m["steps"] == 1 and m["prompts_trained"] == len(examples)
+    assert m["loss_first"] == pytest.approx(-m["val_before"]["answer_logprob"], abs=1e-4)
+    vocab = train_reranker(
+        examples,
+        examples,
+        products,
+        settings,
+        config=_cfg(**{**vars(cfg), "loss": "vocab"}),
+        fresh=True,
+    )
+    assert vocab["loss_first"] > m["loss_first"] + 0.5
+
+
+def test_cli_rejects_an_unknown_loss_in_one_line() -> None:
+    res = CliRunner().invoke(train_app, ["reranker", "--loss", "ranknet"])
+    assert res.exit_code != 0
+    assert "--loss" in res.output and "labels or vocab" in res.output
