@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.assistant.chat import Assistant
 from service.catalog.ingest import ingest_file
 from service.config import Settings
 from service.recsmith import Recsmith
@@ -43,9 +44,6 @@ def run_chat_bench(
     threads: int = 2,
     conversations: list[list[str]] | None = None,
 ) -> dict[str, Any]:
-    # lazy: service.assistant.chat pulls langchain_core (not needed to import this module)
-    from service.assistant.chat import Assistant
-
     repo = Path(__file__).resolve().parents[1]
     demo = repo / "service" / "demo"
     tmp = tempfile.TemporaryDirectory(prefix="recsmith-chat-bench-")

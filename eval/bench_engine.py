@@ -30,6 +30,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from eval.bench_llm import DEMO, prompts
 from service.config import Settings, get_settings
 from service.llm.base import LLM, GenParams, Prompt
@@ -198,9 +200,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     used = sys.argv[1:] if argv is None else argv
     command = "python -m eval.bench_engine " + " ".join(shlex.quote(a) for a in used)
-
-    # lazy: llama_cpp loads a native library; only the llama.cpp backend needs it
-    import llama_cpp
 
     shared_models = models_dir(get_settings())  # the prepared profiles, not a scratch copy
     before = _uptime()

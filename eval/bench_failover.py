@@ -41,6 +41,7 @@ import httpx
 
 from service.config import Settings
 from service.llm.prepare import prepare_model
+from service.llm.vllm_server import VLLMServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,13 +49,6 @@ RECSMITH = Path(sys.executable).parent / "recsmith"
 KEY = "bench-key"
 USERS = ["u-alice", "u-bob", "u-carol", "u-dan", "u-erin", "u-frank", "u-grace", "u-heidi"]
 EMBED_CACHE = REPO / "var" / "cache" / "tests" / "embeddings.sqlite"
-
-
-def free_port() -> int:
-    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
-    from service.llm.vllm_server import free_port as fp
-
-    return fp()
 
 
 def prepare_data(data_dir: Path) -> None:
@@ -183,9 +177,6 @@ def job_progress(db: Path) -> tuple[int | None, int]:
 
 
 def start_vllm(model: Path, work: Path, name: str) -> Any:
-    # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
-    from service.llm.vllm_server import VLLMServer
-
     return VLLMServer(
         model,
         port=free_port(),

@@ -30,8 +30,10 @@ from typing import Any
 
 from service.config import Settings, get_settings
 from service.llm.base import LLM, GenParams, Prompt
+from service.llm.openai_backend import OpenAILLM
 from service.llm.prepare import resolve_model_path
 from service.llm.transformers_backend import TransformersLLM
+from service.llm.vllm_server import VLLMServer, free_port
 from service.prompts import render
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -141,9 +143,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     used = sys.argv[1:] if argv is None else argv
     command = "python -m eval.bench_llm " + " ".join(shlex.quote(a) for a in used)
 
-    # lazy: service.llm.openai_backend pulls httpx (not needed to import this module)
-    from service.llm.openai_backend import OpenAILLM
-
     base = get_settings()
     model_path = resolve_model_path(base.model_copy(update={"llm_model": args.model}))
     # Benchmark calls are logged like any others, but into a scratch database.
@@ -163,9 +162,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_vllm:
         url = args.vllm_url
         if not url:
-            # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
-            from service.llm.vllm_server import VLLMServer, free_port
-
             server = VLLMServer(model_path, port=free_port(), served_name=s.llm_served_name,
                                 log_path=data / "vllm.log", startup_timeout_s=420)  # fmt: skip
             t0 = time.perf_counter()

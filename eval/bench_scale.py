@@ -46,13 +46,14 @@ from typing import Any
 
 import numpy as np
 import psutil
+import torch
 from sqlalchemy import text
 
 from service.application import Application
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore
 from service.config import Settings
-from service.retrieval.encoder import get_encoder
+from service.retrieval.encoder import SMALL_BATCH, Encoder, get_encoder
 from service.retrieval.filters import Filters
 from service.retrieval.lexical import LexicalIndex
 from service.retrieval.vector_index import MemoryVectorIndex
@@ -211,6 +212,12 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ap.add_argument("--pg-dir", type=Path, default=None)
     ap.add_argument("--skip", default="", help="comma list: memory,pgvector,upsert")
     ap.add_argument("--upsert-encoders", default="e5-small", help="e.g. e5-small,e5-small+int8")
+    ap.add_argument(
+        "--upsert-small-batch",
+        default=str(SMALL_BATCH),
+        help="the encoder's one-thread small batch per upsert cell, side by side: e.g. 4,0,4,0"
+        " (0 = encode on the caller's thread at the process's torch count)",
+    )
     ap.add_argument("--reuse", action="store_true", help="keep a built --pg-dir database")
     ap.add_argument("--build-mem", default="5GB", help="maintenance_work_mem for the build")
     ap.add_argument("--build-workers", type=int, default=1, help="parallel build workers")
@@ -228,9 +235,6 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    # lazy: torch takes ~5 s to import; only this path needs it
-    import torch
-
     # One torch thread by default: on a busy 2-core machine two spinning OpenMP threads
     # cost 2-4x. The service itself runs torch's default (one thread per core).
     torch.set_num_threads(args.torch_threads)
@@ -420,9 +424,15 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     # process's indexes), with each index and each encoder of --upsert-encoders. Another
     # encoder is another model id: its rows are relabelled first (the bench's vectors are
     # derived anyway), else the start-up sync would re-encode the whole catalogue.
+    nonce = int(time.time())  # new titles each run: a reused database keeps the last run's
+    cells = [
+        (name, int(sb), r)
+        for name in args.upsert_encoders.split(",")
+        for r, sb in enumerate(args.upsert_small_batch.split(","))
+    ]
     if "upsert" not in skip:
-        for name in args.upsert_encoders.split(","):
-            uenc = enc if name == base.encoder_model else get_encoder(name, 64, 256, None)
+        for name, small, rnd in cells:
+            uenc = Encoder(name, 64, 256, None, small_batch=small)
             uenc.encode(["warm up"])
             with engine.begin() as c:
                 c.execute(
@@ -432,7 +442,7 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
             for kind in ("pgvector", "memory"):
                 if kind == "memory" and "memory" in skip:
                     continue
-                d = data_dir / f"{kind}-{name}"
+                d = data_dir / f"{kind}-{name}-{small}-{rnd}"
                 (d / "index").mkdir(parents=True, exist_ok=True)
                 seq = store.versions()[0]
                 # The catalogue is already indexed: write what a finished full sync leaves,
@@ -452,7 +462,7 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
                 lat, model, old = [], [], []
                 for j in range(args.upserts):
                     p = products[j * 7919 % args.products]
-                    new = p.model_copy(update={"title": f"{p.title} {kind} {name} v{j}"})
+                    new = p.model_copy(update={"title": f"{p.title} {kind} {name} {nonce} v{j}"})
                     t0 = time.perf_counter()
                     done = app.upsert_products([new])
                     lat.append((time.perf_counter() - t0) * 1000)
@@ -461,7 +471,9 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
                     # the change log read, encoded after the commit, vector row in its own
                     # transaction, index and state saved after each write below 20k.
                     q = products[(j * 7919 + 3) % args.products]
-                    prev = q.model_copy(update={"title": f"{q.title} {kind} {name} old v{j}"})
+                    prev = q.model_copy(
+                        update={"title": f"{q.title} {kind} {name} {nonce} old v{j}"}
+                    )
                     indexer = app.engine.indexer
                     save_below, indexer.save_below = indexer.save_below, 20_000
                     persistent, indexer.index.persistent = indexer.index.persistent, False
@@ -479,6 +491,8 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
                 hit = app.search(f"{new.title}", k=5, filters=Filters(categories=[new.category]))
                 lexical = [pid for pid, _ in app.engine.lexical.search(new.title, 5)]
                 key = f"upsert_{kind}" + ("" if name == base.encoder_model else f"_{name}")
+                if len(cells) > len(args.upsert_encoders.split(",")):
+                    key += f"_sb{small}_r{rnd}"
                 res[key] = {
                     **_pct(lat),
                     "before_p50_ms": round(float(np.percentile(old, 50)), 2),
@@ -491,6 +505,8 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
                     "found_lexical": new.id in lexical,
                     "dense_vector_current": fresh,
                     "uptime": os.getloadavg(),
+                    "small_batch": small,
+                    "small_batch_threads": uenc.small_batch_threads(),
                 }
                 print(json.dumps({key: res[key]}), flush=True)
     res["rss_mb"] = round(proc.memory_info().rss / 2**20)

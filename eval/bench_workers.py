@@ -46,6 +46,7 @@ from service.copy.tables import CopyJobItemRow
 from service.copy.tasks import CopyOptions
 from service.db import get_engine, session_scope
 from service.llm.prepare import resolve_model_path
+from service.llm.vllm_server import VLLMServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "eval" / "results"
@@ -104,9 +105,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     server = None
     if args.engine == "vllm":
-        # lazy: service.llm.vllm_server pulls httpx (not needed to import this module)
-        from service.llm.vllm_server import VLLMServer, free_port
-
         model = resolve_model_path(get_settings().model_copy(update={"llm_model": "tiny"}))
         # No prefix caching: every run sends the same prompts (only the seed differs), and a
         # cache warmed by the first run would make the later ones look faster.

@@ -34,6 +34,7 @@ from service.config import Settings, get_settings
 from service.copy.checks import _CJK_RE, normalise_text
 from service.copy.tasks import CopyOptions, CopyRequest
 from service.copy.writer import CopyWriter
+from service.llm.prepare import resolve_model_path
 from service.offline.datasets import SOURCES, PackagedData, fetch
 
 COMPAREDGE = PackagedData(
@@ -144,8 +145,6 @@ def run_copy_eval(
     )
     if base.llm_model == "default":
         # Reuse the model prepared in the main data dir rather than converting it again.
-        from service.llm.prepare import resolve_model_path
-
         settings.llm_model = resolve_model_path(base)
     settings.ensure_dirs()
     catalog = CatalogStore(settings.db_url)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import uvicorn
 from rich.table import Table
 from rich.text import Text
 
@@ -334,9 +335,6 @@ def serve(
     ] = 1,
 ) -> None:
     """Start the HTTP API and the web page."""
-    # lazy: uvicorn only for `recsmith serve`; other commands start faster
-    import uvicorn
-
     try:
         s = get_settings()
     except ConfigError as e:  # a bad RECSMITH_* value: one line, not a traceback

@@ -24,6 +24,7 @@ from service.retrieval.lexical import LexicalIndex
 from service.retrieval.retriever import Candidate, RetrievalRequest, Retriever
 from service.retrieval.sequential import SequentialScorer
 from service.retrieval.vector_index import MemoryVectorIndex, VectorIndex
+from service.retrieval.vector_index_pg import PgVectorIndex
 
 
 class Recsmith:
@@ -70,8 +71,6 @@ class Recsmith:
         """The vector index the settings choose (service/retrieval/vector_index.py)."""
         s = self.settings
         if s.vector_index == "pgvector":
-            from service.retrieval.vector_index_pg import PgVectorIndex  # PostgreSQL only
-
             return PgVectorIndex(
                 self.store.engine, self.encoder.dim, s.pgvector_ef_search, s.pgvector_exact_below
             )

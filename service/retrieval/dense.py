@@ -203,7 +203,9 @@ class DenseIndex:
         """Scan 8-bit scalar-quantised codes (4x less memory traffic than float32), then
         re-score the best 3k exactly in float32: exact-search quality at a quarter of the
         cost, with no graph to build and no recall cliff on unclustered data."""
-        # lazy: faiss loads a native library; only large indexes use it
+        # lazy: faiss (+0.07 s) loads its own OpenBLAS and OpenMP (threadpool_info: 1 -> 3
+        # libraries); only large indexes use it, so small ones and _threadpools (introspected
+        # at import) see numpy's BLAS alone
         import faiss
 
         if self._faiss is not None and self._ivf:  # shrank below the IVF threshold
@@ -240,7 +242,7 @@ class DenseIndex:
         """IVF over 8-bit codes of the residuals: ~4*sqrt(n) lists, k-means on a seeded sample
         of <= TRAIN_SAMPLE rows (10 iterations), rows added in chunks. FAISS ids are row
         numbers (appends keep them in step); dead rows stay in the lists and are masked out."""
-        import faiss
+        import faiss  # lazy: as in _search_faiss
 
         vectors = self.vectors
         n = len(vectors)
@@ -272,7 +274,7 @@ class DenseIndex:
         otherwise the IVF, reading nprobe/share lists so that enough allowed rows are seen,
         with the filter as a bitmap the scan checks per code (dead rows are never returned:
         they are out of the mask)."""
-        import faiss
+        import faiss  # lazy: as in _search_faiss
 
         share = 1.0 if mask is None else float(mask.mean())
         if mask is not None and share <= self.EXACT_SHARE:
