@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +59,13 @@ def resolve_encoder(name: str) -> str:
 
 
 Kind = Literal["query", "passage"]
+
+# Up to this many texts (a query, a single product's write) are encoded on a thread of the
+# encoder's own that runs torch with one intra-op thread. On 2 cores two OpenMP threads make a
+# one-text pass no faster and the work around it slower: a single upsert at torch's default of
+# 2 threads took 85.8 ms against 51.2 ms at 1 (eval/results/2026-11-30-upsert.md). Batches keep
+# the process's thread count, where the second core pays.
+SMALL_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,7 @@ class Encoder:
         batch_size: int = 64,
         max_length: int = 256,
         cache_path: Path | None = None,
+        small_batch: int = SMALL_BATCH,
     ) -> None:
         # lazy: torch takes ~5 s to import; only this path needs it
         import torch
@@ -169,11 +178,37 @@ class Encoder:
         self.model_calls = 0  # texts actually encoded (the cache's effect is visible here)
         self._torch = torch
         self._lock = threading.Lock()
+        self.small_batch = small_batch
+        self._single: ThreadPoolExecutor | None = None
+        if small_batch > 0:
+            self._single = ThreadPoolExecutor(1, thread_name_prefix="encoder-1t")
+            caller = torch.get_num_threads()
+            self._single.submit(self._pin_one_thread).result()
+            # torch.set_num_threads also sets the count that threads take on their first op;
+            # give that back, so only the encoder's own thread runs with one.
+            torch.set_num_threads(caller)
+
+    def _pin_one_thread(self) -> None:
+        self._torch.set_num_threads(1)
+        # The count is per OS thread once the thread has initialised it; reading it does, so
+        # restoring the process default afterwards leaves this thread at one.
+        self._torch.get_num_threads()
+
+    def small_batch_threads(self) -> int:
+        """torch's intra-op thread count where a small batch is encoded."""
+        if self._single is None:
+            return int(self._torch.get_num_threads())
+        return int(self._single.submit(self._torch.get_num_threads).result())
 
     def encode_uncached(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
         """The model alone: no prefix, no cache (encode() adds both; benchmarks time this)."""
+        if self._single is not None and len(texts) <= self.small_batch:
+            return self._single.submit(self._forward, texts, progress).result()
+        return self._forward(texts, progress)
+
+    def _forward(self, texts: Sequence[str], progress: Callable[[int], None] | None) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Longest first: padding per batch is small and the slowest batch shows up early.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,27 @@ def test_int8_encoder_is_another_model_close_to_the_float_one() -> None:
     for enc, vecs in ((fp, a), (q8, b)):
         top = (enc.encode_queries(queries) @ vecs.T).argmax(1)
         assert top.tolist() == [0, 1, 2]
+
+
+def test_small_batches_run_on_one_thread_and_leave_the_process_count() -> None:
+    """A query or one product's write is encoded on the encoder's own thread with one torch
+    thread (two spinning threads slow a single upsert on 2 cores); the caller's thread count
+    and the vectors are unchanged, and batches keep the process's count."""
+    # lazy: torch takes seconds to import; the encoder module imports it the same way
+    import torch
+
+    torch.set_num_threads(2)
+    enc = Encoder("default", small_batch=2)
+    assert enc.small_batch_threads() == 1
+    assert torch.get_num_threads() == 2
+    # A thread that starts after the encoder still gets the process's count.
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [2]
+    plain = Encoder("default", small_batch=0)
+    assert plain.small_batch_threads() == 2
+    one = np.stack([enc.encode([t])[0] for t in TEXTS])
+    assert np.allclose(one, plain.encode(TEXTS), atol=1e-5)
+    assert np.allclose(enc.encode(TEXTS), plain.encode(TEXTS), atol=1e-5)
