@@ -58,12 +58,14 @@ from service.assistant.grounding import (
     answer_language_ok,
     check_details,
     check_prices,
+    drop_cut_copies,
 )
 from service.assistant.lc import (
     SYSTEM_TEMPLATE,
     TURN_TEMPLATE,
     RecsmithChatModel,
     RecsmithRetriever,
+    description_shown,
     document_product,
     question_language,
     turn_prompt,
@@ -333,19 +335,27 @@ class Assistant:
             stop.set()
 
     def _checked(self, guard: AnswerGuard, labels: Labels, message: str) -> Checked:
-        """The answer the guard let through, minus sentences with a wrong price or a detail
-        the data does not state; '' when nothing grounded is left."""
-        checked = check_prices(guard.text, labels)
+        """The answer the guard let through, minus a description copied where the prompt cut
+        it, sentences with a wrong price or a detail the data does not state; '' when
+        nothing grounded is left."""
+        cut = [
+            shown
+            for p in labels.products
+            if (shown := description_shown(p)) != " ".join((p.description or "").split())
+        ]
+        copies = drop_cut_copies(guard.text, labels, cut)
+        checked = check_prices(copies.answer, labels)
         details = check_details(
             checked.answer, labels, message, self.rs.settings.unsupported_claims
         )
         answer = details.answer
-        if details.removed and not labels.cited(answer):
+        if (copies.removed or details.removed) and not labels.cited(answer):
             answer = ""  # nothing grounded left: the templated answer from the data
+        steps = (guard, copies, checked, details)
         return Checked(
             answer=answer,
-            removed=guard.removed + checked.removed + details.removed,
-            flags=guard.flags + checked.flags + details.flags,
+            removed=[r for step in steps for r in step.removed],
+            flags=[f for step in steps for f in step.flags],
         )
 
     def _retry_language(

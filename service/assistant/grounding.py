@@ -391,6 +391,40 @@ def check_prices(text: str, labels: Labels) -> Checked:
     return Checked(answer=answer, removed=removed, flags=flags)
 
 
+_FINISHED = re.compile(r"[.!?。！？…:：\]\)）\"'”」]\s*$")
+
+
+def drop_cut_copies(text: str, labels: Labels, shown: Sequence[str]) -> Checked:
+    """Remove a line's unfinished last clause that copies a product description where the
+    prompt cut it ("…arrives seasoned with"): it reads as a sentence broken off. `shown`:
+    the descriptions as the prompt showed them, for those that were cut."""
+    ends = []
+    for d in shown:
+        words = re.findall(r"\w+", normalise_text(d))
+        if words:
+            ends.append(" ".join(words[-3:]))
+    if not ends:
+        return Checked(answer=text)
+    kept: list[str] = []
+    removed: list[str] = []
+    flags: list[dict[str, Any]] = []
+    for part in (p for s in sentences(text) for p in re.split(r"(?<=\n)", s) if p):
+        body = part.rstrip()
+        words = " ".join(re.findall(r"\w+", normalise_text(body)))
+        if (
+            body
+            and not _FINISHED.search(body)
+            and not labels.cited(body)
+            and any(words.endswith(e) for e in ends)
+        ):
+            removed.append(body.strip())
+            flags.append({"kind": "cut_copy", "text": body.strip()})
+            kept.append(part[len(body) :])  # keep the line break
+            continue
+        kept.append(part)
+    return Checked(answer="".join(kept).strip(), removed=removed, flags=flags)
+
+
 # Phrases of the copy writer's unsupported-claims list that are a recommendation in a chat
 # answer ("the best match for you is [1]"), not praise of the product.
 CHAT_ALLOWED_CLAIMS = frozenset({"the best", "最好", "最佳"})
