@@ -20,20 +20,8 @@ from typing import Any, Unpack
 
 from service.llm.base import LLM, GenParams, Message
 from service.prompts import Rendered
+from service.ranking import common
 from service.ranking.base import RankJob, RankResult, UserContext, retrieval_order
-from service.ranking.common import (
-    ALL_LABELS,
-    Item,
-    LLMReranker,
-    RerankerOptions,
-    UnparseableOutput,
-    aggregate,
-    labelled,
-    order_by_scores,
-    pass_orders,
-    product_text,
-    user_prompt,
-)
 from service.ranking.parse import (
     MAX_RATIONALE_CHARS,
     MAX_REASON_CHARS,
@@ -71,12 +59,12 @@ def ranking_schema(labels: list[str]) -> dict[str, Any]:
 
 
 def build_prompt(
-    user: UserContext, items: list[Item], max_history: int = 8, top_reasons: int = 3
+    user: UserContext, items: list[common.Item], max_history: int = 8, top_reasons: int = 3
 ) -> tuple[list[Message], Rendered]:
-    return user_prompt(TEMPLATE, user, items, max_history, top_reasons=top_reasons)
+    return common.user_prompt(TEMPLATE, user, items, max_history, top_reasons=top_reasons)
 
 
-class ReasoningReranker(LLMReranker):
+class ReasoningReranker(common.LLMReranker):
     name = "reasoning"
     template_name = TEMPLATE
 
@@ -86,7 +74,7 @@ class ReasoningReranker(LLMReranker):
         *,
         max_tokens: int = 192,
         top_reasons: int = 3,
-        **options: Unpack[RerankerOptions],
+        **options: Unpack[common.RerankerOptions],
     ) -> None:
         super().__init__(llm, **options)
         self.max_tokens, self.top_reasons = max_tokens, top_reasons
@@ -95,12 +83,12 @@ class ReasoningReranker(LLMReranker):
         user, candidates, products = job.user, job.candidates, job.products
         head, tail = candidates[: self.window], candidates[self.window :]
         n = len(head)
-        labels = list(ALL_LABELS[:n])
-        texts = [product_text(products.get(c.product_id), c.product_id) for c in head]
-        orders = pass_orders(n, self.passes, self.seed)
+        labels = list(common.ALL_LABELS[:n])
+        texts = [common.product_text(products.get(c.product_id), c.product_id) for c in head]
+        orders = common.pass_orders(n, self.passes, self.seed)
         prompts = []
         for order in orders:  # pass p shows candidate order[k] under label k
-            items = labelled(texts, order)
+            items = common.labelled(texts, order)
             prompts.append(build_prompt(user, items, self.max_history, self.top_reasons)[0])
         params = GenParams(
             max_tokens=self.max_tokens,
@@ -111,7 +99,7 @@ class ReasoningReranker(LLMReranker):
         # self.llm inside: a first call may load the model, within the budget too
         gens = self._call_model(lambda: self.llm.generate(prompts, params), job.remaining())
         if len(gens) != len(prompts):
-            raise UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
+            raise common.UnparseableOutput(f"expected {len(prompts)} answers, got {len(gens)}")
 
         per_pass: list[list[float]] = []
         parsed: list[tuple[ParsedRanking, list[int]]] = []  # with the pass's order
@@ -121,7 +109,7 @@ class ReasoningReranker(LLMReranker):
             ids = {head[i].product_id: labels[k] for k, i in enumerate(order)}
             try:
                 pr = parse_ranking(gen.text, labels, ids)
-            except UnparseableOutput as e:
+            except common.UnparseableOutput as e:
                 errors.append(str(e))
                 pass_meta.append(
                     {
@@ -154,8 +142,8 @@ class ReasoningReranker(LLMReranker):
             res.meta = {"passes": self.passes, "seed": self.seed, "pass_details": pass_meta}
             return res
 
-        scores = aggregate(per_pass, "borda")
-        order = order_by_scores(head, scores)
+        scores = common.aggregate(per_pass, "borda")
+        order = common.order_by_scores(head, scores)
         order += [(c.product_id, -(k + 1) / len(tail)) for k, c in enumerate(tail)]
 
         reasons: dict[str, str] = {}  # per product, the first pass that gave one wins
