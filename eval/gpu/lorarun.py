@@ -110,6 +110,18 @@ def metrics(ranks: list[float], n_users: int) -> dict[str, float]:
     }
 
 
+def train_passes(pack: dict[str, Any], limit: int = 0) -> list[np.ndarray]:
+    """The training prompts' indexes per packed pass (pass e = the same examples with their
+    candidates reshuffled, eval/gpu/pack.py); a pack without passes has one."""
+    train = pack["kind"] == KIND["train"]
+    passes = pack.get("pass", np.zeros(len(train), dtype=np.int8))
+    out = []
+    for e in range(int(passes[train].max()) + 1 if train.any() else 1):
+        idx = np.flatnonzero(train & (passes == e))
+        out.append(idx[:limit] if limit else idx)
+    return out
+
+
 def evaluate(
     model: Any | None,
     pack: dict[str, Any],
@@ -186,9 +198,8 @@ def train(
             if p.requires_grad:
                 p.data = p.data.float()
     labels = torch.tensor(meta["label_token_ids"], device=device)
-    idx = np.flatnonzero(pack["kind"] == KIND["train"])
-    if args.train_limit:
-        idx = idx[: args.train_limit]
+    per_pass = train_passes(pack, args.train_limit)
+    idx = per_pass[0]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     per_step = args.batch
@@ -204,8 +215,9 @@ def train(
     t0, step, losses, stopped = time.perf_counter(), 0, [], "done"
     amp = device == "cuda"
     model.train()
-    for _epoch in range(args.epochs):
-        order = rng.permutation(idx)
+    for epoch in range(args.epochs):
+        # pass e's prompts: the same examples, candidates in that pass's shuffled order
+        order = rng.permutation(per_pass[epoch % len(per_pass)])
         for s in range(0, len(order), per_step):
             batch = order[s : s + per_step]
             opt.zero_grad(set_to_none=True)

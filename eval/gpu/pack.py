@@ -6,7 +6,8 @@ writes (eval/gpu/.pack is git-ignored; each folder is one `carry` path):
 - data/prompts.npz: every prompt tokenised exactly as the service's verbalizer sends it
   (service.training.lora.prompt_messages + encode_prompt over the prepared tokenizer),
   uint16 token ids back to back with offsets, the answer's label index (-1: not in the
-  shortlist) and the kind (0 train, 1 val, 2 test);
+  shortlist), the kind (0 train, 1 val, 2 test) and the pass (training prompts once per
+  pass, each pass's candidates in a new seeded order, as the CPU trainer's passes);
 - data/meta.json: label token ids, pad id, the GGUF's sha256 and parts' sha256;
 - data/pylib/: the pure-Python `gguf` package transformers needs for gguf_file=;
 - part1/, part2/: the Q4 GGUF of the ranker profile cut in two (~47 MiB each).
@@ -32,7 +33,13 @@ from service.config import get_settings
 from service.llm.prepare import resolve_model_path
 from service.offline.datasets import load
 from service.prompts import library
-from service.training.lora import RankExample, encode_prompt, label_token_ids, prompt_messages
+from service.training.lora import (
+    RankExample,
+    encode_prompt,
+    label_token_ids,
+    prompt_messages,
+    shuffled_pass,
+)
 from service.training.rerank_data import load_cases
 
 PARTS = 2
@@ -92,24 +99,33 @@ def join_parts(pack: Path, meta: dict[str, Any], dest: Path) -> Path:
     return target
 
 
-def encode_cases(cases: dict[str, list[Any]], limits: dict[str, int | None]) -> dict[str, Any]:
+def encode_cases(
+    cases: dict[str, list[Any]], limits: dict[str, int | None], passes: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """Every prompt tokenised; the training prompts once per pass, pass e showing each
+    prompt's candidates in the order `service.training.lora.shuffled_pass(train, e, seed)`
+    gives (as `recsmith train reranker` trains: a new order every pass, against position
+    bias). `pass` says which pass a training prompt belongs to (0 for val/test)."""
     # lazy: transformers takes ~3 s to import; only this path needs it
     from transformers import AutoTokenizer
 
     path = resolve_model_path(get_settings())
     tok = AutoTokenizer.from_pretrained(path)
     products = {p.id: p for p in load("ml-100k").products}
-    tokens, offsets, labels, kinds, users = [], [0], [], [], []
+    tokens, offsets, labels, kinds, users, passes_of = [], [0], [], [], [], []
     for kind in ("train", "val", "test"):
-        for c in cases[kind][: limits.get(kind)]:
-            # The service shows the last RERANK_HISTORY items; the prompt keeps the last 8.
-            ex = RankExample(c.history[-RERANK_HISTORY:], c.candidates, c.target)
-            ids = encode_prompt(tok, prompt_messages(ex, products, 8))
-            tokens.extend(ids)
-            offsets.append(len(tokens))
-            labels.append(c.label)
-            kinds.append(KIND[kind])
-            users.append(c.user)
+        chosen = cases[kind][: limits.get(kind)]
+        # The service shows the last RERANK_HISTORY items; the prompt keeps the last 8.
+        base = [RankExample(c.history[-RERANK_HISTORY:], c.candidates, c.target) for c in chosen]
+        for e in range(passes if kind == "train" else 1):
+            for c, ex in zip(chosen, shuffled_pass(base, e, seed), strict=True):
+                ids = encode_prompt(tok, prompt_messages(ex, products, 8))
+                tokens.extend(ids)
+                offsets.append(len(tokens))
+                labels.append(ex.label_index if ex.target in ex.candidates else -1)
+                kinds.append(KIND[kind])
+                users.append(c.user)
+                passes_of.append(e)
     if max(tokens) >= 1 << 16:
         raise SystemExit("token ids do not fit uint16")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -119,6 +135,7 @@ def encode_cases(cases: dict[str, list[Any]], limits: dict[str, int | None]) -> 
             "offsets": np.asarray(offsets, dtype=np.int64),
             "label": np.asarray(labels, dtype=np.int16),
             "kind": np.asarray(kinds, dtype=np.int8),
+            "pass": np.asarray(passes_of, dtype=np.int8),
         },
         "label_token_ids": label_token_ids(tok, 20),
         "pad_id": int(pad),
@@ -127,14 +144,14 @@ def encode_cases(cases: dict[str, list[Any]], limits: dict[str, int | None]) -> 
     }
 
 
-def pack(cases_path: Path, out: Path, dry_run: bool = False) -> dict[str, Any]:
+def pack(cases_path: Path, out: Path, dry_run: bool = False, passes: int = 3) -> dict[str, Any]:
     cases, info = load_cases(cases_path)
     limits: dict[str, int | None] = (
         {"train": 8, "val": 4, "test": 12}
         if dry_run
         else {"train": None, "val": None, "test": None}
     )
-    enc = encode_cases(cases, limits)
+    enc = encode_cases(cases, limits, passes)
     data = out / "data"
     shutil.rmtree(out, ignore_errors=True)
     data.mkdir(parents=True)
@@ -154,8 +171,12 @@ def pack(cases_path: Path, out: Path, dry_run: bool = False) -> dict[str, Any]:
         "dataset": info["dataset"],
         "cases": info,
         "dry_run": dry_run,
-        "counts": {k: int((a["kind"] == v).sum()) for k, v in KIND.items()},
-        "hits": {k: int(((a["kind"] == v) & (a["label"] >= 0)).sum()) for k, v in KIND.items()},
+        "counts": {k: int(((a["kind"] == v) & (a["pass"] == 0)).sum()) for k, v in KIND.items()},
+        "train_passes": passes,
+        "hits": {
+            k: int(((a["kind"] == v) & (a["label"] >= 0) & (a["pass"] == 0)).sum())
+            for k, v in KIND.items()
+        },
         "prompt_tokens_mean": float(np.mean(np.diff(a["offsets"]))),
         "label_token_ids": enc["label_token_ids"],
         "pad_id": enc["pad_id"],
@@ -182,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--cases", type=Path, default=Path("var/ml-100k-pipeline/cases.json"))
     a.add_argument("--out", type=Path, default=Path("eval/gpu/.pack"))
     a.add_argument("--dry-run", action="store_true")
+    a.add_argument(
+        "--passes", type=int, default=3, help="training passes packed (run.sh: EPOCHS=3)"
+    )
     b = sub.add_parser("stage", help="copy one carried part to the staging folder")
     b.add_argument("--pack", type=Path, default=Path("eval/gpu/.pack"))
     b.add_argument("--part", type=int, required=True)
@@ -191,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--dest", type=Path, required=True)
     args = p.parse_args(argv)
     if args.cmd == "pack":
-        meta = pack(args.cases, args.out, args.dry_run)
+        meta = pack(args.cases, args.out, args.dry_run, args.passes)
         print(json.dumps({k: meta[k] for k in ("counts", "hits", "prompt_tokens_mean")}))
     elif args.cmd == "stage":
         src_dir = args.pack / f"part{args.part}"
