@@ -7,9 +7,9 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from service.vocab import Event
 
@@ -79,6 +79,14 @@ def check_json_bounds(value: Any) -> None:
         raise ValueError(f"{size:,} bytes as JSON; at most {MAX_JSON_BYTES:,}")
 
 
+def _blank_is_none(v: Any) -> Any:
+    return None if isinstance(v, str) and not v.strip() else v
+
+
+# A number that may be absent; a blank text (an empty CSV cell) counts as absent.
+OptionalNumber = Annotated[float | None, BeforeValidator(_blank_is_none)]
+
+
 class Product(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -87,7 +95,7 @@ class Product(BaseModel):
     description: str = Field(default="", max_length=20_000)
     category: str = Field(default="", max_length=128)
     brand: str = Field(default="", max_length=128)
-    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    price: OptionalNumber = Field(default=None, ge=0, allow_inf_nan=False)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     attributes: dict[str, Any] = Field(
         default_factory=dict,
@@ -142,11 +150,6 @@ class Product(BaseModel):
                 return False
         return v
 
-    @field_validator("price", mode="before")
-    @classmethod
-    def _empty_price(cls, v: Any) -> Any:
-        return None if isinstance(v, str) and not v.strip() else v
-
     def embedding_text(self) -> str:
         """The text the encoder sees: what a shopper reads first, most important first."""
         parts = [self.title]
@@ -196,7 +199,7 @@ class Interaction(BaseModel):
     user_id: str = Field(pattern=ID_PATTERN)
     product_id: str = Field(pattern=ID_PATTERN)
     event: Event = Event.view
-    value: float | None = Field(default=None, allow_inf_nan=False)
+    value: OptionalNumber = Field(default=None, allow_inf_nan=False)
     ts: datetime = Field(
         default_factory=lambda: datetime.now(UTC),
         description="ISO 8601, or Unix seconds (milliseconds when beyond 2e10, as pydantic reads)",
@@ -224,11 +227,6 @@ class Interaction(BaseModel):
             except OverflowError:
                 raise ValueError(f"{v.isoformat()} is out of range in UTC") from None
         return v
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _empty_value(cls, v: Any) -> Any:
-        return None if isinstance(v, str) and not v.strip() else v
 
     def naive_utc_ts(self) -> datetime:
         ts = self.ts
