@@ -32,6 +32,11 @@ def public_reason(stage: str, raw: str | None) -> str:
     """A fixed phrase for a failed model stage ("rerank: timed out"). Exception text can
     hold URLs, paths and prompt fragments: it goes to the log, never to the client."""
     text = (raw or "").lower()
+    # The assistant's own verdicts on what the model wrote (no exception text in them).
+    if text.startswith("language:"):
+        return f"{stage}: not in the shopper's language"
+    if text.startswith("empty:"):
+        return f"{stage}: nothing the model wrote passed the checks"
     if "timeout" in text or "timed out" in text or "budget" in text:
         return f"{stage}: timed out"
     if "unparseable" in text:

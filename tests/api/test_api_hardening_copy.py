@@ -155,3 +155,29 @@ def test_start_up_resumes_a_job_a_dead_process_left_running(
     assert final["status"] == "done" and final["done"] + final["failed"] == 3, final
     products = [t["product_id"] for t in texts]
     assert len(products) == 3 and len(set(products)) == 3  # each product exactly once
+
+
+@pytest.mark.parametrize(
+    ("message", "answer", "reason"),
+    [
+        # Nothing grounded left after the checks: the templated answer, and why.
+        ("cast iron skillet", "[1] is a luxurious 5 L skillet in red, perfect for women.",
+         "answer: nothing the model wrote passed the checks"),
+        # English to a Chinese question, on the retry too.
+        ("推荐一款咖啡机", "[1] is a fine espresso maker.",
+         "answer: not in the shopper's language"),
+    ],
+)  # fmt: skip
+def test_a_templated_chat_answer_tells_the_client_why(
+    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory, message: str, answer: str,
+    reason: str,
+) -> None:  # fmt: skip
+    """Served at e6f9364 as "answer: model unavailable", which sends a client looking for an
+    outage; the service's own verdict is a fixed phrase too, and says what happened."""
+    s = _settings(demo_dir, tmp_path_factory)
+    app = create_app(s, writer_llm=FakeLLM(s, answer))
+    with TestClient(app, headers=AUTH) as c:
+        body = c.post("/v1/assistant/chat", json={"message": message, "stream": False}).json()
+        quiesce(app)
+    assert body["degraded"] is True and body["degraded_reason"] == reason, body
+    assert body["template"] == "assistant_fallback" and body["answer"]
