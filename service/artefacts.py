@@ -16,9 +16,10 @@ from pathlib import Path
 
 from service.catalog.store import CatalogStore
 from service.config import Settings
+from service.files import ArtefactStatus
 from service.llm.base import LLM
 from service.ranking.adapter import AdapterError, adapter_dir, load_adapter_into
-from service.ranking.blend import BLEND_FILE, BlendStatus, RerankBlend, load_blend
+from service.ranking.blend import BLEND_FILE, RerankBlend, load_blend
 from service.retrieval.fusion import Fusion, FusionStatus, load_fusion
 from service.retrieval.sequential import SequentialScorer, load_sequential
 
@@ -31,13 +32,13 @@ class Artefacts:
         self.strict = settings.artefacts_strict if strict is None else strict
         self._lock = threading.Lock()
         self._tuned: dict[int, LLM] = {}  # base LLM id() → the LLM with the adapter applied
-        self._blend: tuple[RerankBlend | None, BlendStatus] | None = None
+        self._blend: tuple[RerankBlend | None, ArtefactStatus] | None = None
 
     def fusion(self, encoder_id: str | None = None) -> tuple[Fusion | None, FusionStatus]:
         s = self.settings
         return load_fusion(s.fusion_file, s.fusion_strict or self.strict, encoder_id)
 
-    def rerank_blend(self) -> tuple[RerankBlend | None, BlendStatus]:
+    def rerank_blend(self) -> tuple[RerankBlend | None, ArtefactStatus]:
         """The verbalizer's blend with its shortlist (artefacts/rerank_blend.json), read once."""
         with self._lock:
             if self._blend is None:

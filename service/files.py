@@ -8,11 +8,27 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+ArtefactState = Literal["fitted", "default", "degraded"]
+
+
+@dataclass
+class ArtefactStatus:
+    """How a fitted artefact loaded: "fitted", "default" (none saved) or "degraded" (unusable,
+    `reason` says why; the service runs without it)."""
+
+    state: ArtefactState
+    path: str
+    reason: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.state == "degraded"
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -53,7 +69,7 @@ def read_json_artefact(
     strict_hint: str,
     fallback: str,
     log: logging.Logger = logger,
-) -> tuple[T | None, Literal["fitted", "default", "degraded"], str | None]:
+) -> tuple[T | None, ArtefactState, str | None]:
     """A fitted JSON artefact the service loads at start-up: (artefact, state, reason).
     Missing: None, "default" and `missing` as the reason. Unreadable, or `parse` raising
     `error`: a warning (on `log`), None, "degraded". strict: both raise `error` naming the file."""
@@ -69,3 +85,12 @@ def read_json_artefact(
             raise error(reason) from e
         log.warning("%s", reason)
         return None, "degraded", reason
+
+
+def versioned(data: Any, version: int, error: type[Exception]) -> dict[str, Any]:
+    """`data` as the JSON object of an artefact saved in format `version`, else `error`."""
+    if not isinstance(data, dict):
+        raise error("not a JSON object")
+    if data.get("format") != version:
+        raise error(f"format {data.get('format')!r}, expected {version}")
+    return data

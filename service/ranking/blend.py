@@ -19,9 +19,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from service.files import read_json_artefact, write_json_atomic
+from service.files import ArtefactStatus, read_json_artefact, versioned, write_json_atomic
 
 BLEND_FORMAT = 1
 BLEND_FILE = Path("artefacts") / "rerank_blend.json"  # relative to the data directory
@@ -69,10 +69,7 @@ class RerankBlend:
 
     @classmethod
     def from_dict(cls, data: Any) -> RerankBlend:
-        if not isinstance(data, dict):
-            raise BlendError("not a JSON object")
-        if data.get("format") != BLEND_FORMAT:
-            raise BlendError(f"format {data.get('format')!r}, expected {BLEND_FORMAT}")
+        data = versioned(data, BLEND_FORMAT, BlendError)
         w = data.get("weight")
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0.0 <= w <= 1.0:
             raise BlendError(f"weight must be a number in [0, 1], got {w!r}")
@@ -83,18 +80,7 @@ class RerankBlend:
         return write_json_atomic(path, self.to_dict())
 
 
-@dataclass
-class BlendStatus:
-    state: Literal["fitted", "default", "degraded"]
-    path: str
-    reason: str | None = None
-
-    @property
-    def degraded(self) -> bool:
-        return self.state == "degraded"
-
-
-def load_blend(path: Path, strict: bool = False) -> tuple[RerankBlend | None, BlendStatus]:
+def load_blend(path: Path, strict: bool = False) -> tuple[RerankBlend | None, ArtefactStatus]:
     """The artefact at `path`, or None (the LLM's own order) with the reason."""
     blend, state, reason = read_json_artefact(
         path,
@@ -106,4 +92,4 @@ def load_blend(path: Path, strict: bool = False) -> tuple[RerankBlend | None, Bl
         strict_hint="strict: fit one with `recsmith eval rerank-blend`",
         fallback="LLM order as is",
     )
-    return blend, BlendStatus(state, str(path), reason)
+    return blend, ArtefactStatus(state, str(path), reason)

@@ -20,9 +20,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from service.files import read_json_artefact, write_json_atomic
+from service.files import ArtefactStatus, read_json_artefact, versioned, write_json_atomic
 
 logger = logging.getLogger("service.retrieval.fusion")
 
@@ -69,10 +69,7 @@ class Fusion:
 
     @classmethod
     def from_dict(cls, data: Any) -> Fusion:
-        if not isinstance(data, dict):
-            raise FusionError("not a JSON object")
-        if data.get("format") != FUSION_FORMAT:
-            raise FusionError(f"format {data.get('format')!r}, expected {FUSION_FORMAT}")
+        data = versioned(data, FUSION_FORMAT, FusionError)
 
         def weights(key: str) -> dict[str, float]:
             raw = data.get(key, {})
@@ -100,17 +97,10 @@ class Fusion:
 
 
 @dataclass
-class FusionStatus:
+class FusionStatus(ArtefactStatus):
     """What the retriever fuses with, for callers (readiness, responses, the CLI)."""
 
-    state: Literal["fitted", "default", "degraded"]
-    path: str
-    reason: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def degraded(self) -> bool:
-        return self.state == "degraded"
 
 
 def load_fusion(
