@@ -5,7 +5,8 @@ Revises: 0001
 """
 
 import sqlalchemy as sa
-from alembic import op
+
+from service.migrations.columns import add_columns, drop_columns
 
 revision = "0002"
 down_revision = "0001"
@@ -14,14 +15,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("copy_jobs") as batch_op:
-        batch_op.add_column(
-            sa.Column("runner_token", sa.String(length=64), nullable=False, server_default="")
-        )
-        batch_op.add_column(sa.Column("heartbeat_at", sa.DateTime(), nullable=True))
+    add_columns(
+        "copy_jobs",
+        sa.Column("runner_token", sa.String(length=64), nullable=False, server_default=""),
+        sa.Column("heartbeat_at", sa.DateTime(), nullable=True),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("copy_jobs") as batch_op:
-        batch_op.drop_column("heartbeat_at")
-        batch_op.drop_column("runner_token")
+    drop_columns("copy_jobs", "heartbeat_at", "runner_token")

@@ -8,6 +8,8 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
+from service.migrations.columns import add_columns, drop_columns
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -15,11 +17,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("copy_job_items") as batch_op:
-        batch_op.add_column(sa.Column("worker_id", sa.String(length=128), nullable=True))
-        batch_op.add_column(sa.Column("claimed_at", sa.DateTime(), nullable=True))
-        batch_op.add_column(sa.Column("heartbeat_at", sa.DateTime(), nullable=True))
-        batch_op.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
+    add_columns(
+        "copy_job_items",
+        sa.Column("worker_id", sa.String(length=128), nullable=True),
+        sa.Column("claimed_at", sa.DateTime(), nullable=True),
+        sa.Column("heartbeat_at", sa.DateTime(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    )
     # A database written before the constraint could hold a job's text twice (it should
     # not, but a unique index cannot be built over it): the later copies keep their text
     # and lose only their job link.
@@ -37,8 +41,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("copies") as batch_op:
         batch_op.drop_index("ux_copies_job_item")
-    with op.batch_alter_table("copy_job_items") as batch_op:
-        batch_op.drop_column("attempts")
-        batch_op.drop_column("heartbeat_at")
-        batch_op.drop_column("claimed_at")
-        batch_op.drop_column("worker_id")
+    drop_columns("copy_job_items", "attempts", "heartbeat_at", "claimed_at", "worker_id")
