@@ -109,7 +109,7 @@ def ranking(
 ) -> None:
     """Ranking quality (Recall/NDCG@5/10/20, MRR) of every method side by side."""
     # lazy: `recsmith` imports this module at start-up; eval.ranking pulls the Application
-    # and scipy (+0.6 s, measured)
+    # and scipy (+0.25 s, eval/bench_startup.py)
     from eval.ranking import run_ranking
     from eval.report import print_table, write_report
 
@@ -174,7 +174,7 @@ def ranking_report(
 ) -> None:
     """Rewrite the Markdown and the plot of a ranking run from its JSON, and print it."""
     # lazy: `recsmith` imports this module at start-up; eval.report pulls the Application
-    # and scipy (+0.7 s, measured)
+    # and scipy (+0.22 s, eval/bench_startup.py)
     from eval.report import load_run, print_table, rewrite
 
     if not result.is_file():
@@ -205,8 +205,8 @@ def copy_eval(
 ) -> None:
     """Summaries of the ComparEdge catalogue: checks pass rate, length, language, ROUGE-L.
     With --profile: per-profile quality, latency and sample texts (copy-profiles report)."""
-    # lazy: `recsmith` imports this module at start-up; eval.copy_eval pulls the engine
-    # (+0.6 s, measured)
+    # lazy: `recsmith` imports this module at start-up; eval.copy_eval pulls the engine and
+    # LangChain (+0.84 s, eval/bench_startup.py)
     from eval.copy_eval import run_copy_eval, run_profiles_report, write_copy_report
 
     if profile:
@@ -299,7 +299,7 @@ def evaluate_learned(
     every user, its top-20 reranked by the base and the LoRA-tuned verbalizer on a sample.
     Writes <date>-learned-<dataset>.json and .md under --out."""
     # lazy: `recsmith` imports this module at start-up; these pull the Application and scipy
-    # (+0.6 s, measured)
+    # (+0.21 s, eval/bench_startup.py)
     from eval.learned import run_learned
     from service.offline.pipeline import Reporter
 

@@ -236,7 +236,7 @@ def markdown(run: RankingRun, command: str = "") -> str:
 
 
 def plot(run: RankingRun, path: Path) -> Path:
-    # lazy: matplotlib adds ~0.8 s (measured); only the plot needs it, not `eval` tables
+    # lazy: matplotlib adds ~0.5 s (eval/bench_startup.py); only the plot needs it, not tables
     import matplotlib
 
     matplotlib.use("Agg")

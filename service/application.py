@@ -200,8 +200,8 @@ class Application:
     def assistant(self) -> Any:  # service.assistant.chat.Assistant
         with self._lock:
             if self._assistant is None:
-                # lazy: LangChain (service.assistant.chat) adds ~1.4 s (measured) to every
-                # command's start-up; only chat needs it
+                # lazy: LangChain (service.assistant.chat) adds ~0.9 s to every command's
+                # start-up (eval/bench_startup.py); only chat needs it
                 from service.assistant.chat import Assistant
 
                 self._assistant = Assistant(self.engine, self._writer_llm)

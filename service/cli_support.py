@@ -57,8 +57,8 @@ def fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
 def build_application() -> Application:
     """The Application for one command (a bad RECSMITH_* setting: one line, exit 2)."""
     # lazy: every `recsmith` command imports this module; only those that build the
-    # Application load it (scipy and the engine: +0.3 s on top of `recsmith`'s own imports,
-    # measured)
+    # Application load it (scipy and the engine: +0.24 s on top of `recsmith`'s own imports,
+    # eval/bench_startup.py)
     from service.application import Application
 
     try:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
@@ -216,9 +217,6 @@ def read_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None
                 clean = {k.strip(): v for k, v in row.items() if k and v is not None}
                 yield n, clean, json.dumps(row, ensure_ascii=False)
     elif fmt == "parquet":
-        # lazy: pyarrow takes ~0.5 s; only Parquet files need it
-        import pyarrow.parquet as pq
-
         try:
             pf = pq.ParquetFile(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises many types
@@ -235,9 +233,6 @@ def read_header(path: Path, fmt: str) -> list[str] | None:
     """Column names of a CSV/TSV/Parquet file; None for JSONL (each row has its own)."""
     try:
         if fmt == "parquet":
-            # lazy: pyarrow takes ~0.5 s; only Parquet files need it
-            import pyarrow.parquet as pq
-
             return list(pq.ParquetFile(path).schema_arrow.names)
         if fmt in {"csv", "tsv"}:
             with path.open(encoding="utf-8", errors="replace", newline="") as f:
@@ -432,9 +427,6 @@ def count_rows(path: Path, fmt: str) -> int | None:
     """Row count for a progress bar (cheap for the formats we read)."""
     try:
         if fmt == "parquet":
-            # lazy: pyarrow takes ~0.5 s; only Parquet files need it
-            import pyarrow.parquet as pq
-
             return pq.ParquetFile(path).metadata.num_rows
         with path.open("rb") as f:
             n = sum(1 for _ in f)

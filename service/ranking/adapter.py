@@ -109,8 +109,8 @@ def load_adapter_into(llm: LLM, path: str | Path) -> LLM:
     with _merged_lock:
         loaded = _merged.get(key)
         if loaded is None:
-            # lazy: peft pulls torch + transformers (measured +5.8 s on top of this module's
-            # imports); only applying an adapter needs it, not the API's start-up
+            # lazy: peft pulls torch + transformers (+6.0 s after the CLI, eval/bench_startup.py);
+            # only applying an adapter needs it, not the API's start-up
             from peft import PeftModel
 
             m = llm.m  # type: ignore[attr-defined]

@@ -203,7 +203,7 @@ class DenseIndex:
         """Scan 8-bit scalar-quantised codes (4x less memory traffic than float32), then
         re-score the best 3k exactly in float32: exact-search quality at a quarter of the
         cost, with no graph to build and no recall cliff on unclustered data."""
-        # lazy: faiss (+0.07 s) loads its own OpenBLAS and OpenMP (threadpool_info: 1 -> 3
+        # lazy: faiss (+0.04 s) loads its own OpenBLAS and OpenMP (threadpool_info: 1 -> 3
         # libraries); only large indexes use it, so small ones and _threadpools (introspected
         # at import) see numpy's BLAS alone
         import faiss

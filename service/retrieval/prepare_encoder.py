@@ -285,7 +285,7 @@ def bert_config(h: dict[str, Any]) -> dict[str, Any]:
 
 def write_tokenizer(tokenizer_json: bytes, out: Path, max_positions: int) -> None:
     """XLM-R fast tokenizer from the genuine tokenizer.json (no sentencepiece model needed)."""
-    # lazy: transformers adds ~1.4 s (measured on top of this module); only this step needs it
+    # lazy: transformers adds ~0.6 s (eval/bench_startup.py); only this step needs it
     from transformers import XLMRobertaTokenizerFast
 
     src = out / "tokenizer.json"

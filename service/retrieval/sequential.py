@@ -76,7 +76,7 @@ def pad_inputs(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
 
 
 def _build_model(n_items: int, cfg: SASRecConfig) -> torch.nn.Module:
-    # lazy: torch (+2.1 s on top of this module, measured) loads only when a trained model
+    # lazy: torch (+1.3 s after the CLI, eval/bench_startup.py) loads only when a trained model
     # is present: most installs have none, and the API's start-up imports this module
     import torch
     from torch import nn
@@ -218,7 +218,7 @@ def _sha256(path: Path) -> str:
 
 def read_model(directory: Path) -> SequentialScorer:
     """Load and check a saved model; SequentialModelError says what is wrong."""
-    # lazy: safetensors.torch pulls torch (+2.2 s, measured); only a present model needs it
+    # lazy: safetensors.torch pulls torch (as in _build_model); only a present model needs it
     from safetensors.torch import load_file
 
     if not (directory / "manifest.json").exists():
