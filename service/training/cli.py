@@ -47,6 +47,7 @@ def settings_for(data_dir: Path | None) -> Any:
     if data_dir is None:
         s = base
     else:  # another data dir, but the prepared base LLM stays where it is (no re-conversion)
+        # lazy: +0.06 s on every recsmith command (eval/results/2026-11-30-imports.md)
         from service.llm.prepare import models_dir
 
         s = Settings(data_dir=data_dir, models_dir=models_dir(base))
