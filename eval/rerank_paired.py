@@ -52,6 +52,23 @@ def mean_se(x: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a)))
 
 
+def label_stats(cases: Sequence[BlendCase]) -> dict[str, float]:
+    """How peaked the LLM's distribution over the 20 labels is and where it points, in
+    served order (label A = the shortlist's first): mean entropy (uniform = ln 20), mean
+    probability at served positions 1 and 20, share of users whose top label is A."""
+    if not cases:
+        return {}
+    lp = np.array([c.llm for c in cases], dtype=np.float64)
+    p = np.exp(lp - np.logaddexp.reduce(lp, axis=1, keepdims=True))
+    return {
+        "entropy": float(-(p * np.log(np.clip(p, 1e-300, None))).sum(1).mean()),
+        "uniform_entropy": math.log(lp.shape[1]),
+        "p_first": float(p[:, 0].mean()),
+        "p_last": float(p[:, -1].mean()),
+        "top_is_first": float(np.mean(p.argmax(1) == 0)),
+    }
+
+
 def compare(
     shortlists: dict[str, Any], runs: dict[str, dict[str, dict[str, BlendCase]]]
 ) -> dict[str, Any]:
@@ -94,6 +111,7 @@ def compare(
                 kb = next(k for k in keys if k.startswith(f"{b} {kind}"))
                 diffs[f"{ka} - {kb}"] = mean_se(np.subtract(per[ka], per[kb]))
         out[target] = {
+            "label_distribution": {n: label_stats([r[target][u] for u in common]) for n in runs},
             "users": n_users,
             "hit_users": len(hits),
             "scored_by_all_runs": len(common),

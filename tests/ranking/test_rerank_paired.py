@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval.ranking_blend import BlendCase
-from eval.rerank_paired import compare, main, user_ndcg
+from eval.rerank_paired import compare, label_stats, main, user_ndcg
 
 N = 5  # shortlist size in these cases
 
@@ -69,6 +69,9 @@ def test_rows_are_exact_over_all_users_and_differences_are_paired() -> None:
     per_user = [1 - 1 / math.log2(N + 1)] * 3  # rank 1 vs rank N for every user
     assert pair["mean"] == pytest.approx(sum(per_user) / 3) and pair["se"] == pytest.approx(0)
     assert user_ndcg(runs["tuned"]["test"]["d"], 0.0) == pytest.approx(1 / math.log2(6))
+    flat = label_stats([BlendCase("f", [0.0] * N, [0.0] * N, 0)])
+    assert flat["entropy"] == pytest.approx(math.log(N)) and flat["p_first"] == pytest.approx(0.2)
+    assert t["label_distribution"]["tuned"]["top_is_first"] == pytest.approx(1 / 3)  # user e
 
 
 def test_missing_users_make_the_rows_inexact_and_weights_use_common_users() -> None:
