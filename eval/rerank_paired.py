@@ -111,7 +111,9 @@ def compare(
                 kb = next(k for k in keys if k.startswith(f"{b} {kind}"))
                 diffs[f"{ka} - {kb}"] = mean_se(np.subtract(per[ka], per[kb]))
         out[target] = {
-            "label_distribution": {n: label_stats([r[target][u] for u in common]) for n in runs},
+            "label_distribution": {
+                n: label_stats([r[target][u] for u in common]) for n, r in runs.items()
+            },
             "users": n_users,
             "hit_users": len(hits),
             "scored_by_all_runs": len(common),
@@ -129,18 +131,16 @@ def top3_examples(
     n: int = 4,
     dataset: str = "ml-100k",
 ) -> list[dict[str, Any]]:
-    """A few test users whose target the tuned run moved most, top 3 of each row."""
+    """The test users whose target the tuned run (alone) moved most up and most down,
+    top 3 of each row."""
     titles = {p.id: p.title for p in load(dataset).products}
     names = list(runs)
     hits = {h["user_id"]: h for h in shortlists["targets"]["test"]["hits"]}
     common = [u for u in hits if all(u in r["test"] for r in runs.values())]
-    moved = sorted(
+    moved = sorted(  # most improved first, most worsened last
         common,
         key=lambda u: (
-            -abs(
-                user_ndcg(runs[names[-1]]["test"][u], 1.0)
-                - user_ndcg(runs[names[0]]["test"][u], 1.0)
-            )
+            user_ndcg(runs[names[0]]["test"][u], 1.0) - user_ndcg(runs[names[-1]]["test"][u], 1.0)
         ),
     )
     out = []

@@ -72,6 +72,7 @@ def test_rows_are_exact_over_all_users_and_differences_are_paired() -> None:
     flat = label_stats([BlendCase("f", [0.0] * N, [0.0] * N, 0)])
     assert flat["entropy"] == pytest.approx(math.log(N)) and flat["p_first"] == pytest.approx(0.2)
     assert t["label_distribution"]["tuned"]["top_is_first"] == pytest.approx(1 / 3)  # user e
+    assert t["label_distribution"]["untuned"]["top_is_first"] == pytest.approx(2 / 3)  # c, d
 
 
 def test_missing_users_make_the_rows_inexact_and_weights_use_common_users() -> None:
