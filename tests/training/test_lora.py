@@ -182,10 +182,14 @@ def test_tuning_raises_the_answer_probability_and_reloads_exactly(
     tiny_model: str, tmp_path: Path, examples: list[RankExample], products: dict[str, Product]
 ) -> None:
     settings = _settings(tmp_path, tiny_model)
-    m = train_reranker(examples, examples, products, settings, config=_cfg(), fresh=True)
-    assert m["complete"] and m["steps"] == m["total_steps"] == 12
+    # The label loss moves only the answer's share among the 20 labels (a smaller gradient
+    # than the full-vocabulary CE): 8 passes to show a clear gain on this random model.
+    m = train_reranker(examples, examples, products, settings, config=_cfg(epochs=8), fresh=True)
+    assert m["complete"] and m["steps"] == m["total_steps"] == 24
+    # (No claim on the training loss's trend: every later pass reshuffles the candidates, so
+    # what this tiny model memorises about pass 0's label positions costs it on pass 1.)
     assert m["val_after"]["answer_logprob"] > m["val_before"]["answer_logprob"] + 0.5
-    assert m["loss_last"] < m["loss_first"]
+    assert len(m["losses"]) == 24 and m["prompts_trained"] == 24 * 2
     man = read_manifest(adapter_dir(settings))
     assert man["template"] == "rank_verbalizer" and man["base_model"] == Path(tiny_model).name
 
