@@ -396,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             name = f"verbalizer + LoRA ({args.adapter})"
         else:
             val["before"] = evaluate(model, pack, "val", device, args.eval_batch, amp, val_limit)
-            log(f"training on {int((pack['kind'] == 0).sum())} prompts")
+            passes = train_passes(pack, args.train_limit)
+            log(
+                f"training on {len(passes[0])} prompts x {args.epochs} epochs "
+                f"({len(passes)} packed candidate orders)"
+            )
             tuned, training = train(model, pack, args, device, log)
             training["model_load_s"] = load_s
             save_adapter(tuned, Path(args.out) / "reranker-lora", meta, training)
