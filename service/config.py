@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     encoder_model: str = "e5-small"
     encoder_batch_size: int = 64
     encoder_max_length: int = 256
+    # Up to this many texts (a query, one product's write) are encoded on the encoder's own
+    # thread with one torch thread; 0 = on the caller's thread at the process's count.
+    # Side by side at 20k products (eval/results/2026-11-30-upsert.md): under load, two
+    # threads for one text took 0.5-1.4 s against 62-77 ms; quiet, 1.2-1.4x faster upserts
+    # with e5-small+int8, ~10 ms slower in-process with the float encoder.
+    encoder_small_batch: int = 4
 
     # Dense index: "exact" (numpy), "faiss" (a FAISS scan of 8-bit scalar-quantised codes,
     # re-scored exactly; no graph), or "auto" (faiss above the threshold).

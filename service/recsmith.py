@@ -17,7 +17,7 @@ from service.config import Settings, get_settings
 from service.llm.base import LLM
 from service.llm.factory import Role, get_llm
 from service.retrieval.cooccur import CoInteraction
-from service.retrieval.encoder import Encoder, get_encoder
+from service.retrieval.encoder import Encoder, encoder_for
 from service.retrieval.fusion import Fusion, FusionStatus
 from service.retrieval.indexer import Indexer, IndexReport
 from service.retrieval.lexical import LexicalIndex
@@ -54,13 +54,7 @@ class Recsmith:
     # -- parts, loaded on first use ---------------------------------------------------
     @cached_property
     def encoder(self) -> Encoder:
-        s = self.settings
-        return get_encoder(
-            s.encoder_model,
-            s.encoder_batch_size,
-            s.encoder_max_length,
-            str(s.data_dir / "cache" / "embeddings.sqlite"),
-        )
+        return encoder_for(self.settings)
 
     @property
     def index_dir(self):  # noqa: ANN201

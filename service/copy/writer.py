@@ -67,7 +67,7 @@ from service.llm.base import LLM, GenParams, Message
 from service.llm.factory import get_llm
 from service.llm.log import log_context
 from service.prompts import PromptLibrary, library
-from service.retrieval.encoder import get_encoder
+from service.retrieval.encoder import encoder_for
 from service.vocab import ProductTask
 
 # Sampling defaults when several variants are asked for and no temperature is given.
@@ -187,13 +187,7 @@ class CopyWriter:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            s = self.settings
-            self._encoder = get_encoder(
-                s.encoder_model,
-                s.encoder_batch_size,
-                s.encoder_max_length,
-                str(s.data_dir / "cache" / "embeddings.sqlite"),
-            )
+            self._encoder = encoder_for(self.settings)
         return self._encoder
 
     # -- public API -------------------------------------------------------------------

@@ -19,7 +19,7 @@ from service.catalog.models import Event, Interaction
 from service.config import Settings
 from service.offline.datasets import Dataset
 from service.offline.split import Split, Target
-from service.retrieval.encoder import get_encoder
+from service.retrieval.encoder import encoder_for
 from service.retrieval.retriever import RetrievalRequest
 
 HISTORY_LIMIT = 200  # what Recsmith.history() hands the retriever for a known user
@@ -53,9 +53,7 @@ class Reporter:
 
 def default_encoder() -> Encoder:
     """The packaged all-MiniLM-L6-v2, with the data directory's embedding cache."""
-    s = Settings()
-    cache = s.data_dir / "cache" / "embeddings.sqlite"
-    return get_encoder(s.encoder_model, s.encoder_batch_size, s.encoder_max_length, str(cache))
+    return encoder_for(Settings())
 
 
 def ingest_histories(rs: Any, ds: Dataset, split: Split, target: Target = "test") -> int:

