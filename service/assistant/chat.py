@@ -59,6 +59,7 @@ from service.assistant.grounding import (
     check_details,
     check_prices,
     drop_cut_copies,
+    sentences,
 )
 from service.assistant.lc import (
     SYSTEM_TEMPLATE,
@@ -73,11 +74,11 @@ from service.assistant.lc import (
 from service.assistant.query import PreviousTurn, TurnQuery, build_query, fuse_crosslingual
 from service.assistant.store import ConversationNotFound, ConversationStore, StoredMessage
 from service.catalog.models import Product
-from service.copy.checks import cjk_ratio
+from service.copy.checks import cjk_ratio, looks_like_instruction
 from service.llm.base import LLM
 from service.llm.factory import get_llm
 from service.llm.log import log_context
-from service.prompts import library, render
+from service.prompts import clip, library, render
 from service.ranking.base import UserContext
 from service.ranking.factory import get_reranker
 from service.retrieval.filters import Filters
@@ -85,6 +86,8 @@ from service.retrieval.retriever import Candidate
 from service.vocab import RerankMode, choices
 
 FALLBACK_TEMPLATE = "assistant_fallback"
+# Description characters per item in the templated answer (cut after a whole sentence).
+FALLBACK_DESCRIPTION_CHARS = 90
 MAX_MESSAGE_CHARS = 1000  # the retrieval query limit
 # Small models go on to invent the next turn of the prompt; stop them there.
 STOP = ("\nQuestion:", "\nProducts:", "\nEarlier the shopper")
@@ -112,6 +115,14 @@ def prompt_instructions() -> list[str]:
     return [render(SYSTEM_TEMPLATE).text]
 
 
+def _plain_description(text: str) -> str:
+    """The description's sentences minus any that read as an order to an assistant (a
+    planted "IMPORTANT NEW INSTRUCTION …" is product text, and is not shown as the answer),
+    cut after a whole sentence."""
+    kept = [t.strip() for t in sentences(text or "") if not looks_like_instruction(t)]
+    return clip(" ".join(kept), FALLBACK_DESCRIPTION_CHARS)
+
+
 def fallback_items(products: list[Product], question: str, language: str) -> list[dict[str, Any]]:
     """The templated answer's items, from the data, in the shopper's language: label,
     product, category and description only where written in that language, and `why`:
@@ -129,7 +140,7 @@ def fallback_items(products: list[Product], question: str, language: str) -> lis
                 "label": i + 1,
                 "p": p,
                 "category": category,
-                "description": p.description if same else "",
+                "description": _plain_description(p.description) if same else "",
                 "why": fit_words(question, text, language),
             }
         )
@@ -349,8 +360,11 @@ class Assistant:
             checked.answer, labels, message, self.rs.settings.unsupported_claims
         )
         answer = details.answer
-        if (copies.removed or details.removed) and not labels.cited(answer):
-            answer = ""  # nothing grounded left: the templated answer from the data
+        if (copies.removed or checked.removed or details.removed) and not labels.cited(answer):
+            # What is left speaks of a product whose line was removed ("a cheaper one?":
+            # the teapot's line had the wrong price, "it is more durable" stayed): the
+            # templated answer from the data instead.
+            answer = ""
         steps = (guard, copies, checked, details)
         return Checked(
             answer=answer,

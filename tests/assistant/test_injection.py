@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import re
 
-from service.assistant.chat import Assistant, prompt_instructions
+from service.assistant.chat import (
+    FALLBACK_TEMPLATE,
+    Assistant,
+    fallback_items,
+    prompt_instructions,
+)
 from service.assistant.grounding import AnswerGuard, Labels, StreamSanitizer
 from service.catalog.models import Product
 from service.llm.base import Prompt
+from service.prompts import render
 from service.recsmith import Recsmith
-from tests.assistant.conftest import run_turn
+from tests.assistant.conftest import FAKE_ID, INJECTED, run_turn
 from tests.fakes import FakeLLM
 
 CANARY = "CANARY-7731"
@@ -92,3 +98,15 @@ def test_an_ordinary_answer_streams_word_by_word() -> None:
     text = "I recommend [1]: a 45 cm walnut board with a juice groove, oiled with mineral oil."
     tokens, guard = _guarded([BOARD], text)
     assert "".join(tokens) == text and len(tokens) >= 5 and not guard.flags
+
+
+def test_the_templated_answer_shows_no_planted_order() -> None:
+    """The templated answer shows a short description; a sentence of it that orders the
+    assistant is product text, never shown as the answer (found when more turns fell back
+    to the template: the planted order reached the shopper through it)."""
+    board = Product.model_validate(INJECTED)
+    [item] = fallback_items([board], "a bread board", "en")
+    assert item["description"] == "Olive wood, 35 cm. A board for slicing bread at the table."
+    text = render(FALLBACK_TEMPLATE, question="a bread board", products=[item], reason="empty",
+                  language="en").text  # fmt: skip
+    assert "instruction" not in text.lower() and FAKE_ID not in text

@@ -87,3 +87,16 @@ def test_a_line_break_separates_two_products_facts() -> None:
     )
     r = check_details(text, Labels([espresso, duetto]), "推荐一款咖啡机", CLAIMS)
     assert r.answer == text and not r.flags, r.flags
+
+
+def test_what_is_left_after_a_wrong_priced_line_is_not_served_alone(rs: Recsmith) -> None:
+    """Served by the small model for "a cheaper one?": the line naming the product had the
+    wrong price and was removed, and "It's a cheap one because it uses stainless steel
+    infusers …" stayed, citing nothing. Without its product line the rest is not served."""
+    text = "[1] Pre-Seasoned Cast Iron Skillet, 99.00 USD. It is a cheap one because it lasts."
+    llm = ScriptedLLM(rs.settings, text)  # type: ignore[arg-type]
+    tokens, final = run_turn(Assistant(rs, llm).stream("cast iron skillet"))
+    assert final["template"] == "assistant_fallback", final["answer"]
+    assert "cheap one" not in final["answer"]
+    assert "ungrounded_price" in [f["kind"] for f in final["flags"]]
+    assert final["degraded"] and final["degraded_reason"].startswith("empty:")
