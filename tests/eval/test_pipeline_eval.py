@@ -24,12 +24,10 @@ def small():  # noqa: ANN201
     return slice_users(load_movielens_100k(), 15, seed=3)
 
 
-def test_pipeline_row_equals_the_api(
-    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: ANN001
-    # One fake encoder for the eval and the app (the model is not under test here).
+def test_pipeline_row_equals_the_api(small, tmp_path: Path) -> None:  # noqa: ANN001
+    # One fake encoder for the eval and the app (the model is not under test here), given to
+    # the app through its constructor seam.
     encoder = HashEncoder()
-    monkeypatch.setattr("service.recsmith.get_encoder", lambda *a, **k: encoder)
     split = leave_last_two_out(small, "item_id")
     rows = np.arange(len(split.users))
     data_dir = tmp_path / "data"
@@ -53,7 +51,7 @@ def test_pipeline_row_equals_the_api(
         llm_base_url="http://127.0.0.1:9/v1",  # nothing listens: no model is loaded
         llm_max_retries=0,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, encoder=encoder)) as client:
         for user in split.users[:5]:
             resp = client.post("/v1/recommendations", json={"user_id": user, "k": 20})
             assert resp.status_code == 200, resp.text
