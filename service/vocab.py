@@ -34,6 +34,14 @@ class ProductTask(StrEnum):
     blurb = CopyTask.blurb.value
 
 
+class RankerLoss(StrEnum):
+    """What the reranker's LoRA tuning minimises at the answer position: cross-entropy over
+    the label tokens shown (what the served verbalizer reads) or over the whole vocabulary."""
+
+    labels = "labels"
+    vocab = "vocab"
+
+
 class Language(StrEnum):
     en = "en"
     zh = "zh"

@@ -62,10 +62,10 @@ def resolve_encoder(name: str) -> str:
 Kind = Literal["query", "passage"]
 
 # Up to this many texts (a query, a single product's write) are encoded on a thread of the
-# encoder's own that runs torch with one intra-op thread. On 2 cores two OpenMP threads make a
-# one-text pass no faster and the work around it slower: a single upsert at torch's default of
-# 2 threads took 85.8 ms against 51.2 ms at 1 (eval/results/2026-11-30-upsert.md). Batches keep
-# the process's thread count, where the second core pays.
+# encoder's own that runs torch with one intra-op thread; batches keep the process's count.
+# Two OpenMP threads for one text collapse when anything else shares the cores (0.5-1.4 s
+# against 62-77 ms under load); on a quiet machine they encode one float text ~1.5x faster
+# (eval/results/2026-11-30-upsert.md; Settings.encoder_small_batch chooses).
 SMALL_BATCH = 4  # Settings.encoder_small_batch's default
 
 

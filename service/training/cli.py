@@ -24,6 +24,7 @@ from service.training.sequential import (
     train_on_sequences,
     train_sequential,
 )
+from service.vocab import RankerLoss
 
 train_app = typer.Typer(
     help="Train the sequential retriever and the LoRA reranker.", no_args_is_help=True
@@ -182,9 +183,9 @@ def reranker(
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="optimizer steps per checkpoint")] = 5,
     loss: Annotated[
-        str,
+        RankerLoss,
         typer.Option(help="labels (CE over the 20 label tokens, as served) | vocab (full CE)"),
-    ] = "labels",
+    ] = RankerLoss.labels,
     fresh: Annotated[bool, typer.Option(help="ignore an existing checkpoint")] = False,
     dataset: DatasetOpt = None,
     tie_break: TieOpt = "item_id",
@@ -236,8 +237,6 @@ def reranker(
         train_reranker,
     )
 
-    if loss not in ("labels", "vocab"):
-        raise typer.BadParameter("use labels or vocab", param_hint="--loss")
     if candidates not in ("sasrec", "pipeline"):
         raise typer.BadParameter("use sasrec or pipeline", param_hint="--candidates")
     if candidates == "pipeline" and not dataset:

@@ -70,6 +70,7 @@ from service.ranking.base import UserContext
 from service.ranking.common import ALL_LABELS, Item, product_text
 from service.ranking.verbalizer import VerbalizerReranker, build_prompt
 from service.training.sequential import train_threads
+from service.vocab import RankerLoss, choices
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class LoraTrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU torch threads; 0 = auto (service.training.sequential.train_threads)
-    loss: str = "labels"  # labels: CE over the label tokens shown (as served) | vocab
+    loss: RankerLoss = RankerLoss.labels
 
 
 @dataclass
@@ -244,7 +245,7 @@ def label_loss(logits: Any, label_ids: Sequence[int], answers: Sequence[int]) ->
     label logits (what the verbalizer renormalises at serving time) at the answer's label.
     Logits of other tokens do not enter, so probability mass moved between non-labels
     (or from all labels to a non-label) costs nothing; only the answer's rank does."""
-    # lazy: torch takes ~5 s to import; only this path needs it
+    # lazy: torch (+1.3 s, eval/results/2026-11-30-imports.md); only training needs it
     import torch
 
     lab = torch.log_softmax(logits[:, list(label_ids)], dim=-1)
@@ -324,8 +325,8 @@ def train_reranker(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = config or LoraTrainConfig()
-    if cfg.loss not in ("labels", "vocab"):
-        raise AdapterError(f"loss must be 'labels' or 'vocab', not {cfg.loss!r}")
+    if cfg.loss not in set(RankerLoss):
+        raise AdapterError(f"loss must be one of {choices(RankerLoss)}, not {cfg.loss!r}")
     if not train:
         raise AdapterError("no training examples (users need 4 or more distinct items)")
     t0 = time.perf_counter()
@@ -444,7 +445,7 @@ def train_reranker(
                 mb = batch[s : s + cfg.micro_batch]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                     logits = answer_logits(model, [ids for ids, _ in mb], pad, device)
-                if cfg.loss == "vocab":  # full-vocabulary CE on the answer token
+                if cfg.loss == RankerLoss.vocab:  # full-vocabulary CE on the answer token
                     target = torch.tensor([label_ids[a] for _, a in mb], device=device)
                     loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
                 else:
