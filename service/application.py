@@ -380,13 +380,14 @@ class Application:
         self,
         product_id: str,
         k: int = 10,
-        category: str | None = None,
+        *,
+        categories: list[str] | None = None,
         in_stock_only: bool = False,
     ) -> Similar:
         """Content similarity fused with co-interaction (bought/viewed together)."""
         t0 = time.perf_counter()
         filters = Filters(
-            categories=[category] if category else [],
+            categories=categories or [],
             in_stock_only=in_stock_only,
             exclude_purchased=False,
         )

@@ -263,9 +263,9 @@ def similar(
 ) -> None:
     """Products similar to PRODUCT_ID (content + co-interaction)."""
     with clear_errors():
+        # an unknown id is the application's NotFound, one clear line (clear_errors)
         application = build_application()
-        application.get_product(product_id)  # NotFound -> clear error
-        result = application.similar(product_id, k, category, in_stock)
+        result = application.similar(product_id, k, categories=category, in_stock_only=in_stock)
         _show(_rows(result.items), as_json, f"similar to {product_id}")
 
 

@@ -122,4 +122,6 @@ def similar_products(
     category: Category = None,
     in_stock_only: bool = False,
 ) -> SimilarResponse:
-    return SimilarResponse.from_domain(app.similar(product_id, k, category, in_stock_only))
+    categories = [category] if category else None  # the API filters on one category
+    similar = app.similar(product_id, k, categories=categories, in_stock_only=in_stock_only)
+    return SimilarResponse.from_domain(similar)
