@@ -19,7 +19,6 @@ sha256. `--dry-run` keeps a few prompts of each kind (the same script end to end
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 from eval.ranking import RERANK_HISTORY
 from service.config import get_settings
 from service.llm.prepare import resolve_model_path
-from service.offline.datasets import load
+from service.offline.datasets import load, sha256_file
 from service.prompts import library
 from service.training.lora import (
     RankExample,
@@ -46,14 +45,6 @@ PARTS = 2
 KIND = {"train": 0, "val": 1, "test": 2}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def split_file(src: Path, out: Path, parts: int = PARTS) -> list[dict[str, Any]]:
     """src cut into `parts` files out/part<i>/<name>.<i>; their sizes and sha256."""
     size = src.stat().st_size
@@ -66,7 +57,7 @@ def split_file(src: Path, out: Path, parts: int = PARTS) -> list[dict[str, Any]]
             p = d / f"{src.name}.{i}"
             p.write_bytes(f.read(step))
             info.append(
-                {"file": f"part{i}/{p.name}", "bytes": p.stat().st_size, "sha256": sha256(p)}
+                {"file": f"part{i}/{p.name}", "bytes": p.stat().st_size, "sha256": sha256_file(p)}
             )
     return info
 
@@ -76,7 +67,8 @@ def join_parts(pack: Path, meta: dict[str, Any], dest: Path) -> Path:
     a complete copy already there is reused."""
     g = meta["gguf"]
     target = dest / g["name"]
-    if target.exists() and target.stat().st_size == g["bytes"] and sha256(target) == g["sha256"]:
+    complete = target.exists() and target.stat().st_size == g["bytes"]
+    if complete and sha256_file(target) == g["sha256"]:
         return target
     dest.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -89,11 +81,11 @@ def join_parts(pack: Path, meta: dict[str, Any], dest: Path) -> Path:
                 raise SystemExit(
                     f"missing GGUF part {part['file']}: carry it (see eval/gpu/README.md)"
                 )
-            if sha256(p) != part["sha256"]:
+            if sha256_file(p) != part["sha256"]:
                 raise SystemExit(f"GGUF part {p} does not match its sha256: pack again")
             with p.open("rb") as src:
                 shutil.copyfileobj(src, f, 1 << 22)
-    if sha256(tmp) != g["sha256"]:
+    if sha256_file(tmp) != g["sha256"]:
         raise SystemExit(f"joined GGUF {tmp} does not match {g['sha256']}")
     tmp.replace(target)
     return target
@@ -190,7 +182,7 @@ def pack(cases_path: Path, out: Path, dry_run: bool = False, passes: int = 3) ->
             "parts": parts,
         },
         "template_version": library().version("rank_verbalizer"),
-        "pack_sha256": sha256(data / "prompts.npz"),
+        "pack_sha256": sha256_file(data / "prompts.npz"),
     }
     (data / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
