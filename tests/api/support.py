@@ -200,15 +200,23 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+@contextlib.contextmanager
+def demo_server(
+    demo_dir: Path, llm_path: Path, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[LiveServer]:
+    """A LiveServer over its own copy of the demo data; background work drained at the end."""
+    app = create_app(app_settings(fresh_copy(demo_dir, tmp_path_factory, name), llm_path))
+    with LiveServer(app) as server:
+        yield server
+        quiesce(app)
+
+
 @pytest.fixture(scope="session")
 def live_server(
     demo_dir: Path, llm_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    s = app_settings(fresh_copy(demo_dir, tmp_path_factory, "live"), llm_path)
-    app = create_app(s)
-    with LiveServer(app) as server:
+    with demo_server(demo_dir, llm_path, tmp_path_factory, "live") as server:
         yield server
-        quiesce(app)
 
 
 def parse_sse(text: str) -> list[tuple[str, str]]:
@@ -233,8 +241,5 @@ def web_server(
     demo_dir: Path, llm_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     """The server the browser tests drive (its own data dir: they write copy)."""
-    s = app_settings(fresh_copy(demo_dir, tmp_path_factory, "web"), llm_path)
-    app = create_app(s)
-    with LiveServer(app) as server:
+    with demo_server(demo_dir, llm_path, tmp_path_factory, "web") as server:
         yield server
-        quiesce(app)
