@@ -89,3 +89,17 @@ def vllm_url(model_path: Path, settings: Settings) -> Iterator[str]:
         yield server.base_url
     finally:
         server.stop()
+
+
+# ---- the `database` parameter (sqlite | postgresql) that tests/api and tests/assistant
+# give their tests in pytest_generate_tests; its PostgreSQL runs carry the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database") == "postgresql":
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture(scope="session")
+def database(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))

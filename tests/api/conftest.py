@@ -45,18 +45,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("database", chosen, indirect=True, scope="session")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("database") == "postgresql":
-            item.add_marker(pytest.mark.postgresql)
-
-
-@pytest.fixture(scope="session")
-def database(request: pytest.FixtureRequest) -> str:
-    return str(getattr(request, "param", "sqlite"))
-
-
 @pytest.fixture(scope="session")
 def settings(
     database: str,
