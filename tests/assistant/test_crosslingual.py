@@ -16,16 +16,8 @@ from service.assistant.query import build_query, fuse_crosslingual
 from service.catalog.ingest import ingest_file
 from service.retrieval.prepare_encoder import prepare_encoder
 from service.retrieval.retriever import RetrievalRequest
-from tests.foundation import DEMO, make_recsmith
+from tests.foundation import DEMO, ZH_QUERIES, make_recsmith
 
-ZH_QUERIES = {  # each describes one of the demo's Chinese products
-    "煮米饭的电饭锅": "kit-zh-01",
-    "炒菜用的铁锅": "kit-zh-02",
-    "送礼用的功夫茶具": "cof-zh-01",
-    "杭州的龙井绿茶": "cof-zh-02",
-    "真丝枕套": "bed-zh-01",
-    "学生看书用的护眼台灯": "lig-zh-01",
-}
 RANGES = ("kit", "cof", "lig", "out")
 COFFEE_MACHINES = {"cof-0001", "cof-0002", "cof-0003", "cof-0004", "cof-0011"}
 

@@ -32,16 +32,7 @@ from service.retrieval.prepare_encoder import (
     prepare_encoder,
 )
 from service.retrieval.retriever import RetrievalRequest
-from tests.foundation import DEMO, make_recsmith
-
-ZH_QUERIES = {  # each describes one of the demo's Chinese products without its title
-    "煮米饭的电饭锅": "kit-zh-01",
-    "炒菜用的铁锅": "kit-zh-02",
-    "送礼用的功夫茶具": "cof-zh-01",
-    "杭州的龙井绿茶": "cof-zh-02",
-    "真丝枕套": "bed-zh-01",
-    "学生看书用的护眼台灯": "lig-zh-01",
-}
+from tests.foundation import DEMO, ZH_QUERIES, make_recsmith
 
 
 @pytest.fixture(scope="session")
