@@ -6,9 +6,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service.config import Settings
 from service.retrieval.encoder import Encoder, default_encoder_path, encoder_for
+from service.retrieval.encoder_onnx import onnx_available
 
 TEXTS = [
     "Glass French press, 1 litre, borosilicate",
@@ -102,3 +104,49 @@ def test_the_setting_chooses_where_small_batches_run(tmp_path: Path) -> None:
     caller = encoder_for(base.model_copy(update={"encoder_small_batch": 0}))
     assert own.small_batch == 4 and own.small_batch_threads() == 1
     assert caller.small_batch == 0 and caller.small_batch_threads() == 2
+
+
+ONNX_MISSING = onnx_available()
+
+
+@pytest.mark.skipif(ONNX_MISSING is not None, reason=f"ONNX runtime: {ONNX_MISSING}")
+def test_onnx_runtime_encodes_small_batches_with_torchs_vectors(tmp_path: Path) -> None:
+    """RECSMITH_ENCODER_RUNTIME=onnx: a small batch runs on ONNX Runtime (the same float
+    model exported on first use) with torch's vectors, so the model id stays; batches keep
+    torch; a second encoder reuses the export."""
+    enc = Encoder("default", runtime="onnx", onnx_dir=tmp_path / "onnx", small_batch=4)
+    ref_enc = Encoder("default", small_batch=4)
+    assert enc.runtime == "onnx" and enc.model_id == ref_enc.model_id
+    ref = ref_enc.encode(TEXTS)
+    one = np.stack([enc.encode([t])[0] for t in TEXTS])
+    assert enc.onnx_calls == len(TEXTS) == enc.model_calls
+    assert np.abs(one - ref).max() <= 1e-4
+    assert (one * ref).sum(1).min() >= 0.9999
+    # A padded small batch (the long text truncated at max_length) also runs on ORT.
+    padded = enc.encode([TEXTS[3], TEXTS[4], TEXTS[0]])
+    assert enc.onnx_calls == len(TEXTS) + 3
+    assert np.abs(padded - ref[[3, 4, 0]]).max() <= 1e-4
+    # More than small_batch texts: torch.
+    assert np.abs(enc.encode(TEXTS) - ref).max() <= 1e-5
+    assert enc.onnx_calls == len(TEXTS) + 3 and enc.model_calls == 2 * len(TEXTS) + 3
+    exported = tmp_path / "onnx" / "model.onnx"
+    mtime = exported.stat().st_mtime_ns
+    again = Encoder("default", runtime="onnx", onnx_dir=tmp_path / "onnx", small_batch=4)
+    assert exported.stat().st_mtime_ns == mtime
+    assert (
+        np.abs(
+            again.encode_queries(["rain jacket"]) - ref_enc.encode_queries(["rain jacket"])
+        ).max()
+        <= 1e-4
+    )
+    assert again.onnx_calls == 1
+
+
+def test_onnx_runtime_is_opt_in_and_refuses_what_it_cannot_run() -> None:
+    assert Settings().encoder_runtime == "torch"
+    with pytest.raises(ValueError, match="int8"):
+        Encoder("default+int8", runtime="onnx")
+    with pytest.raises(ValueError, match="runtime"):
+        Encoder("default", runtime="tensorrt")
+    # No small batches (small_batch 0): nothing for ONNX to run, so nothing is exported.
+    assert Encoder("default", small_batch=0, runtime="onnx").runtime == "torch"
