@@ -245,7 +245,11 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ap.add_argument("--hnsw-efc", type=int, default=64, help="HNSW ef_construction")
     ap.add_argument("--pg-dir", type=Path, default=None)
     ap.add_argument("--skip", default="", help="comma list: memory,pgvector,upsert")
-    ap.add_argument("--upsert-encoders", default="e5-small", help="e.g. e5-small,e5-small+int8")
+    ap.add_argument(
+        "--upsert-encoders",
+        default="e5-small",
+        help="e.g. e5-small,e5-small@onnx,e5-small+int8 (@onnx: RECSMITH_ENCODER_RUNTIME=onnx)",
+    )
     ap.add_argument(
         "--upsert-small-batch",
         default=str(SMALL_BATCH),
@@ -483,7 +487,8 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     ]
     if "upsert" not in skip:
         for name, small, rnd in cells:
-            uenc = Encoder(name, 64, 256, None, small_batch=small)
+            model, _, runtime = name.partition("@")  # e5-small@onnx: ONNX Runtime
+            uenc = Encoder(model, 64, 256, None, small_batch=small, runtime=runtime or "torch")
             uenc.encode(["warm up"])
             with engine.begin() as c:
                 c.execute(

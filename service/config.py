@@ -71,9 +71,10 @@ class Settings(BaseSettings):
     encoder_small_batch: int = 4
     # What encodes those small batches: "torch", or "onnx" (ONNX Runtime, one thread; the same
     # float vectors, ~1e-7 apart, so the same model id; 1.3-1.4x faster for one product text;
-    # exported once into <model folder>/onnx/ on first use; needs the `onnx` extra):
-    # eval/results/2026-11-30-encoder-runtime.md. Batches always run on torch.
-    encoder_runtime: Literal["torch", "onnx"] = "torch"
+    # exported once into <model folder>/onnx/ by `models prepare --encoder` or on first use):
+    # eval/results/2026-11-30-encoder-runtime.md. "auto": onnx for a local float model when
+    # the export works, else torch. Batches always run on torch.
+    encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"
 
     # Dense index: "exact" (numpy), "faiss" (a FAISS scan of 8-bit scalar-quantised codes,
     # re-scored exactly; no graph), or "auto" (faiss above the threshold).

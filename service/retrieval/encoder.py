@@ -14,6 +14,7 @@ say which side a text is on (`encode_queries` for what a shopper typed, `encode`
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ import numpy as np
 from service.config import Settings
 from service.retrieval import encoder_onnx
 from service.retrieval.prepare_encoder import check_prepared, encoder_folder
+
+log = logging.getLogger(__name__)
 
 
 def default_encoder_path() -> str:
@@ -71,9 +74,11 @@ SMALL_BATCH = 4  # Settings.encoder_small_batch's default
 
 # What runs a small batch's forward pass: "torch" (eager), or "onnx": the same float model
 # exported to ONNX and run by ONNX Runtime on that thread, 1.3-1.4x faster for one short text
-# with the same vectors (~1e-7; eval/results/2026-11-30-encoder-runtime.md). Batches keep
-# torch. Settings.encoder_runtime chooses.
-RUNTIMES = ("torch", "onnx")
+# with the same vectors (~1e-7; eval/results/2026-11-30-encoder-runtime.md); a single
+# product upsert 46 vs 70 ms (…-scale-1m.md). Batches keep torch. "auto" (the default) is
+# onnx for a local float model when ONNX Runtime is installed and the export works, else
+# torch, so a hub model id or a missing runtime still serves. Settings.encoder_runtime.
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,11 @@ class Encoder:
         hf_logging.disable_progress_bar()
 
         int8 = model_name_or_path.endswith(INT8)
+        auto = runtime == "auto"
+        if auto:
+            local = Path(resolve_encoder(model_name_or_path.removesuffix(INT8))).is_dir()
+            usable = local and not int8 and small_batch > 0
+            runtime = "onnx" if usable and encoder_onnx.onnx_available() is None else "torch"
         if runtime == "onnx" and int8:
             raise ValueError(
                 f"encoder runtime onnx runs the float model; {model_name_or_path} is torch's "
@@ -203,7 +213,13 @@ class Encoder:
         self._count_lock = threading.Lock()  # not _lock: a torch batch holds it throughout
         self._onnx: object | None = None
         if self.runtime == "onnx":
-            self._onnx = encoder_onnx.session(encoder_onnx.ensure_onnx(path, onnx_dir))
+            try:
+                self._onnx = encoder_onnx.session(encoder_onnx.ensure_onnx(path, onnx_dir))
+            except Exception as e:  # noqa: BLE001 - auto: any failed export means torch
+                if not auto:
+                    raise
+                log.warning("encoder: ONNX Runtime not used (%s); small batches on torch", e)
+                self.runtime = "torch"
         self._torch = torch
         self._lock = threading.Lock()
         self.small_batch = small_batch

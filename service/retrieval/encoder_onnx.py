@@ -1,4 +1,4 @@
-"""The encoder's forward pass on ONNX Runtime, for small batches (RECSMITH_ENCODER_RUNTIME=onnx).
+"""The encoder's forward pass on ONNX Runtime, for small batches (RECSMITH_ENCODER_RUNTIME).
 
 The same float model, exported once (torch.onnx.export, TorchScript exporter) to
 `<model folder>/onnx/model.onnx`: its vectors agree with torch's to ~1e-7, so the model id
@@ -7,7 +7,8 @@ torch eager (eval/results/2026-11-30-encoder-runtime.md). The export takes ~15 s
 e5-small (~4 s for MiniLM) and happens on the first use, under a file lock; `stamp.json`
 names the weights it came from (size and mtime), so a rebuilt folder is exported again.
 
-Needs `onnxruntime` and `onnx` (the `onnx` extra, also in `dev`).
+Needs `onnxruntime` and `onnx` (dependencies of the project: the default runtime "auto"
+uses this path for local float models).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def onnx_available() -> str | None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        return f"{e.name} is not installed (pip install 'recsmith[onnx]')"
+        return f"{e.name} is not installed (pip install onnxruntime onnx)"
     return None
 
 

@@ -37,6 +37,7 @@ from safetensors.numpy import save_file
 from service.config import get_settings
 from service.files import folder_built_aside
 from service.llm.prepare import _file_lock, models_dir, read_manifest
+from service.retrieval import encoder_onnx
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -402,6 +403,14 @@ def prepare_encoder_cli(key: str, *, force: bool = False) -> Path:
     except EncoderPrepareError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from None
+    # The ONNX export the default runtime ("auto") uses for small batches, made here rather
+    # than on the service's first encode (12-37 s); a failure only leaves torch in charge.
+    if encoder_onnx.onnx_available() is None:
+        try:
+            with console.status("exporting the ONNX Runtime copy (12-37 s)"):
+                encoder_onnx.ensure_onnx(folder)
+        except Exception as e:  # noqa: BLE001 - optional speed-up, never a failed prepare
+            console.print(f"[yellow]note:[/] no ONNX export ({e}); small batches use torch")
     m = read_manifest(folder) or {}
     console.print(
         f"[green]ready[/] {folder}  (weights sha256 {str(m.get('weights_sha256', '?'))[:12]}…, "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service.config import Settings
+from service.retrieval import encoder_onnx
 from service.retrieval.encoder import Encoder, default_encoder_path, encoder_for
 from service.retrieval.encoder_onnx import onnx_available
 
@@ -142,11 +143,35 @@ def test_onnx_runtime_encodes_small_batches_with_torchs_vectors(tmp_path: Path) 
     assert again.onnx_calls == 1
 
 
-def test_onnx_runtime_is_opt_in_and_refuses_what_it_cannot_run() -> None:
-    assert Settings().encoder_runtime == "torch"
+def test_onnx_runtime_refuses_what_it_cannot_run() -> None:
+    assert Settings().encoder_runtime == "auto"
     with pytest.raises(ValueError, match="int8"):
         Encoder("default+int8", runtime="onnx")
     with pytest.raises(ValueError, match="runtime"):
         Encoder("default", runtime="tensorrt")
     # No small batches (small_batch 0): nothing for ONNX to run, so nothing is exported.
     assert Encoder("default", small_batch=0, runtime="onnx").runtime == "torch"
+
+
+@pytest.mark.skipif(ONNX_MISSING is not None, reason=f"ONNX runtime: {ONNX_MISSING}")
+def test_auto_runtime_is_onnx_where_it_can_be_and_torch_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default: ONNX Runtime for a local float model with small batches; torch for int8,
+    for no small batches, and when the export fails (a warning, not a failed start)."""
+    enc = Encoder("default", runtime="auto", onnx_dir=tmp_path / "onnx", small_batch=4)
+    assert enc.runtime == "onnx"
+    enc.encode(["rain jacket"])
+    assert enc.onnx_calls == 1
+    assert Encoder("default+int8", runtime="auto").runtime == "torch"
+    assert Encoder("default", runtime="auto", small_batch=0).runtime == "torch"
+
+    def broken(*_args: object, **_kw: object) -> Path:
+        raise RuntimeError("the exporter crashed")
+
+    monkeypatch.setattr(encoder_onnx, "ensure_onnx", broken)
+    fallback = Encoder("default", runtime="auto", onnx_dir=tmp_path / "other")
+    assert fallback.runtime == "torch"
+    assert fallback.encode(["rain jacket"]).shape == (1, fallback.dim)
+    with pytest.raises(RuntimeError, match="the exporter crashed"):
+        Encoder("default", runtime="onnx", onnx_dir=tmp_path / "other")
