@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # eval/results/2026-11-30-encoder-runtime.md. "auto": onnx for a local float model when
     # the export works, else torch. Batches always run on torch.
     encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"
+    # ONNX Runtime's threads for those batches (0: one per core). They sleep rather than spin,
+    # so two stay faster than one beside other load (encoder_onnx.session).
+    encoder_onnx_threads: int = Field(default=0, ge=0)
 
     # Dense index: "exact" (numpy), "faiss" (a FAISS scan of 8-bit scalar-quantised codes,
     # re-scored exactly; no graph), or "auto" (faiss above the threshold).

@@ -166,9 +166,11 @@ class Encoder:
         small_batch: int = SMALL_BATCH,
         runtime: str = "torch",
         onnx_dir: Path | None = None,
+        onnx_threads: int = 0,
     ) -> None:
         """runtime "onnx": small batches on ONNX Runtime, exported on first use into
-        onnx_dir (default `<model folder>/onnx/`); float models in a local folder only."""
+        onnx_dir (default `<model folder>/onnx/`); float models in a local folder only;
+        onnx_threads 0 = as many as torch's process default (one per core)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"encoder runtime {runtime!r}: expected one of {RUNTIMES}")
         # lazy: torch takes ~5 s to import; only this path needs it
@@ -210,11 +212,14 @@ class Encoder:
         # What encodes a small batch; with small_batch 0 there is none, so torch only.
         self.runtime = runtime if small_batch > 0 else "torch"
         self.onnx_calls = 0  # of which on ONNX Runtime
+        self.onnx_threads = 0
         self._count_lock = threading.Lock()  # not _lock: a torch batch holds it throughout
         self._onnx: object | None = None
         if self.runtime == "onnx":
             try:
-                self._onnx = encoder_onnx.session(encoder_onnx.ensure_onnx(path, onnx_dir))
+                threads = onnx_threads or torch.get_num_threads()
+                self._onnx = encoder_onnx.session(encoder_onnx.ensure_onnx(path, onnx_dir), threads)
+                self.onnx_threads = threads
             except Exception as e:  # noqa: BLE001 - auto: any failed export means torch
                 if not auto:
                     raise
@@ -343,10 +348,19 @@ def get_encoder(
     cache_path: str | None,
     small_batch: int = SMALL_BATCH,
     runtime: str = "torch",
+    onnx_threads: int = 0,
 ) -> Encoder:
     """One encoder per process and configuration (loading costs seconds)."""
     cache = Path(cache_path) if cache_path else None
-    return Encoder(model, batch_size, max_length, cache, small_batch=small_batch, runtime=runtime)
+    return Encoder(
+        model,
+        batch_size,
+        max_length,
+        cache,
+        small_batch=small_batch,
+        runtime=runtime,
+        onnx_threads=onnx_threads,
+    )
 
 
 def encoder_for(settings: Settings) -> Encoder:
@@ -360,4 +374,5 @@ def encoder_for(settings: Settings) -> Encoder:
         cache,
         s.encoder_small_batch,
         s.encoder_runtime,
+        s.encoder_onnx_threads,
     )

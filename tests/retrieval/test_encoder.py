@@ -175,3 +175,20 @@ def test_auto_runtime_is_onnx_where_it_can_be_and_torch_elsewhere(
     assert fallback.encode(["rain jacket"]).shape == (1, fallback.dim)
     with pytest.raises(RuntimeError, match="the exporter crashed"):
         Encoder("default", runtime="onnx", onnx_dir=tmp_path / "other")
+
+
+@pytest.mark.skipif(ONNX_MISSING is not None, reason=f"ONNX runtime: {ONNX_MISSING}")
+def test_onnx_threads_follow_the_setting(tmp_path: Path) -> None:
+    """RECSMITH_ENCODER_ONNX_THREADS: 0 (the default) = torch's process count (one per
+    core); a number = that many; either way the vectors are the same."""
+    # lazy: torch takes seconds to import; the encoder module imports it the same way
+    import torch
+
+    torch.set_num_threads(2)
+    base = Settings(data_dir=tmp_path, encoder_model="default")
+    one = encoder_for(base.model_copy(update={"encoder_onnx_threads": 1}))
+    two = encoder_for(base)
+    assert (one.runtime, one.onnx_threads) == ("onnx", 1)
+    assert (two.runtime, two.onnx_threads) == ("onnx", 2)
+    a, b = one.encode_uncached(["rain jacket"]), two.encode_uncached(["rain jacket"])
+    assert np.abs(a - b).max() <= 1e-5 and one.onnx_calls == two.onnx_calls == 1
