@@ -75,9 +75,10 @@ SMALL_BATCH = 4  # Settings.encoder_small_batch's default
 # What runs a small batch's forward pass: "torch" (eager), or "onnx": the same float model
 # exported to ONNX and run by ONNX Runtime on that thread, 1.3-1.4x faster for one short text
 # with the same vectors (~1e-7; eval/results/2026-11-30-encoder-runtime.md); a single
-# product upsert 46 vs 70 ms (…-scale-1m.md). Batches keep torch. "auto" (the default) is
-# onnx for a local float model when ONNX Runtime is installed and the export works, else
-# torch, so a hub model id or a missing runtime still serves. Settings.encoder_runtime.
+# product upsert 55 vs 99 ms on the demo's texts (…-scale-1m.md). Batches keep torch.
+# "auto" (the default) is onnx for a local float model when ONNX Runtime is installed and
+# the export works, else torch, so a hub model id or a missing runtime still serves.
+# Settings.encoder_runtime.
 RUNTIMES = ("auto", "torch", "onnx")
 
 
