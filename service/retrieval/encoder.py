@@ -262,7 +262,8 @@ class Encoder:
     def _forward_onnx(
         self, texts: Sequence[str], progress: Callable[[int], None] | None
     ) -> np.ndarray:
-        """A small batch on ONNX Runtime (one thread: this one), as _forward computes it."""
+        """A small batch on ONNX Runtime (its own non-spinning threads), as _forward
+        computes it."""
         batch = self.tokenizer(
             list(texts),
             padding=True,
@@ -298,7 +299,8 @@ class Encoder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[idx] = pooled.float().numpy()
-                self.model_calls += len(idx)
+                with self._count_lock:  # the ONNX path counts without taking _lock
+                    self.model_calls += len(idx)
                 if progress:
                     progress(len(idx))
         return out
