@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -94,3 +95,16 @@ def versioned(data: Any, version: int, error: type[Exception]) -> dict[str, Any]
     if data.get("format") != version:
         raise error(f"format {data.get('format')!r}, expected {version}")
     return data
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (tests, CLI and API may race to convert or export
+    a model at first start); released when the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

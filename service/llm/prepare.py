@@ -16,8 +16,6 @@ return in milliseconds.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -25,7 +23,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from service.config import get_settings
-from service.files import folder_built_aside
+from service.files import file_lock, folder_built_aside
 from service.prompts import render
 
 if TYPE_CHECKING:
@@ -237,18 +234,6 @@ def _gguf_stamp(path: Path) -> dict[str, int]:
     return {"gguf_size": st.st_size, "gguf_mtime_ns": st.st_mtime_ns}
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialises conversions across processes (tests, CLI and API may race at first start)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
     """Dequantize the GGUF to an fp32 transformers folder (tokenizer + model)."""
     # lazy: torch takes ~5 s to import; only this path needs it
@@ -333,7 +318,7 @@ def prepare_model(
     folder = out_root / spec.folder
     if not force and is_prepared(spec, folder, converted=not gguf_only):
         return folder
-    with _file_lock(out_root / f".{spec.folder}.lock"):
+    with file_lock(out_root / f".{spec.folder}.lock"):
         if not force and is_prepared(spec, folder, converted=not gguf_only):
             return folder  # another process finished meanwhile
         console.print(f"[bold]preparing {spec.key}[/] → {folder}")

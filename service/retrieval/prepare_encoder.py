@@ -35,8 +35,8 @@ from rich.console import Console
 from safetensors.numpy import save_file
 
 from service.config import get_settings
-from service.files import folder_built_aside
-from service.llm.prepare import _file_lock, models_dir, read_manifest
+from service.files import file_lock, folder_built_aside
+from service.llm.prepare import models_dir, read_manifest
 from service.retrieval import encoder_onnx
 
 if TYPE_CHECKING:
@@ -346,7 +346,7 @@ def prepare_encoder(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     if not force and is_prepared(key, folder):
         return folder
-    with _file_lock(out_root / f".{spec.folder}.lock"):
+    with file_lock(out_root / f".{spec.folder}.lock"):
         if not force and is_prepared(key, folder):  # another process finished meanwhile
             return folder
         t0 = time.perf_counter()
