@@ -206,7 +206,15 @@ def content_row(encoder_model: str, kind: str = "passage") -> dict[str, Any]:
     """The ML-100k content-only baseline with one encoder (the harness's split, metrics)."""
     s = Settings()
     cache = s.data_dir / "cache" / "embeddings.sqlite"
-    enc = get_encoder(encoder_model, s.encoder_batch_size, s.encoder_max_length, str(cache))
+    enc = get_encoder(
+        encoder_model,
+        s.encoder_batch_size,
+        s.encoder_max_length,
+        str(cache),
+        s.encoder_small_batch,
+        s.encoder_runtime,  # as served: "+int8" runs on ONNX Runtime's int8
+        s.encoder_onnx_threads,
+    )
     ds = load("ml-100k")
     split = leave_last_two_out(ds, "item_id")
     rows = sample_rows(len(split.users), None, 0)
@@ -215,6 +223,7 @@ def content_row(encoder_model: str, kind: str = "passage") -> dict[str, Any]:
     embed_s = time.perf_counter() - t0
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
     label = f"{'MiniLM' if enc.spec.family == 'minilm' else 'e5-small'}, {kind}"
+    label += ", int8" if "int8" in enc.model_id else ""
     res = evaluate_baseline(ContentMean(vecs, encoder=label), split, rows)
     return {"name": res.name, "users": res.users, "test": res.test, "embed_s": round(embed_s, 1)}
 
