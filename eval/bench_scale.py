@@ -60,7 +60,7 @@ from service.retrieval.encoder import SMALL_BATCH, Encoder, get_encoder
 from service.retrieval.filters import Filters
 from service.retrieval.lexical import LexicalIndex
 from service.retrieval.vector_index import MemoryVectorIndex
-from service.retrieval.vector_index_pg import PgVectorIndex
+from service.retrieval.vector_index_pg import FILTER_INDEX, PgVectorIndex
 
 CATEGORIES = [
     f"{a} {b}"
@@ -198,6 +198,16 @@ def _copy_vectors(
         raw.commit()
 
 
+class JoinedPlan(PgVectorIndex):
+    """The pgvector plan before the filter columns were copied into product_vectors: the
+    filters read the products table, each allowed row's vector fetched by key (the exact
+    path's nested loop). Same decisions (ef, exact below), for side-by-side timing."""
+
+    source = "product_vectors v JOIN products p ON p.id = v.product_id"
+    alias = "p"
+    exact_settings = ("enable_hashjoin = off", "enable_mergejoin = off")
+
+
 def _pct(xs: list[float]) -> dict[str, float]:
     return {
         "p50_ms": round(float(np.percentile(xs, 50)), 2),
@@ -239,7 +249,14 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
         default="pre08",
         help="pgvector query plans side by side: iterative (pgvector >= 0.8 iterative index"
         " scans, RECSMITH_PGVECTOR_ITERATIVE_SCAN), pre08 (the served default: ef raised by"
-        " 1/selectivity, exact when the graph runs dry), graph (iterative, never exact)",
+        " 1/selectivity, exact when the graph runs dry), graph (iterative, never exact),"
+        " joined (pre08's decisions on the plan before the copied filter columns: filters"
+        " read from products, vectors fetched by key)",
+    )
+    ap.add_argument(
+        "--exact-below",
+        default=str(Settings.model_fields["pgvector_exact_below"].default),
+        help="RECSMITH_PGVECTOR_EXACT_BELOW values side by side, e.g. 10000,50000",
     )
     ap.add_argument("--hnsw-m", type=int, default=16, help="HNSW m for the build")
     ap.add_argument("--hnsw-efc", type=int, default=64, help="HNSW ef_construction")
@@ -418,13 +435,17 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
     # pgvector: vectors bulk-copied next to the products, then the HNSW index built once.
     pg = PgVectorIndex(engine, dim, with_hnsw=False)  # the extension; the index built below
     if not reuse:
-        with engine.begin() as c:
+        with engine.begin() as c:  # both built once after the COPY
             c.execute(text(f"DROP INDEX IF EXISTS {pg.index_name}"))
+            c.execute(text(f"DROP INDEX IF EXISTS {FILTER_INDEX}"))
         t = time.perf_counter()
         _copy_vectors(engine, ids, hashes, enc.model_id, vecs)
         res["pgvector_copy_rows_per_s"] = round(args.products / (time.perf_counter() - t))
         with engine.begin() as c:
             c.execute(text("ANALYZE product_vectors"))
+        t = time.perf_counter()
+        pg.build_filter_index()
+        res["pgvector_filter_index_build_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         with engine.begin() as c:
             # In memory: a build that spills past maintenance_work_mem is many times slower.
@@ -454,25 +475,35 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
         res["pgvector_hnsw_mb"] = round(
             c.execute(text(f"SELECT pg_relation_size('{pg.index_name}')")).scalar() / 2**20
         )
+        res["pgvector_filter_index_mb"] = round(
+            c.execute(text(f"SELECT pg_relation_size('{FILTER_INDEX}')")).scalar() / 2**20
+        )
     if "pgvector" not in skip:
         for q in queries[:5]:
             pg.search(q, 10)  # warm the buffer cache
         res["pgvector_version"] = ".".join(map(str, pg.version()))
+        # The index-only exact path needs the visibility map set (autovacuum does it).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.execute(text("VACUUM ANALYZE product_vectors"))
         for ef in [int(x) for x in args.ef_search.split(",")]:
-            for plan in args.pg_plans.split(","):
-                pg_ef = PgVectorIndex(
-                    engine,
-                    dim,
-                    ef_search=ef,
-                    iterative=plan != "pre08",
-                    exact_below=0 if plan == "graph" else 10_000,
-                )
-                key = f"pgvector_ef{ef}" + ("" if plan == "pre08" else f"_{plan}")
-                res[key] = {
-                    **measure(lambda q, f, pg_ef=pg_ef: pg_ef.search(q, 10, f)),
-                    "uptime": os.getloadavg(),
-                }
-                print(json.dumps({key: res[key]}), flush=True)
+            for below in [int(x) for x in args.exact_below.split(",")]:
+                for plan in args.pg_plans.split(","):
+                    kind = JoinedPlan if plan == "joined" else PgVectorIndex
+                    pg_ef = kind(
+                        engine,
+                        dim,
+                        ef_search=ef,
+                        iterative=plan not in ("pre08", "joined"),
+                        exact_below=0 if plan == "graph" else below,
+                    )
+                    key = f"pgvector_ef{ef}" + ("" if plan == "pre08" else f"_{plan}")
+                    if len(args.exact_below.split(",")) > 1:
+                        key += f"_below{below}"
+                    res[key] = {
+                        **measure(lambda q, f, pg_ef=pg_ef: pg_ef.search(q, 10, f)),
+                        "uptime": os.getloadavg(),
+                    }
+                    print(json.dumps({key: res[key]}), flush=True)
 
     # A single-product upsert through the Application, end to end (encode that one text,
     # then one transaction: product, change log and, with pgvector, the vector row; then the

@@ -8,6 +8,15 @@ this index turns it into `vector(dim)` with the encoder's dimension when it firs
 database. Native vectors matter: computing distances through a float4[] -> vector cast was
 15x slower (50 ms vs 3.5 ms over 2,000 rows of 384 dimensions).
 
+The filter columns (lower-cased category, price, in stock) are copied into `product_vectors`
+(migration 0005: triggers keep them in step with the products), so a search reads vector
+rows only. A btree on (category, price) INCLUDE (in_stock, product_id, embedding) holds each
+category's vectors side by side in its leaves: exact search over a category is an index-only
+scan, ~0.7 µs a row, where fetching each allowed row's vector by key through the products
+table cost 7–11 µs (110–240 ms for a 2 % category at 1M products). A btree entry holds at
+most ~2.7 kB, so past `COVERING_MAX_DIM` the index has no vectors and the rows are read
+from the table.
+
 Filtered search: an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
 applied after it, so a selective filter can leave fewer than k. Per query, the planner's
 estimate of the rows the filter keeps decides:
@@ -46,6 +55,10 @@ from service.retrieval.vector_index import Hits, VectorIndex, VectorQuery
 from service.retrieval.vector_index_tables import ProductVectorRow
 
 EF_MAX = 1000  # pgvector's upper bound of hnsw.ef_search
+# A btree entry is at most ~2,700 bytes; with id and category (128 characters each, up to 4
+# bytes a character) the vector fits up to this dimension (4 bytes a coordinate).
+COVERING_MAX_DIM = 384
+FILTER_INDEX = "ix_product_vectors_filters"
 ITERATIVE_SINCE = (0, 8)  # the pgvector release with hnsw.iterative_scan
 
 
@@ -125,6 +138,7 @@ class PgVectorIndex(VectorIndex):
                 if kind != "real[]":
                     c.execute(text("DELETE FROM product_vectors"))
                 c.execute(text("LOCK TABLE product_vectors IN ACCESS EXCLUSIVE MODE"))
+                c.execute(text(f"DROP INDEX IF EXISTS {FILTER_INDEX}"))  # built for that dim
                 c.execute(
                     text(
                         f"ALTER TABLE product_vectors ALTER COLUMN embedding TYPE {self._vec} "
@@ -141,8 +155,26 @@ class PgVectorIndex(VectorIndex):
             )
             if new:  # the planner's row estimates for lower(category) need its statistics
                 c.execute(text("ANALYZE products"))
+        self.build_filter_index()
         if with_hnsw:
             self.build_hnsw()
+
+    @property
+    def covering(self) -> bool:
+        """Whether the filter index holds the vectors (see COVERING_MAX_DIM)."""
+        return self.dim <= COVERING_MAX_DIM
+
+    def build_filter_index(self) -> None:
+        """The btree the exact path reads (idempotent); with the vectors in its leaves when
+        they fit. A bulk load drops it and builds it afterwards, like the graph."""
+        include = "INCLUDE (in_stock, product_id, embedding)" if self.covering else ""
+        with self.engine.begin() as c:
+            if c.execute(text(f"SELECT to_regclass('{FILTER_INDEX}')")).scalar():
+                return
+            c.execute(
+                text(f"CREATE INDEX {FILTER_INDEX} ON product_vectors (category, price) {include}")
+            )
+            c.execute(text("ANALYZE product_vectors"))
 
     def build_hnsw(self) -> None:
         with self.engine.begin() as c:
@@ -183,29 +215,42 @@ class PgVectorIndex(VectorIndex):
             )
             return {pid: np.asarray(e, dtype=np.float32) for pid, e in rows}
 
+    # Searches read the vector rows and their copied filter columns; `JoinedPlan` in
+    # eval/bench_scale.py overrides these two to time the plan before (joined to products).
+    source = "product_vectors v"
+    alias = "v"
+
     @staticmethod
-    def _where(filters: Filters | None, excluded: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    def _where(
+        filters: Filters | None, excluded: Sequence[str], alias: str = "v"
+    ) -> tuple[str, dict[str, Any]]:
+        """The filter as SQL over `products p` (alias "p") or `product_vectors v` ("v",
+        whose category is stored lower-cased)."""
+        if alias == "p":
+            category, pid = "lower(p.category)", "p.id"
+        else:
+            category, pid = f"{alias}.category", f"{alias}.product_id"
         clauses, params = ["TRUE"], {}
         f = filters or Filters()
         if f.categories:
-            clauses.append("lower(p.category) = ANY(:cats)")
+            clauses.append(f"{category} = ANY(:cats)")
             params["cats"] = sorted({c.lower() for c in f.categories})
         if f.min_price is not None:
-            clauses.append("p.price >= :min_price")
+            clauses.append(f"{alias}.price >= :min_price")
             params["min_price"] = f.min_price
         if f.max_price is not None:
-            clauses.append("p.price <= :max_price")
+            clauses.append(f"{alias}.price <= :max_price")
             params["max_price"] = f.max_price
         if f.in_stock_only:
-            clauses.append("p.in_stock")
+            clauses.append(f"{alias}.in_stock")
         if excluded:
-            clauses.append("p.id <> ALL(:excluded)")
+            clauses.append(f"{pid} <> ALL(:excluded)")
             params["excluded"] = list(excluded)
         return " AND ".join(clauses), params
 
     def estimate(self, filters: Filters | None) -> tuple[float, float]:
         """(rows the filter keeps, all rows): the planner's estimates, no scan."""
-        where, params = self._where(filters, [])
+        where, params = self._where(filters, [], "p")
         with self.engine.connect() as c:
             total = c.execute(
                 text("SELECT reltuples FROM pg_class WHERE relname = 'product_vectors'")
@@ -255,20 +300,22 @@ class PgVectorIndex(VectorIndex):
 
     def exact(self, q: VectorQuery) -> Hits:
         """Exact search (no graph): the ground truth, and the plan for selective filters.
-        `+ 0` keeps the planner off the HNSW index. Filtered rows fetch their vectors by
-        primary key: a hash join would read the whole vector table (measured 77 ms vs 15 ms
-        for 1,000 of 50k rows)."""
-        no_scan_joins = ["enable_hashjoin = off", "enable_mergejoin = off"]
-        return self._nearest(q, f"{self._dist} + 0, v.product_id", no_scan_joins)
+        `+ 0` keeps the planner off the HNSW index; the filter index's range (category,
+        price) then yields the allowed rows, their vectors read from its leaves (an
+        index-only scan; the table itself past COVERING_MAX_DIM)."""
+        return self._nearest(q, f"{self._dist} + 0, v.product_id", self.exact_settings)
+
+    # The plan before copying the filter columns fetched each allowed product's vector by
+    # key: a hash join would read the whole vector table (77 ms vs 15 ms for 1,000 of 50k).
+    exact_settings: Sequence[str] = ()
 
     def _nearest(self, q: VectorQuery, order_by: str, settings: Sequence[str]) -> Hits:
         """The first k allowed products by `order_by`, (id, cosine), in one transaction
         with these `SET LOCAL` planner settings."""
-        where, params = self._where(q.filters, q.excluded)
+        where, params = self._where(q.filters, q.excluded, self.alias)
         sql = (
-            f"SELECT v.product_id, 1 - {self._dist} AS score FROM product_vectors v "
-            f"JOIN products p ON p.id = v.product_id WHERE {where} "
-            f"ORDER BY {order_by} LIMIT :k"
+            f"SELECT v.product_id, 1 - {self._dist} AS score FROM {self.source} "
+            f"WHERE {where} ORDER BY {order_by} LIMIT :k"
         )
         with self.engine.begin() as c:
             for setting in settings:
@@ -282,8 +329,7 @@ class PgVectorIndex(VectorIndex):
             return set()
         where, params = self._where(filters, sorted(set(excluded)))
         sql = (
-            "SELECT p.id FROM products p JOIN product_vectors v ON v.product_id = p.id "
-            f"WHERE p.id = ANY(:ids) AND {where}"
+            f"SELECT v.product_id FROM product_vectors v WHERE v.product_id = ANY(:ids) AND {where}"
         )
         with self.engine.connect() as c:
             return {r[0] for r in c.execute(text(sql), {**params, "ids": ids})}
@@ -361,7 +407,8 @@ class PgVectorIndex(VectorIndex):
                 self._write(c, [products[i] for i in keep], np.asarray(vectors)[keep], model_id)
 
     def set_columns(self, rows: Iterable[tuple[str, str, float | None, bool]]) -> None:
-        """The filters read the products table itself: nothing to copy."""
+        """Nothing to copy: the database's triggers copy a product's filter columns to its
+        vector row in the transaction that writes either (migration 0005)."""
 
     def remove(self, ids: Sequence[str]) -> None:
         if ids:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.dialects.postgresql import ARRAY, REAL
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -30,6 +30,13 @@ class ProductVectorRow(Base):
     # price is not.
     content_hash: Mapped[str] = mapped_column(String(64))
     embedding: Mapped[bytes | list[float] | None] = mapped_column(EmbeddingType, nullable=True)
+    # The product's filter columns (category lower-cased), copied here so the pgvector index
+    # filters and scores these rows alone: no join, and a covering index holds a category's
+    # vectors side by side (vector_index_pg.py). Kept in step on PostgreSQL by triggers
+    # (migration 0005); unused on SQLite.
+    category: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    in_stock: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class CatalogChangeRow(Base):

@@ -89,3 +89,46 @@ def test_migrations_on_postgresql() -> None:
             assert "heartbeat_at" in {c["name"] for c in inspect(engine).get_columns("copy_jobs")}
         finally:
             engine.dispose()
+
+
+def test_the_filter_columns_migration_fills_them_and_keeps_the_graph() -> None:
+    """0005 on a PostgreSQL database with vectors and an HNSW index: the copied filter
+    columns are filled from the products, the graph is built again as it was, and the
+    triggers keep the columns in step from then on."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            upgrade(engine, "0004")
+            with engine.begin() as c:
+                c.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+                c.execute(
+                    text(
+                        "INSERT INTO products (id, title, description, category, brand, price, "
+                        "currency, attributes, tags, language, in_stock, content_hash, "
+                        "updated_at) VALUES ('p1', 'T', '', 'Books', '', 9.5, 'USD', '{}', "
+                        "'[]', 'en', false, 'h', '2026-01-01')"
+                    )
+                )
+                c.execute(text("INSERT INTO product_vectors VALUES ('p1', 'm', 'h', '{1,0,0}')"))
+                c.execute(text("ALTER TABLE product_vectors ALTER COLUMN embedding TYPE vector(3)"))
+                c.execute(
+                    text(
+                        "CREATE INDEX ix_product_vectors_hnsw_3 ON product_vectors "
+                        "USING hnsw (embedding vector_cosine_ops) WITH (m = 24)"
+                    )
+                )
+            assert upgrade(engine) is True and current(engine) == head()
+            read = "SELECT category, price, in_stock FROM product_vectors WHERE product_id = 'p1'"
+            with engine.connect() as c:
+                assert tuple(c.execute(text(read)).one()) == ("books", 9.5, False)
+                graph = c.execute(
+                    text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                    {"n": "ix_product_vectors_hnsw_3"},
+                ).scalar()
+            assert graph is not None and "m='24'" in graph
+            with engine.begin() as c:
+                c.execute(text("UPDATE products SET category = 'Toys', price = NULL"))
+            with engine.connect() as c:
+                assert tuple(c.execute(text(read)).one()) == ("toys", None, False)
+        finally:
+            engine.dispose()

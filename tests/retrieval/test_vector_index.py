@@ -179,6 +179,45 @@ def test_pgvector_filtered_search_equals_exact_search(pg_catalogue) -> None:  # 
     assert index.stale([products[2]], {}, "another-model") == [products[2]]
 
 
+def test_pgvector_filter_columns_follow_the_products(pg_catalogue) -> None:  # noqa: ANN001
+    """The filter columns copied into product_vectors follow each product write in its own
+    transaction (triggers: a price, stock or category change re-encodes nothing and calls no
+    index), and a vector row takes its product's columns when written; the filter index
+    holds the vectors (the exact path's index-only scan)."""
+    from service.retrieval.vector_index_pg import FILTER_INDEX, PgVectorIndex
+
+    store, products, vecs = pg_catalogue
+    index = PgVectorIndex(store.engine, DIM, ef_search=40)
+    index.upsert(products, vecs, "m")
+    q = vecs[0]
+    moved = products[0].model_copy(update={"category": "Brand NEW", "price": 12.5})
+    store.upsert_products([moved])  # the product alone: no index call
+    assert index.search(q, 10, Filters(categories=["brand new"])) == [(moved.id, pytest.approx(1))]
+    store.upsert_products([moved.model_copy(update={"in_stock": False})])
+    assert index.search(q, 10, Filters(categories=["Brand New"], in_stock_only=True)) == []
+    products = [moved.model_copy(update={"in_stock": False}), *products[1:]]
+    store.upsert_products([products[5].model_copy(update={"price": 55.0})])
+    products[5] = products[5].model_copy(update={"price": 55.0})
+    for exact_below in (0, 10_000):
+        index.exact_below = exact_below
+        for f in [*FILTERS, Filters(max_price=55, min_price=55)]:
+            for v in queries(vecs, 4):
+                want = brute_force(products, vecs, v, 10, f, set())
+                assert [pid for pid, _ in index.search(v, 10, f)] == want, f
+    new = Product(id="p-new", title="New", category="Kitchen", price=7.0, in_stock=True)
+    store.upsert_products([new])
+    index.upsert([new], vecs[1:2], "m")
+    with store.engine.connect() as c:
+        row = c.exec_driver_sql(
+            "SELECT category, price, in_stock FROM product_vectors WHERE product_id = 'p-new'"
+        ).one()
+        definition = c.exec_driver_sql(
+            f"SELECT indexdef FROM pg_indexes WHERE indexname = '{FILTER_INDEX}'"
+        ).scalar()
+    assert tuple(row) == ("kitchen", 7.0, True)
+    assert "(category, price) INCLUDE (in_stock, product_id, embedding)" in definition
+
+
 def test_pgvector_needs_postgresql(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="RECSMITH_DATABASE_URL"):
         Settings(data_dir=tmp_path, vector_index="pgvector")
