@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from service.migrate import BASELINE, current, head, upgrade
+from service.migrate import BASELINE, alembic_config, current, head, upgrade
 from service.tables import metadata
 from tests.postgres import fresh_database
 
@@ -130,5 +131,11 @@ def test_the_filter_columns_migration_fills_them_and_keeps_the_graph() -> None:
                 c.execute(text("UPDATE products SET category = 'Toys', price = NULL"))
             with engine.connect() as c:
                 assert tuple(c.execute(text(read)).one()) == ("toys", None, False)
+            with engine.begin() as c:  # and back: columns and triggers gone, products writable
+                command.downgrade(alembic_config(c), "0004")
+                c.execute(text("UPDATE products SET price = 3"))
+                columns = "SELECT column_name FROM information_schema.columns "
+                columns += "WHERE table_name = 'product_vectors'"
+                assert "price" not in set(c.execute(text(columns)).scalars())
         finally:
             engine.dispose()
