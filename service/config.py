@@ -58,8 +58,10 @@ class Settings(BaseSettings):
     # `recsmith models prepare --encoder e5-small` (reads Chinese; chosen by the numbers in
     # eval/results/2026-11-30-encoders.md); "default" = the packaged all-MiniLM-L6-v2
     # (English only, 3.5x faster; the test suite's encoder); or any local folder or hub id.
-    # A "+int8" suffix (e5-small+int8) quantises its Linear layers: ~1.6x faster per text,
-    # another model id (eval/results/2026-11-30-scale-1m.md).
+    # A "+int8" suffix (e5-small+int8) quantises its Linear layers, another model id: on
+    # ONNX Runtime (runtime auto/onnx) per channel, 0.996 cosine to float, a single upsert
+    # ~1.6x faster, but 14 % lower NDCG on the ML-100k content row (why it is not the
+    # default: eval/results/2026-11-30-encoder-int8.md); on torch (runtime torch) per tensor.
     encoder_model: str = "e5-small"
     encoder_batch_size: int = 64
     encoder_max_length: int = 256
@@ -69,13 +71,13 @@ class Settings(BaseSettings):
     # threads for one text took 0.5-1.4 s against 62-77 ms; quiet, 1.2-1.4x faster upserts
     # with e5-small+int8, ~10 ms slower in-process with the float encoder.
     encoder_small_batch: int = 4
-    # What encodes those small batches: "torch", or "onnx" (ONNX Runtime, one thread; the same
-    # float vectors, ~1e-7 apart, so the same model id; 1.3-1.4x faster for one product text;
-    # exported once into <model folder>/onnx/ by `models prepare --encoder` or on first use):
-    # eval/results/2026-11-30-encoder-runtime.md. "auto": onnx for a local float model when
-    # the export works, else torch. Batches always run on torch.
+    # What runs the encoder: "torch", or "onnx" (ONNX Runtime; the same float vectors, ~1e-7
+    # apart, so the same model id; 1.3-1.4x faster for one product text, 1.3-1.6x the texts/s
+    # of a batch; exported once into <model folder>/onnx/ by `models prepare --encoder` or on
+    # first use): eval/results/2026-11-30-encoder-runtime.md. "auto": onnx for a local model
+    # when the export works, else torch (float) or a clear error (+int8).
     encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"
-    # ONNX Runtime's threads for those batches (0: one per core). They sleep rather than spin,
+    # ONNX Runtime's threads (0: one per core). They sleep rather than spin,
     # so two stay faster than one beside other load (encoder_onnx.session).
     encoder_onnx_threads: int = Field(default=0, ge=0)
 

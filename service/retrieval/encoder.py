@@ -66,20 +66,23 @@ def resolve_encoder(name: str) -> str:
 Kind = Literal["query", "passage"]
 
 # Up to this many texts (a query, a single product's write) are encoded on a thread of the
-# encoder's own that runs torch with one intra-op thread; batches keep the process's count.
+# encoder's own (torch: with one intra-op thread); batches run on the caller's thread.
 # Two OpenMP threads for one text collapse when anything else shares the cores (0.5-1.4 s
 # against 62-77 ms under load); on a quiet machine they encode one float text ~1.5x faster
 # (eval/results/2026-11-30-upsert.md; Settings.encoder_small_batch chooses).
 SMALL_BATCH = 4  # Settings.encoder_small_batch's default
 
-# What runs a small batch's forward pass: "torch" (eager), or "onnx": the same float model
-# exported to ONNX and run by ONNX Runtime on that thread, 1.3-1.4x faster for one short text
-# with the same vectors (~1e-7; eval/results/2026-11-30-encoder-runtime.md); a single
-# product upsert 55 vs 99 ms on the demo's texts (…-scale-1m.md). Batches keep torch.
-# "auto" (the default) is onnx for a local float model when ONNX Runtime is installed and
-# the export works, else torch, so a hub model id or a missing runtime still serves.
-# Settings.encoder_runtime.
+# What runs the forward pass: "torch" (eager), or "onnx": the same float model exported to
+# ONNX and run by ONNX Runtime, with the same vectors (~1e-7;
+# eval/results/2026-11-30-encoder-runtime.md): a small batch on the encoder's thread,
+# 1.3-1.4x faster for one short text (a single product upsert 55 vs 99 ms on the demo's
+# texts, …-scale-1m.md); a larger one in calls of ONNX_BATCH texts, 1.3-1.6x the texts/s
+# of torch's batches of 64 (…-encoder-int8.md). "auto" (the default) is onnx for a local
+# model when ONNX Runtime is installed and the export works, else torch, so a hub model id
+# or a missing runtime still serves. Settings.encoder_runtime.
 RUNTIMES = ("auto", "torch", "onnx")
+# ORT's texts/s peak at 8-16 texts a call on this CPU; 64 (torch's batch) is 1.6x slower.
+ONNX_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,8 @@ class Encoder:
         onnx_dir: Path | None = None,
         onnx_threads: int = 0,
     ) -> None:
-        """runtime "onnx": small batches on ONNX Runtime, exported on first use into
-        onnx_dir (default `<model folder>/onnx/`); float models in a local folder only;
+        """runtime "onnx": every batch on ONNX Runtime, exported on first use into
+        onnx_dir (default `<model folder>/onnx/`); models in a local folder only;
         onnx_threads 0 = as many as torch's process default (one per core)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"encoder runtime {runtime!r}: expected one of {RUNTIMES}")
@@ -186,9 +189,7 @@ class Encoder:
         local = Path(path).is_dir()
         auto = runtime == "auto"
         if auto:
-            # int8 runs on ORT whatever the batch size (all its vectors from one quantiser)
-            usable = local and (int8 or small_batch > 0)
-            runtime = "onnx" if usable and encoder_onnx.onnx_available() is None else "torch"
+            runtime = "onnx" if local and encoder_onnx.onnx_available() is None else "torch"
         if runtime == "onnx" and (why := encoder_onnx.onnx_available()):
             raise ValueError(f"encoder runtime onnx: {why}")
         # "+int8" on ONNX Runtime: every batch on ORT's int8 copy (another model id than
@@ -214,8 +215,7 @@ class Encoder:
         self.max_length = max_length
         self.cache = EmbeddingCache(cache_path) if cache_path else None
         self.model_calls = 0  # texts actually encoded (the cache's effect is visible here)
-        # What encodes a small batch; with small_batch 0 there is none, so torch only.
-        self.runtime = runtime if small_batch > 0 or self.onnx_only else "torch"
+        self.runtime = runtime
         self.onnx_calls = 0  # of which on ONNX Runtime
         self.onnx_threads = 0
         self._count_lock = threading.Lock()  # not _lock: a torch batch holds it throughout
@@ -229,7 +229,7 @@ class Encoder:
             except Exception as e:  # noqa: BLE001 - auto: any failed export means torch
                 if not auto or self.onnx_only:  # int8 cannot fall back: other vectors
                     raise
-                log.warning("encoder: ONNX Runtime not used (%s); small batches on torch", e)
+                log.warning("encoder: ONNX Runtime not used (%s); encoding on torch", e)
                 self.runtime = "torch"
         self._torch = torch
         self._lock = threading.Lock()
@@ -262,7 +262,7 @@ class Encoder:
         if self._single is not None and len(texts) <= self.small_batch:
             run = self._forward_onnx if self._onnx is not None else self._forward
             return self._single.submit(run, texts, progress).result()
-        if self.onnx_only:
+        if self._onnx is not None:
             with self._lock:  # one batch at a time, as on torch
                 return self._forward_onnx(texts, progress)
         return self._forward(texts, progress)
@@ -271,13 +271,13 @@ class Encoder:
         self, texts: Sequence[str], progress: Callable[[int], None] | None
     ) -> np.ndarray:
         """On ONNX Runtime (its own non-spinning threads), as _forward computes it: longest
-        texts first, batch_size at a time. int8 encodes each text alone: its activations are
-        quantised with one scale per call, so in a batch a text's vector would depend on its
-        batch-mates (0.996 cosine apart); alone it is a function of the text, and as fast here
-        (38.5 texts/s, 40.5 in batches of 16, 19.5 of 64)."""
+        texts first, at most ONNX_BATCH at a time. int8 encodes each text alone: its
+        activations are quantised with one scale per call, so in a batch a text's vector
+        would depend on its batch-mates (0.996 cosine apart); alone it is a function of the
+        text, and as fast here (38.5 texts/s, 40.5 in batches of 16, 19.5 of 64)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        step = 1 if self.onnx_only else self.batch_size
+        step = 1 if self.onnx_only else min(self.batch_size, ONNX_BATCH)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             batch = self.tokenizer(

@@ -403,12 +403,13 @@ def prepare_encoder_cli(key: str, *, force: bool = False) -> Path:
     except EncoderPrepareError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from None
-    # The ONNX export the default runtime ("auto") uses for small batches, made here rather
-    # than on the service's first encode (12-37 s); a failure only leaves torch in charge.
+    # The ONNX export the default runtime ("auto") uses for small batches, and its int8 copy
+    # ("<key>+int8"), made here rather than on the service's first encode (20-50 s); a
+    # failure only leaves torch in charge of the float model.
     if encoder_onnx.onnx_available() is None:
         try:
-            with console.status("exporting the ONNX Runtime copy (12-37 s)"):
-                encoder_onnx.ensure_onnx(folder)
+            with console.status("exporting the ONNX Runtime copies (20-50 s)"):
+                encoder_onnx.ensure_onnx(folder, int8=True)
         except Exception as e:  # noqa: BLE001 - optional speed-up, never a failed prepare
             console.print(f"[yellow]note:[/] no ONNX export ({e}); small batches use torch")
     m = read_manifest(folder) or {}

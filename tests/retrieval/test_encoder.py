@@ -138,9 +138,9 @@ ONNX_MISSING = onnx_available()
 
 @pytest.mark.skipif(ONNX_MISSING is not None, reason=f"ONNX runtime: {ONNX_MISSING}")
 def test_onnx_runtime_encodes_small_batches_with_torchs_vectors(tmp_path: Path) -> None:
-    """RECSMITH_ENCODER_RUNTIME=onnx: a small batch runs on ONNX Runtime (the same float
-    model exported on first use) with torch's vectors, so the model id stays; batches keep
-    torch; a second encoder reuses the export."""
+    """RECSMITH_ENCODER_RUNTIME=onnx: every batch runs on ONNX Runtime (the same float
+    model exported on first use) with torch's vectors, so the model id stays; a second
+    encoder reuses the export."""
     enc = Encoder("default", runtime="onnx", onnx_dir=tmp_path / "onnx", small_batch=4)
     ref_enc = Encoder("default", small_batch=4)
     assert enc.runtime == "onnx" and enc.model_id == ref_enc.model_id
@@ -153,9 +153,10 @@ def test_onnx_runtime_encodes_small_batches_with_torchs_vectors(tmp_path: Path) 
     padded = enc.encode([TEXTS[3], TEXTS[4], TEXTS[0]])
     assert enc.onnx_calls == len(TEXTS) + 3
     assert np.abs(padded - ref[[3, 4, 0]]).max() <= 1e-4
-    # More than small_batch texts: torch.
-    assert np.abs(enc.encode(TEXTS) - ref).max() <= 1e-5
-    assert enc.onnx_calls == len(TEXTS) + 3 and enc.model_calls == 2 * len(TEXTS) + 3
+    # More than small_batch texts: ORT too, on the caller's thread, in calls of ONNX_BATCH.
+    enc.batch_size = 2
+    assert np.abs(enc.encode(TEXTS) - ref).max() <= 1e-4
+    assert enc.onnx_calls == enc.model_calls == 2 * len(TEXTS) + 3
     exported = tmp_path / "onnx" / "model.onnx"
     mtime = exported.stat().st_mtime_ns
     again = Encoder("default", runtime="onnx", onnx_dir=tmp_path / "onnx", small_batch=4)
@@ -173,24 +174,25 @@ def test_onnx_runtime_refuses_what_it_cannot_run() -> None:
     assert Settings().encoder_runtime == "auto"
     with pytest.raises(ValueError, match="runtime"):
         Encoder("default", runtime="tensorrt")
-    # No small batches (small_batch 0): nothing for ONNX to run, so nothing is exported.
-    assert Encoder("default", small_batch=0, runtime="onnx").runtime == "torch"
 
 
 @pytest.mark.skipif(ONNX_MISSING is not None, reason=f"ONNX runtime: {ONNX_MISSING}")
 def test_auto_runtime_is_onnx_where_it_can_be_and_torch_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default: ONNX Runtime for a local float model with small batches and for int8;
-    torch for no small batches, and when the float export fails (a warning, not a failed
-    start; int8 fails instead, as torch's int8 is another model)."""
+    """The default: ONNX Runtime for a local model (float or int8, with or without small
+    batches); torch when the float export fails (a warning, not a failed start; int8 fails
+    instead, as torch's int8 is another model)."""
     enc = Encoder("default", runtime="auto", onnx_dir=tmp_path / "onnx", small_batch=4)
     assert enc.runtime == "onnx"
     enc.encode(["rain jacket"])
     assert enc.onnx_calls == 1
     q8 = Encoder("default+int8", runtime="auto", onnx_dir=tmp_path / "q8")
     assert q8.runtime == "onnx" and q8.model_id.endswith(f"+{encoder_onnx.INT8_RECIPE}")
-    assert Encoder("default", runtime="auto", small_batch=0).runtime == "torch"
+    plain = Encoder("default", runtime="auto", onnx_dir=tmp_path / "onnx", small_batch=0)
+    assert plain.runtime == "onnx"
+    plain.encode(TEXTS[:2])
+    assert plain.onnx_calls == 2
 
     def broken(*_args: object, **_kw: object) -> Path:
         raise RuntimeError("the exporter crashed")
