@@ -504,6 +504,24 @@ def main() -> None:  # noqa: PLR0915 - one measured script, read top to bottom
                         "uptime": os.getloadavg(),
                     }
                     print(json.dumps({key: res[key]}), flush=True)
+        # A price or stock change re-encodes nothing, but the database copies it into the
+        # product's vector row (a trigger): a new row version, so an HNSW and a filter-index
+        # entry. The store's write of one product, price changed vs a brand change (no copy).
+        lat: dict[str, list[float]] = {"price": [], "brand": []}
+        for j in range(args.upserts):
+            pid = ids[(j * 7919 + 11) % args.products]
+            p = store.get_products([pid])[pid]
+            for what, change in (
+                ("price", {"price": round((p.price or 0) + 1.0, 2)}),
+                ("brand", {"brand": f"{p.brand} {time.time_ns()}"}),
+            ):
+                t0 = time.perf_counter()
+                store.upsert_products([p.model_copy(update=change)])
+                lat[what].append((time.perf_counter() - t0) * 1000)
+                p = store.get_products([pid])[pid]
+        res["pgvector_store_write_price_change"] = _pct(lat["price"])
+        res["pgvector_store_write_brand_change"] = _pct(lat["brand"])
+        print(json.dumps({k: v for k, v in res.items() if "store_write" in k}), flush=True)
 
     # A single-product upsert through the Application, end to end (encode that one text,
     # then one transaction: product, change log and, with pgvector, the vector row; then the

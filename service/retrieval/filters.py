@@ -38,7 +38,7 @@ def filters_active(f: Filters | None) -> bool:
 class ProductMeta:
     """Per-product columns aligned to a bare DenseIndex's rows (eval/bench_retrieval.py).
     The served indexes filter themselves: MemoryVectorIndex keeps these columns beside its
-    rows, pgvector reads them from the products table (service/retrieval/vector_index.py)."""
+    rows, pgvector reads its copies in product_vectors (service/retrieval/vector_index_pg.py)."""
 
     def __init__(self) -> None:
         self.category: dict[str, str] = {}
