@@ -270,14 +270,43 @@ class Encoder:
     def _forward_onnx(
         self, texts: Sequence[str], progress: Callable[[int], None] | None
     ) -> np.ndarray:
-        """On ONNX Runtime (its own non-spinning threads), as _forward computes it: longest
-        texts first, at most ONNX_BATCH at a time. int8 encodes each text alone: its
-        activations are quantised with one scale per call, so in a batch a text's vector
-        would depend on its batch-mates (0.996 cosine apart); alone it is a function of the
-        text, and as fast here (38.5 texts/s, 40.5 in batches of 16, 19.5 of 64)."""
+        """On ONNX Runtime (its own non-spinning threads), at most ONNX_BATCH texts a call.
+        int8 encodes each text alone: its activations are quantised with one scale per call,
+        so in a batch a text's vector would depend on its batch-mates (0.996 cosine apart);
+        alone it is a function of the text, and as fast here (38.5 texts/s, 40.5 in batches
+        of 16, 19.5 of 64)."""
+        step = 1 if self.onnx_only else min(self.batch_size, ONNX_BATCH)
+
+        def run(batch: Any) -> np.ndarray:
+            return encoder_onnx.forward(self._onnx, batch)
+
+        return self._in_batches(texts, step, "np", run, progress, onnx=True)
+
+    def _forward(self, texts: Sequence[str], progress: Callable[[int], None] | None) -> np.ndarray:
+        torch = self._torch
+
+        def run(batch: Any) -> np.ndarray:
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy()
+
+        with self._lock, torch.inference_mode():
+            return self._in_batches(texts, self.batch_size, "pt", run, progress, onnx=False)
+
+    def _in_batches(
+        self,
+        texts: Sequence[str],
+        step: int,
+        tensors: Literal["np", "pt"],
+        run: Callable[[Any], np.ndarray],
+        progress: Callable[[int], None] | None,
+        onnx: bool,
+    ) -> np.ndarray:
+        """run(tokenised batch) → pooled, normalised vectors, `step` texts a call, longest
+        first: padding per batch is small and the slowest batch shows up early."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        step = 1 if self.onnx_only else min(self.batch_size, ONNX_BATCH)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             batch = self.tokenizer(
@@ -285,40 +314,14 @@ class Encoder:
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
-                return_tensors="np",
+                return_tensors=tensors,
             )
-            out[idx] = encoder_onnx.forward(self._onnx, batch)
-            with self._count_lock:
+            out[idx] = run(batch)
+            with self._count_lock:  # one counter for both runtimes (a query beside a batch)
                 self.model_calls += len(idx)
-                self.onnx_calls += len(idx)
+                self.onnx_calls += len(idx) if onnx else 0
             if progress:
                 progress(len(idx))
-        return out
-
-    def _forward(self, texts: Sequence[str], progress: Callable[[int], None] | None) -> np.ndarray:
-        torch = self._torch
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Longest first: padding per batch is small and the slowest batch shows up early.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.float().numpy()
-                with self._count_lock:  # the ONNX path counts without taking _lock
-                    self.model_calls += len(idx)
-                if progress:
-                    progress(len(idx))
         return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
