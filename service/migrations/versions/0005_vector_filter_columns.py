@@ -57,25 +57,30 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     # The backfill writes a new version of every row: with the HNSW graph in place each one
-    # is a graph insert (78 s for 100k rows, m 24), so the graph is dropped and built again
-    # from its own definition afterwards (35 s for those 100k).
+    # is a graph insert and the old versions stay in the graph until a vacuum repairs it, so
+    # the graph is dropped and built again from its own definition, with the memory to build
+    # it in one pass. 100k rows, m 24, niced beside other work: UPDATE 2.4 s, rebuild 115 s
+    # (178 s at the default 64 MB, past which the build goes row by row); in place, 78 s.
     bind = op.get_bind()
-    graphs: list[tuple[str, str]] = []
+    graphs: list[tuple[str, str, int]] = []
     if bind.execute(sa.text("SELECT EXISTS (SELECT 1 FROM product_vectors)")).scalar():
         found = bind.execute(
             sa.text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'product_vectors' "
+                "SELECT indexname, indexdef, pg_relation_size(indexname::regclass) "
+                "FROM pg_indexes WHERE tablename = 'product_vectors' "
                 "AND indexdef ILIKE '%USING hnsw%'"
             )
         )
-        graphs = [(name, definition) for name, definition in found]
-    for name, _ in graphs:
+        graphs = [(name, definition, size) for name, definition, size in found]
+    for name, _, _ in graphs:
         op.execute(f'DROP INDEX "{name}"')
     op.execute(
         "UPDATE product_vectors v SET category = lower(p.category), price = p.price, "
         "in_stock = p.in_stock FROM products p WHERE p.id = v.product_id"
     )
-    for _, definition in graphs:
+    for _, definition, size in graphs:
+        memory = max(64, round(1.25 * size / 2**20))  # MB: the graph's size on disk, and some
+        op.execute(f"SET LOCAL maintenance_work_mem = '{memory}MB'")
         op.execute(definition)
     for statement in TRIGGERS:
         op.execute(statement)
