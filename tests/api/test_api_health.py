@@ -14,6 +14,7 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     checks = body["checks"]
     assert checks["store"]["ok"] and checks["store"]["products"] >= 238
     assert checks["encoder"]["ok"] and checks["index"]["ok"]
+    assert checks["encoder"]["runtime"] == "onnx"  # auto, a local model, ORT installed
     llm = checks["llm"]
     assert llm["state"] == "ready" and llm["backend"] == "transformers" and llm["model_id"]
 

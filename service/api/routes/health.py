@@ -59,7 +59,12 @@ def readyz(request: Request) -> JSONResponse:
     checks["store"] = _check(lambda: {"products": application.catalog.count_products()})
     enc = application.encoder_loaded
     checks["encoder"] = _check(
-        lambda: {"ok": enc is not None, "model_id": getattr(enc, "model_id", None)}
+        lambda: {
+            "ok": enc is not None,
+            "model_id": getattr(enc, "model_id", None),
+            # "onnx" or "torch": auto falls back to torch (slower) with only a log warning
+            "runtime": getattr(enc, "runtime", None),
+        }
     )
     checks["index"] = _check(
         lambda: {
