@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     # the products (HNSW, filters in SQL; needs a postgresql database_url and the extension).
     vector_index: Literal["memory", "pgvector"] = "memory"
     pgvector_ef_search: int = Field(default=400, ge=10, le=1000)  # eval/results/2026-11-30-scale.md
-    pgvector_exact_below: int = Field(default=10_000, ge=0)  # filters this narrow: exact search
+    # Filters keeping at most this many rows are searched exactly where the graph cannot
+    # serve them (an index-only scan, ~1 µs a row: eval/results/2026-11-30-scale-1m.md).
+    pgvector_exact_below: int = Field(default=50_000, ge=0)
     # pgvector >= 0.8: filtered graph walks go on until k rows pass (vector_index_pg.py)
     pgvector_iterative_scan: bool = False
     # How often (ms) a process looks for writes made by other processes; 0 = before every read.

@@ -74,7 +74,7 @@ class PgVectorIndex(VectorIndex):
         engine: Engine,
         dim: int,
         ef_search: int = 400,
-        exact_below: int = 10_000,
+        exact_below: int = 50_000,
         m: int = 16,
         ef_construction: int = 64,
         with_hnsw: bool = True,
