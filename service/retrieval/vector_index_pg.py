@@ -12,10 +12,11 @@ The filter columns (lower-cased category, price, in stock) are copied into `prod
 (migration 0005: triggers keep them in step with the products), so a search reads vector
 rows only. A btree on (category, price) INCLUDE (in_stock, product_id, embedding) holds each
 category's vectors side by side in its leaves: exact search over a category is an index-only
-scan, ~0.7 µs a row, where fetching each allowed row's vector by key through the products
-table cost 7–11 µs (110–240 ms for a 2 % category at 1M products). A btree entry holds at
-most ~2.7 kB, so past `COVERING_MAX_DIM` the index has no vectors and the rows are read
-from the table.
+scan, ~0.9 µs a row at 1M products (a 2 % category 21 ms p50), where fetching each allowed
+row's vector by key through the products table cost 7–11 µs (100–240 ms). The price: the
+index is as large as the table, and a price or stock change writes a new version of the
+vector row (an HNSW entry too). A btree entry holds at most ~2.7 kB, so past
+`COVERING_MAX_DIM` the index has no vectors and the rows are read from the table.
 
 Filtered search: an HNSW scan yields at most `hnsw.ef_search` candidates and the filter is
 applied after it, so a selective filter can leave fewer than k. Per query, the planner's
@@ -32,7 +33,7 @@ graph walk go on past ef_search until k rows pass the filter (`hnsw.iterative_sc
 relaxed_order`, the k rows re-sorted by exact distance), leaving exact search to filters
 keeping ≤ `exact_per_ef`·ef rows. It is opt-in because at 1M products, with category
 filters unrelated to the query, the walk found k allowed rows far from the query: recall
-0.47–0.52 for a 2 % filter, where the plan above ran dry and went exact (1.0, 110–220 ms);
+0.47–0.52 for a 2 % filter, where the plan above ran dry and went exact (recall 1.0);
 it pays where filters follow the query (a shopper inside the category they search).
 eval/results/2026-11-30-scale-1m.md.
 """
