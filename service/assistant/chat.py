@@ -58,7 +58,9 @@ from service.assistant.grounding import (
     answer_language_ok,
     check_details,
     check_prices,
+    complete_from_data,
     drop_cut_copies,
+    restore_titles,
     sentences,
 )
 from service.assistant.lc import (
@@ -354,7 +356,9 @@ class Assistant:
             for p in labels.products
             if (shown := description_shown(p)) != " ".join((p.description or "").split())
         ]
-        copies = drop_cut_copies(guard.text, labels, cut)
+        completed = complete_from_data(guard.text, labels)
+        titles = restore_titles(completed.answer, labels)
+        copies = drop_cut_copies(titles.answer, labels, cut)
         checked = check_prices(copies.answer, labels)
         details = check_details(
             checked.answer, labels, message, self.rs.settings.unsupported_claims
@@ -365,7 +369,7 @@ class Assistant:
             # the teapot's line had the wrong price, "it is more durable" stayed): the
             # templated answer from the data instead.
             answer = ""
-        steps = (guard, copies, checked, details)
+        steps = (guard, completed, titles, copies, checked, details)
         return Checked(
             answer=answer,
             removed=[r for step in steps for r in step.removed],

@@ -364,7 +364,7 @@ def check_prices(text: str, labels: Labels) -> Checked:
     kept: list[str] = []
     removed: list[str] = []
     flags: list[dict[str, Any]] = []
-    for sent in sentences(text):
+    for sent in _parts(text):
         own = [labels.by_label[labels.label_of[i]] for i in labels.cited(sent)]
         # The sentence's own citations, else the answer's, else every product shown.
         ref = own or cited_all or labels.products
@@ -392,6 +392,145 @@ def check_prices(text: str, labels: Labels) -> Checked:
 
 
 _FINISHED = re.compile(r"[.!?。！？…:：\]\)）\"'”」]\s*$")
+
+
+def _parts(text: str) -> list[str]:
+    """Sentences, and each line's end: a small model starts the next product's line without
+    a full stop ("… lemons.]\n\n[2] Ceramic Nonstick Frying Pan, 24 cm,")."""
+    return [p for s in sentences(text) for p in re.split(r"(?<=\n)", s) if p]
+
+
+def _squeezed(text: str) -> tuple[str, list[int]]:
+    """text's letters and digits, case-folded, and where each one is in text: the same
+    words match across spacing, punctuation and case."""
+    chars: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        if ch.isalnum():
+            chars.append(ch.casefold())
+            where.append(i)
+    return "".join(chars), where
+
+
+def _data_lines(p: Product) -> list[str]:
+    """What the turn prompt shows of a product, whole: its line and its description."""
+    price = f", {p.price:.2f} {p.currency}." if p.price is not None else "."
+    return [f"{p.title}{price}", " ".join((p.description or "").split())]
+
+
+# An unfinished end is completed from the data only when its last letters are the data's
+# (16 Latin letters or digits, 6 Chinese characters: a copy, not a common phrase) and the
+# data's sentence ends soon after (a completion is a clause, not a paragraph).
+TAIL_LATIN = 16
+TAIL_CJK = 6
+MAX_COMPLETION = 140
+_DATA_END = re.compile(r"[.!?](?=\s|$)|[。！？]")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_TRAILING_ELLIPSIS = re.compile(r"(?:…|\.\.\.)\s*$")
+# A bracket closing nothing after a full stop ("… garlic and lemons.]"): noise.
+_STRAY_BRACKET = re.compile(r"(?<=[.!?。！？])\](?!\S)")
+
+
+def _completion(body: str, products: Sequence[Product]) -> str | None:
+    """The rest of the data's sentence that `body` breaks off in, or None."""
+    squeezed, _ = _squeezed(LABEL.sub(" ", body))
+    n = TAIL_CJK if squeezed and _CJK.match(squeezed[-1]) else TAIL_LATIN
+    if len(squeezed) < n:
+        return None
+    tail = squeezed[-n:]
+    for p in products:
+        for line in _data_lines(p):
+            data, where = _squeezed(line)
+            at = data.find(tail)
+            if at < 0:
+                continue
+            end = where[at + n - 1] + 1
+            stop = _DATA_END.search(line, end)
+            rest = line[end : stop.end() if stop else len(line)]
+            if len(rest) <= MAX_COMPLETION and rest.strip(" ,;:，；："):
+                # "[2] Ceramic Nonstick Frying Pan, 24 cm," + ", 45.00 USD.": one comma
+                if body[-1] in ",;:，；：":
+                    rest = rest.lstrip(" ,;:，；：")
+                    return rest if body[-1] in "，；：" else " " + rest
+                return rest
+    return None
+
+
+def complete_from_data(text: str, labels: Labels) -> Checked:
+    """Finish a line's unfinished end with the rest of the data's sentence it copies.
+
+    A small model copies a description and stops mid-clause at the token limit or where the
+    prompt cut it ("… built for push-cutting vegetables", "[3] Prima Dual Boiler Espresso"):
+    served as it is the answer breaks off, and dropped it loses the reason the product fits.
+    Its last words are the data's, so the data's own words finish it; the completed
+    sentence is then checked like any other. A cut the data cannot finish is left to
+    drop_cut_copies and check_prices."""
+    out: list[str] = []
+    flags: list[dict[str, Any]] = []
+    for part in _parts(_STRAY_BRACKET.sub("", text)):
+        body = part.rstrip()
+        cut = _TRAILING_ELLIPSIS.search(body)  # a copied cut keeps the prompt's "…"
+        stem = body[: cut.start()].rstrip() if cut else body
+        if stem and (cut or not _FINISHED.search(stem)):
+            own = [labels.by_label[labels.label_of[i]] for i in labels.cited(stem)]
+            rest = _completion(stem, own or labels.products)
+            if rest is not None:
+                flags.append({"kind": "completed_from_data", "text": rest.strip()})
+                part = stem + rest + part[len(body) :]
+        out.append(part)
+    return Checked(answer="".join(out).strip(), flags=flags)
+
+
+# A product line as the prompt writes it: "[2] <title>, 68.00 USD"; the title is what lies
+# between the label and the price.
+_LEAD_LABEL = re.compile(r"^(?P<lead>\s*\[\s*(?P<n>\d{1,3})\s*\]\s*)")
+
+
+def _title_key(text: str) -> str:
+    return _squeezed(normalise_text(text))[0]
+
+
+def restore_titles(text: str, labels: Labels) -> Checked:
+    """A product line whose title the model mangled is given the data's title back.
+
+    - Half translated ("[1] White瓷功夫茶具套装 (one壶 six杯), 68.00 USD"): Latin glued to
+      Chinese that the data never writes, where the Chinese is the cited product's title's
+      own characters: the title as the data writes it.
+    - Under another product's label ("[1] Glass Teapot with stainless Infuser, 1.2 L,
+      32.00 USD" where [1] is the tea): the title and price of another shown product: its
+      label. Otherwise check_prices would drop the line for the wrong price.
+    Nothing else of the line changes; the line is checked as usual afterwards."""
+    out: list[str] = []
+    flags: list[dict[str, Any]] = []
+    for part in _parts(text):
+        m = _LEAD_LABEL.match(part)
+        p = labels.by_label.get(int(m.group("n"))) if m else None
+        price = PRICE.search(part, m.end()) if m else None
+        if m is None or p is None or price is None:
+            out.append(part)
+            continue
+        slot = part[m.end() : price.start()]
+        title = slot.rstrip(" ,，:：(（")
+        sep = slot[len(title) :]
+        amount = _amount(price.group(1) or price.group(2))
+        fixed: str | None = None
+        if mixed_script_words(title, [p]):
+            chinese = _CJK.findall(title)
+            share = sum(c in p.title for c in chinese) / len(chinese) if chinese else 0.0
+            if len(chinese) >= 2 and share >= 0.6 and _price_ok(amount, [p]):
+                fixed = m.group("lead") + p.title + sep + part[price.start() :]
+                flags.append({"kind": "title_restored", "text": title.strip(), "to": p.title})
+        elif not _price_ok(amount, [p]):
+            key = _title_key(title)
+            other = next(
+                (q for q in labels.products if q is not p and _title_key(q.title) == key), None
+            )
+            if other is not None and _price_ok(amount, [other]):
+                lead = m.group("lead").replace(m.group("n"), str(labels.label_of[other.id]), 1)
+                fixed = lead + part[m.end() :]
+                flags.append({"kind": "label_restored", "text": title.strip(), "to": other.id})
+        out.append(fixed if fixed is not None else part)
+    return Checked(answer="".join(out).strip(), flags=flags)
 
 
 def drop_cut_copies(text: str, labels: Labels, shown: Sequence[str]) -> Checked:

@@ -5,7 +5,12 @@ mid-clause. The prompt now lets the first sentence end whole, and a copied cut i
 from __future__ import annotations
 
 from service.assistant.chat import Assistant
-from service.assistant.grounding import Labels, drop_cut_copies
+from service.assistant.grounding import (
+    Labels,
+    check_prices,
+    complete_from_data,
+    drop_cut_copies,
+)
 from service.assistant.lc import DESCRIPTION_CHARS, description_shown, turn_messages
 from service.catalog.models import Product
 from service.recsmith import Recsmith
@@ -91,16 +96,62 @@ def test_finished_sentences_and_label_lines_stay() -> None:
     assert drop_cut_copies("[1] x. y z", labels, []).answer == "[1] x. y z"
 
 
-def test_a_turn_that_copies_the_cut_serves_the_finished_part(rs: Recsmith) -> None:
+def test_a_turn_that_copies_the_cut_serves_the_sentence_finished_from_the_data(
+    rs: Recsmith,
+) -> None:
     """Through the whole turn, with a demo product whose first sentence is too long to show
-    whole: the final answer keeps the label line and drops the broken-off clause."""
+    whole: the model copies the cut ("… with 50 Nm of") and the data's own words finish the
+    sentence, so the reason the drill fits is served rather than dropped."""
     drill = rs.store.get_products(["too-0001"])["too-0001"]
     shown = description_shown(drill)
     assert shown.endswith("with 50 Nm of")
-    answer = f"[1] {drill.title}, {drill.price:.2f} {drill.currency}. {shown}"
-    llm = ScriptedLLM(rs.settings, answer)  # type: ignore[arg-type]
+    line = f"[1] {drill.title}, {drill.price:.2f} {drill.currency}."
+    llm = ScriptedLLM(rs.settings, f"{line} {shown}")  # type: ignore[arg-type]
     tokens, final = run_turn(Assistant(rs, llm, top_n=1).stream("cordless drill driver kit"))
+    first = drill.description[: drill.description.index(". ") + 1]
+    assert first.startswith(shown) and len(first) > len(shown)
     assert final["cited"] == ["too-0001"]
-    assert final["answer"] == f"[1] {drill.title}, {drill.price:.2f} {drill.currency}."
-    assert "cut_copy" in [f["kind"] for f in final["flags"]]
+    assert final["answer"] == f"{line} {first}"
+    assert [f["kind"] for f in final["flags"]] == ["completed_from_data"]
     assert not final["degraded"]
+
+
+def test_a_cut_the_data_cannot_finish_is_still_dropped() -> None:
+    """The data's sentence runs on too long to be a completion (the Dutch oven's single
+    sentence): the broken-off clause is removed as before; so is a cut whose last words
+    are not the data's."""
+    labels = Labels([LONG])
+    cut = description_shown(LONG)
+    line = "[1] Enamelled Dutch Oven, 5.2 L, 120.00 USD."
+    done = complete_from_data(f"{line} {cut}", labels)
+    assert done.answer == f"{line} {cut}" and not done.flags
+    assert drop_cut_copies(done.answer, labels, [cut]).answer == line
+    own = complete_from_data(f"{line} It is a pot you will love for", labels)
+    assert not own.flags
+
+
+def test_a_copy_that_stops_mid_line_is_finished_and_a_stray_bracket_dropped() -> None:
+    """The small model's answer to "有便宜点的吗？" after the knife (seen in bench_chat):
+    a description copied whole but closed with "]", then the next product's line broken
+    off at the token limit. Before, both were one unfinished "sentence" and both were
+    dropped; now the first is kept and the second finished from the product's line."""
+    boards = Product(
+        id="kit-0010", title="Bamboo Cutting Boards, Set of 3", price=29.0, currency="USD",
+        description="Three nesting boards for different jobs. Hand-wash only.",
+    )  # fmt: skip
+    labels = Labels([boards, SKILLET])
+    served = (
+        "[1] Bamboo Cutting Boards, Set of 3, 29.00 USD. Three nesting boards for different "
+        "jobs.]\n\n[2] Pre-Seasoned Cast Iron Skillet, 26"
+    )
+    done = complete_from_data(served, labels)
+    assert done.answer == (
+        "[1] Bamboo Cutting Boards, Set of 3, 29.00 USD. Three nesting boards for different "
+        "jobs.\n\n[2] Pre-Seasoned Cast Iron Skillet, 26 cm, 39.95 USD."
+    )
+    assert check_prices(done.answer, labels).answer == done.answer
+    # Unfinished and not finishable: only the broken line goes, the one before it stays.
+    kept = check_prices(served.replace("Skillet, 26", "pan that is"), labels)
+    assert kept.answer.endswith("different jobs.]") and kept.removed == [
+        "[2] Pre-Seasoned Cast Iron pan that is"
+    ]
