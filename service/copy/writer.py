@@ -7,8 +7,10 @@ shown to the model, which would copy it) up to `settings.copy_max_retries` times
 still fails it is stored and returned flagged with its failed checks, or refused
 (`copy_on_fail=refuse`: stored as rejected, returned with text None). A text that copies
 the prompt or an instruction (echo, injection) or loops (repetition) is always refused: it
-is never served. A headline whose every attempt failed gets the templated headline from
-the set's categories (`copy_headline_fallback.<lang>`) when that passes every check.
+is never served. A headline whose every attempt failed gets a headline built from data
+alone (`copy_headline_fallback.<lang>`: the shopper's latest interest, shortened to fit,
+and what the set shares, else the set's shared tag or categories) when it passes every
+check.
 
 The prompt: the fixed system rules, one worked example (an invented product, the same
 request form, a restrained answer: `copy_example.<lang>`), then the real product's data and
@@ -23,6 +25,7 @@ products alike); the retries of a pass share one call too.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from service.assistant.glossary import ZH_CATEGORY
+from service.assistant.glossary import ZH_CATEGORY, ZH_EN
 from service.catalog.models import Product
 from service.catalog.store import CatalogStore, NotFound
 from service.config import Settings, get_settings
@@ -113,6 +116,63 @@ def theme_categories(products: Sequence[Product]) -> list[str]:
     names: what a headline that only lists categories copies."""
     cats = distinct_interests([p.category for p in products if p.category])
     return cats + [ZH_CATEGORY[c.lower()] for c in cats if c.lower() in ZH_CATEGORY]
+
+
+# A title's specs: a parenthesis or what follows a comma ("Santoku Knife, 17 cm").
+_TITLE_SPECS = (re.compile(r"\s*[(（].*$"), re.compile(r"\s*[,，;；].*$"))
+# Where a title still too long for a fallback headline is cut next, in order: a space
+# before a Chinese title's spec ("传统手工铁锅 34厘米"), then " with ...".
+_TITLE_CUTS = (
+    re.compile(r"(?<=[\u3400-\u9fff])\s+\S.*$"),
+    re.compile(r"\s+with\s+.*$", re.IGNORECASE),
+)
+
+
+_TITLE_TRIM = " ,，;；:：-–—"
+# An English shop tag in Chinese: the glossary's word whose English is exactly the tag
+# (its first such entry: "kettle" -> "烧水壶").
+_EN_ZH_TERM = {en: zh for zh, en in reversed(list(ZH_EN.items()))}
+
+
+def short_titles(title: str) -> list[str]:
+    """A title as a headline names it, then shorter forms, longest first, each cut where
+    a reader would stop and never mid-word. The first form drops the specs (a
+    parenthesis, what follows a comma): "Santoku Knife, 17 cm" -> ["Santoku Knife"];
+    "白瓷功夫茶具套装（一壶六杯）" -> ["白瓷功夫茶具套装"]; "LED Desk Lamp with USB Charging
+    Port, 12 W" -> ["LED Desk Lamp with USB Charging Port", "LED Desk Lamp"]."""
+    text = " ".join(title.split())
+    for spec in _TITLE_SPECS:
+        head = spec.sub("", text).strip(_TITLE_TRIM)
+        if _key(head):
+            text = head
+    forms = [text]
+    for cut in _TITLE_CUTS:
+        shorter = cut.sub("", forms[-1]).strip(_TITLE_TRIM)
+        if _key(shorter):
+            forms.append(shorter)
+    return list(dict.fromkeys(forms))
+
+
+def shared_tag(products: Sequence[Product], language: str) -> str | None:
+    """A tag every item of the set carries (two items or more), in the headline's
+    language: Chinese tags as they are, English ones through the glossary; None when
+    the set shares none ("tea" is more specific than "Coffee & Tea")."""
+    if len(products) < 2:
+        return None
+    common = set.intersection(*({t.strip().lower() for t in p.tags or []} for p in products))
+    for tag in products[0].tags or []:  # the first item's order: its own most telling tag
+        t = tag.strip().lower()
+        if t not in common or not t:
+            continue
+        cjk = cjk_ratio(t) > 0.5
+        if language == "zh":
+            if cjk:
+                return t
+            if t in _EN_ZH_TERM:
+                return _EN_ZH_TERM[t]
+        elif not cjk:
+            return t
+    return None
 
 
 @dataclass
@@ -455,6 +515,8 @@ class CopyWriter:
             f"copy_{task}.{language}",
             f"copy_retry.{language}",
         ]
+        if task == "headline":  # what a headline serves when every attempt fails
+            names.append(f"copy_headline_fallback.{language}")
         versions = {n: self.prompts.version(n) for n in names}
         combined = hashlib.sha256(canonical_json(versions).encode()).hexdigest()[:12]
         return f"copy_{task}.{language}", combined, versions
@@ -553,6 +615,11 @@ class CopyWriter:
             "variants": req.variants,
             "interests": interests,
         }
+        # The interests are the user's own history (products they viewed), not ones the
+        # request gave: the fallback headline says "viewed" only then (part of the key).
+        viewed = bool(req.user_id) and not req.interests and bool(interests)
+        if viewed:
+            params["viewed"] = True
         if language == "zh":
             params["max_chars"] = req.max_chars or spec.max_chars
         else:
@@ -570,6 +637,7 @@ class CopyWriter:
             "categories": distinct_interests([p.category for p in products if p.category]),
             "max_words": prompt_limit(params.get("max_words")),
             "max_chars": prompt_limit(params.get("max_chars")),
+            "viewed": viewed,
         }
         return self._drafts(
             task, products, language, params, gen, facts, variables, req.variants,
@@ -714,26 +782,54 @@ class CopyWriter:
                 self._headline_fallback(d)
 
     def _headline_fallback(self, d: Draft) -> None:
-        """Every attempt failed ("Kitchen, Cooking, Cooking"): the templated headline from
-        the set's categories, served only if it passes every check itself."""
+        """Every attempt failed ("Kitchen, Cooking, Cooking"): a headline built from the
+        data alone (`copy_headline_fallback.<lang>`), served only if it passes every check
+        itself. The first of `_fallback_lines` that passes: the shopper's most recent
+        interest (shortened at a boundary until it fits) with what the set shares, the
+        interest alone, an older interest, then the set's shared tag or categories."""
+        for text, cited in self._fallback_lines(d):
+            text = clean_output(text, single_line=True)
+            # The interest the line cites is its reason ("Because you viewed the Santoku
+            # Knife"), not a copied title: the theme check skips it, and still rejects a
+            # line that copies an item's title or only lists categories.
+            titles = [t for t in d.titles if cited is None or _key(t) != _key(cited)]
+            checks = run_checks(
+                text, d.facts, language=d.language, limits=d.limits,
+                banned=self.settings.banned_claims, topic=False,
+                claims=self.settings.unsupported_claims, titles=titles,
+                categories=d.categories,
+            )  # fmt: skip
+            if all(c.ok for c in checks):
+                d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})
+                d.text, d.raw, d.checks, d.fallback = text, text, checks, True
+                return
+
+    def _fallback_lines(self, d: Draft) -> list[tuple[str, str | None]]:
+        """The fallback headline's candidates, best first: (text, the interest it cites).
+        Only data goes in: interest titles, the set's shared tag, its categories (in
+        Chinese for a Chinese headline)."""
         cats = d.variables.get("categories") or []
         if d.language == "zh":
             cats = [ZH_CATEGORY.get(c.lower(), c) for c in cats]
-        if not cats:
-            return
-        text = clean_output(
-            self.prompts.render(f"copy_headline_fallback.{d.language}", categories=cats).text,
-            single_line=True,
-        )
-        checks = run_checks(
-            text, d.facts, language=d.language, limits=d.limits,
-            banned=self.settings.banned_claims, topic=False,
-            claims=self.settings.unsupported_claims, titles=d.titles,
-            categories=d.categories,
-        )  # fmt: skip
-        if all(c.ok for c in checks):
-            d.history.append({"text": d.text, "failed": [c.name for c in d.failed]})
-            d.text, d.raw, d.checks, d.fallback = text, text, checks, True
+        tag = shared_tag(d.products, d.language)
+        label = tag or (cats[0] if len(cats) == 1 else None)
+        name = f"copy_headline_fallback.{d.language}"
+
+        def line(interest: str | None, label: str | None) -> str:
+            return self.prompts.render(
+                name, interest=interest, viewed=bool(d.variables.get("viewed")),
+                label=label, tag=tag, categories=cats,
+            ).text  # fmt: skip
+
+        out: list[tuple[str, str | None]] = []
+        for interest in (d.variables.get("interests") or [])[:INTEREST_ITEMS]:
+            forms = short_titles(interest)
+            if label:
+                out += [(line(f, label), interest) for f in forms]
+            out += [(line(f, None), interest) for f in forms]
+        if tag or cats:
+            out.append((line(None, None), None))
+        return out
 
     def _retry_text(self, d: Draft) -> str:
         """Every stricter rule a retry could add (all checks failed): for the echo check."""
