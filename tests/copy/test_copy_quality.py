@@ -376,8 +376,8 @@ def test_a_repeating_headline_is_caught_and_the_fallback_is_served(
 ) -> None:
     """u-alice's headline ended "Kitchen, Cooking, Cooking" after 3 attempts and was served
     flagged. The interests reach the prompt once each, the repetition check flags the loop,
-    and when every attempt fails the templated headline from the set's categories is
-    served (it passes every check itself)."""
+    and when every attempt fails the templated headline is served: the shopper's latest
+    interest and what the set shares, from data only (it passes every check itself)."""
     loop = "Kitchen, Cooking, Cooking"
     llm = FakeLLM(replies=(loop, loop, loop))
     w = _writer(settings, quiet_catalog, llm)
@@ -394,7 +394,7 @@ def test_a_repeating_headline_is_caught_and_the_fallback_is_served(
     assert "Their categories: <<<Kitchen>>>" in prompt or "Their categories: Kitchen" in prompt
     h = res.headline
     assert h.attempts == 3 and h.passed, h.checks
-    assert h.text == "More for your kitchen" and h.meta.get("fallback")
+    assert h.text == "For your interest in Cooking: kitchen picks" and h.meta.get("fallback")
     assert h.meta["failed_attempts"][-1]["text"] == loop
     assert "repetition" in h.meta["failed_attempts"][-1]["failed"]
 
