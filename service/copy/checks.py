@@ -376,7 +376,10 @@ class Facts:
 # -- the checks -----------------------------------------------------------------------
 
 
-def check_numbers(text: str, facts: Facts) -> CheckResult:
+def check_numbers(text: str, facts: Facts, *, relations: bool = False) -> CheckResult:
+    """Every number (with its unit) is in the data. relations: also Chinese counts and
+    "每 X" relations (`check_relations`), reported under this check's name so a retry
+    asks for the data's numbers."""
     bad: list[str] = []
     for num, unit in extract_quantities(text):
         seen = facts.units_of.get(num)
@@ -385,7 +388,154 @@ def check_numbers(text: str, facts: Facts) -> CheckResult:
         elif unit and unit not in seen and ("" not in seen or unit in _MAGNITUDES):
             bad.append(f"{num} {unit} (the data says {num} {'/'.join(sorted(seen))})")
     bad = list(dict.fromkeys(bad))
-    return CheckResult.judge("numbers", bad, "numbers or sizes not in the product data: ")
+    result = CheckResult.judge("numbers", bad, "numbers or sizes not in the product data: ")
+    related = check_relations(text, facts) if relations else CheckResult("relations", True)
+    if related.ok:
+        return result
+    detail = "; ".join(d for d in (result.detail, related.detail) if d)
+    return CheckResult("numbers", False, detail, result.found + related.found)
+
+
+# -- relations between numbers (Chinese) ----------------------------------------------
+# A small model restates the data's counts in wrong relations ("每壶八杯，每杯品茗六只" for
+# "一壶六杯"); Chinese numerals also escape check_numbers, which reads digits only. Units
+# of measure stay check_numbers' business; here only counting classifiers, and "每 X".
+_ZH_NUMERALS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5,
+                "六": 6, "七": 7, "八": 8, "九": 9}  # fmt: skip
+_ZH_POWERS = {"十": 10, "百": 100, "千": 1000}
+# Classifiers (and container nouns used as classifiers) that count a product's things.
+# Left out for precision: 口 (三口之家, 一口), 块 (99块 = yuan), 部 (一部分), 面, 头, 次.
+COUNT_CLASSIFIERS = (
+    "件只个杯壶套片张双把台盒包袋瓶罐箱人位份条根支枚颗粒副对组层档种款色盏顶本册卷株盆碗盘锅串束"
+)
+# Interchangeable classifiers: the generic ones for single objects ("茶壶一只" == "一把茶壶",
+# "品茗杯六只" == "六个品茗杯"), people, sets, kinds. Container classifiers (杯 壶 盒 …) name
+# the thing counted, so "八杯" needs 8 cups in the data.
+_SAME_CLASSIFIER = [set("个只件枚把台张条支根颗盏顶本株"), set("人位"), set("套组"), set("种款")]
+# English attribute keys that count in a classifier ("cups: 6" grounds "六杯").
+_KEY_CLASSIFIERS = {
+    "piece": "件", "pieces": "件", "pcs": "件", "items": "件", "count": "件", "cups": "杯",
+    "servings": "人", "people": "人", "persons": "人", "programs": "种", "modes": "种",
+    "levels": "档", "brightness_levels": "档", "packs": "包", "bottles": "瓶", "sets": "套",
+}  # fmt: skip
+_ZH_NUM = r"[零〇一二两三四五六七八九十百千]+"
+_NUM_TOKEN = rf"\d+(?![\d.])|{_ZH_NUM}"
+# A count: a number (or a range "2-6") and its classifier; not an ordinal (第三件), not the
+# tail of a longer number ("第十二件", "2.5件").
+_COUNT_RE = re.compile(
+    rf"(?<![第\d.零〇一二两三四五六七八九十百千])(?P<num>{_NUM_TOKEN})"
+    rf"(?:\s*[-~～至到]\s*(?P<num2>{_NUM_TOKEN}))?\s?(?P<cl>[{COUNT_CLASSIFIERS}])"
+)
+# What may follow a number in "每 X … number": a classifier or a unit ("每件含150毫升").
+_ZH_UNITS = sorted((s for s in _UNIT_OF if _CJK_RE.search(s)), key=len, reverse=True)
+_MEASURE = "|".join([*map(re.escape, _ZH_UNITS), f"[{COUNT_CLASSIFIERS}]", "[次倍遍]"])
+_EVERY_RE = re.compile(rf"每(?:一)?(?P<x>\d+(?:\.\d+)?\s?(?:{_MEASURE})|[\u4e00-\u9fff])")
+_EVERY_NOT = set("当每逢况")  # 每当 (whenever), 每每 (often), 每逢, 每况愈下: no "per"
+_EVERY_GAP = 6  # characters between "每 X" and the number it relates X to
+_NUMBER_AFTER = re.compile(rf"(?P<num>\d+(?:\.\d+)?|{_ZH_NUM})\s?(?P<measure>{_MEASURE})?")
+_STOP = set("，。；！？、,;!?：:\n")
+
+
+def zh_number(raw: str) -> int | None:
+    """'8' → 8, '八' → 8, '十二' → 12, '两百' → 200; None for what is no single number
+    ('七八' = seven or eight, '一一' = one by one)."""
+    s = unicodedata.normalize("NFKC", raw)
+    if s.isdigit():
+        return int(s)
+    total, digit = 0, None
+    for i, ch in enumerate(s):
+        if ch in _ZH_NUMERALS:
+            if digit is not None or (ch == "两" and i and s[i - 1] not in _ZH_POWERS):
+                return None
+            # "一百零五": 零 holds an empty place
+            digit = None if ch in "零〇" and 0 < i < len(s) - 1 else _ZH_NUMERALS[ch]
+        elif ch in _ZH_POWERS:
+            if digit == 0:
+                return None
+            total += (1 if digit is None else digit) * _ZH_POWERS[ch]
+            digit = None
+        else:
+            return None
+    return total + (digit or 0)
+
+
+def _same_classifiers(cl: str) -> set[str]:
+    return next((g for g in _SAME_CLASSIFIER if cl in g), {cl})
+
+
+def _counts(text: str) -> list[tuple[int, str, str, bool]]:
+    """(number, classifier, phrase, checked) for every count in text. A lone "一" is not
+    checked: it is usually the article ("泡一杯好茶", "一套八件"), and one of a thing is
+    rarely the error; a relation with it is ("每人一杯", see invented_relations)."""
+    out: list[tuple[int, str, str, bool]] = []
+    for m in _COUNT_RE.finditer(unicodedata.normalize("NFKC", text)):
+        nums = [zh_number(m.group("num")), zh_number(m.group("num2") or "0")]
+        if None in nums:
+            continue
+        lone = m.group("num") == "一" and not m.group("num2")
+        nums = nums if m.group("num2") else nums[:1]
+        out += [(n, m.group("cl"), m.group().strip(), not lone) for n in nums if n is not None]
+    return out
+
+
+@lru_cache(maxsize=256)
+def data_counts(data_text: str) -> frozenset[tuple[int, str]]:
+    """The (number, classifier) pairs the data states, in any form: "共8件", "一壶六杯",
+    "品茗杯六只", "适合2-6人", and English count keys ("cups: 6")."""
+    pairs = {(n, cl) for n, cl, _, _ in _counts(data_text)}
+    # A range holds the numbers in it: "适合2-6人" grounds "三到五人".
+    for m in _COUNT_RE.finditer(unicodedata.normalize("NFKC", data_text)):
+        lo, hi = zh_number(m.group("num")), zh_number(m.group("num2") or "")
+        if lo is not None and hi is not None and 0 < hi - lo <= 20:
+            pairs |= {(n, m.group("cl")) for n in range(lo, hi + 1)}
+    for m in re.finditer(r"^\s*([a-z_ ]+):\s*(\d+)(?:\s*-\s*(\d+))?\s*$", data_text, _M | _I):
+        cl = _KEY_CLASSIFIERS.get(m.group(1).strip().lower())
+        if cl:
+            pairs |= {(int(g), cl) for g in m.groups()[1:] if g}
+    return frozenset(pairs)
+
+
+def invented_relations(text: str, facts: Facts) -> list[str]:
+    """Chinese phrases that relate numbers as the data does not (see check_relations)."""
+    if not _CJK_RE.search(text):
+        return []
+    norm = unicodedata.normalize("NFKC", text)
+    data = normalise_text(facts.text)
+    found: list[str] = []
+    for m in _EVERY_RE.finditer(norm):
+        x = m.group("x")
+        if x in _EVERY_NOT or f"每{x.lower()}" in data or f"每一{x.lower()}" in data:
+            continue
+        rest = norm[m.end() : m.end() + _EVERY_GAP + 8]
+        cut = next((i for i, c in enumerate(rest) if c in _STOP), len(rest))
+        for n in _NUMBER_AFTER.finditer(rest[:cut]):
+            if n.start() > _EVERY_GAP:
+                break
+            lone = n.group("num") == "一"
+            if not n.group("num").isdigit():  # "十分" is "very": a numeral needs a measure
+                if zh_number(n.group("num")) is None or not n.group("measure"):
+                    continue
+                # "每人一杯" is a relation, "每一口都是一种享受" is not.
+                if lone and (n.start() > 0 or n.group("measure") not in COUNT_CLASSIFIERS):
+                    continue
+            found.append(norm[m.start() : m.end() + n.end()].strip())
+            break
+    held = data_counts(facts.text)
+    for n, cl, phrase, certain in _counts(norm):
+        if certain and not any((n, c) in held for c in _same_classifiers(cl)):
+            found.append(phrase)
+    return list(dict.fromkeys(found))
+
+
+def check_relations(text: str, facts: Facts) -> CheckResult:
+    """Chinese counts stated as the data states them: a "每 X" ("每壶", "每件", "每人") with a
+    number after it only where the data itself says "每 X", and a number with a counting
+    classifier ("八杯", "6只", "两个") only as a pair the data holds (digits and Chinese
+    numerals alike; 个/只/件/枚 and 人/位 interchangeable). Data "一壶六杯，共8件" passes
+    "共八件、一壶六杯"; "每壶八杯" fails twice (每壶, 八杯). English text is not checked."""
+    found = invented_relations(text, facts)
+    why = "counts or relations between numbers not in the product data: "
+    return CheckResult.judge("relations", found, why)
 
 
 def _is_title_case(words: list[tuple[str, bool]]) -> bool:
@@ -1068,7 +1218,7 @@ def run_checks(
     """Every check, in the order a retry prompt lists them. `claims`: praise allowed only
     where the data says it; `prompt_grams` (echo_grams of the prompt): what an echo copies."""
     results = [
-        check_numbers(text, facts),
+        check_numbers(text, facts, relations=True),
         check_names(text, facts),
         check_banned(text, banned),
         check_claims(text, facts, claims),
