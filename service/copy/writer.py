@@ -356,11 +356,10 @@ class CopyWriter:
             topic=spec.topic_check and bool(products),
             keywords=row.params.get("keywords", []),
             claims=self.settings.unsupported_claims,
-            titles=(
-                [p.title for p in products] + list(row.params.get("interests", []))
-                if row.task == "headline"
-                else ()
-            ),
+            # The items' titles only: a person's headline may name the shopper's interest
+            # as its reason ("Because you viewed the Santoku Knife", as the fallback does);
+            # copying an item's own title is still caught.
+            titles=[p.title for p in products] if row.task == "headline" else (),
             categories=theme_categories(products) if row.task == "headline" else (),
         )
         return {c.name: c.as_dict() for c in checks}

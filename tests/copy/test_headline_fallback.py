@@ -148,3 +148,17 @@ def test_no_demo_title_is_cut_inside_a_word() -> None:
             assert title.startswith(form), (title, form)
             rest = title[len(form) :]
             assert not rest or re.match(r"[\s,，;；(（]", rest), (title, form)
+
+
+def test_a_person_can_approve_the_fallback_headline_as_served(failing: CopyWriter) -> None:
+    """Approving with the text (a studio sends what it shows) re-checks it: naming the
+    shopper's interest is the line's reason, not a copied title; an item's own title as the
+    whole headline is still refused."""
+    h = failing.headline(
+        HeadlineRequest(product_ids=ALICE_SET, user_id="u-alice", regenerate=True)
+    ).headline
+    assert h.text == "Because you viewed the Damascus Chef's Knife"
+    assert all(c["ok"] for c in failing.recheck(h.id, h.text).values())
+    assert failing.approve(h.id, h.text).status == "approved"
+    item = failing.catalog.get_products(["kit-0007"])["kit-0007"].title
+    assert not failing.recheck(h.id, item)["theme"]["ok"]
