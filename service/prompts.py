@@ -33,7 +33,10 @@ def as_data(value: Any, max_chars: int = 2000) -> str:
     return f"{DATA_OPEN}{text}{DATA_CLOSE}"
 
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|[。！？]")
+# Where a sentence stops: . ! ? before a space or the end ("1.4 kg" is no stop), or a
+# Chinese full stop. clip, the chat prompt's description budget and the chat's completion
+# from the data all cut there.
+SENTENCE_STOP = re.compile(r"[.!?](?=\s|$)|[。！？]")
 _ITEM_SEP = (", ", "; ", "，", "、", "；")
 _DANGLING = ",;:、，；： "
 
@@ -48,7 +51,7 @@ def clip(value: Any, max_chars: int) -> str:
         return text
     head = text[:max_chars]
     floor = max_chars * 0.4  # a cut that keeps less than this is worse than a word cut
-    ends = [m.end() for m in _SENTENCE_END.finditer(head + " ")]
+    ends = [m.end() for m in SENTENCE_STOP.finditer(head + " ")]
     if ends and ends[-1] >= floor:
         return head[: ends[-1]].strip()
     item = max(head.rfind(sep) for sep in _ITEM_SEP)

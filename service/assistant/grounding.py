@@ -51,6 +51,7 @@ from service.copy.checks import (
     normalise_text,
     repeated_injection,
 )
+from service.prompts import SENTENCE_STOP
 
 _LABEL = r"\s*\[\s*(?P<nums>\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]"
 _ID = (
@@ -424,7 +425,6 @@ def _data_lines(p: Product) -> list[str]:
 TAIL_LATIN = 16
 TAIL_CJK = 6
 MAX_COMPLETION = 140
-_DATA_END = re.compile(r"[.!?](?=\s|$)|[。！？]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _TRAILING_ELLIPSIS = re.compile(r"(?:…|\.\.\.)\s*$")
 # A bracket closing nothing after a full stop ("… garlic and lemons.]"): noise.
@@ -445,7 +445,7 @@ def _completion(body: str, products: Sequence[Product]) -> str | None:
             if at < 0:
                 continue
             end = where[at + n - 1] + 1
-            stop = _DATA_END.search(line, end)
+            stop = SENTENCE_STOP.search(line, end)
             rest = line[end : stop.end() if stop else len(line)]
             if len(rest) <= MAX_COMPLETION and rest.strip(" ,;:，；："):
                 # "[2] Ceramic Nonstick Frying Pan, 24 cm," + ", 45.00 USD.": one comma

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,7 +40,7 @@ from pydantic import ConfigDict, Field
 from service.catalog.models import Product
 from service.copy.checks import cjk_ratio
 from service.llm.base import LLM, GenParams, Message
-from service.prompts import clip, render
+from service.prompts import SENTENCE_STOP, clip, render
 from service.retrieval.filters import Filters
 from service.retrieval.retriever import RetrievalRequest
 
@@ -202,13 +201,12 @@ def question_language(text: str) -> str:
 # How far the budget stretches so the first sentence ends whole: a description cut
 # mid-clause ("…arrives seasoned with") was copied into the answer as it stood.
 STRETCH = 1.6
-_FIRST_END = re.compile(r"[.!?](?=\s|$)|[。！？]")
 
 
 def _description_chars(p: Product) -> int:
     text = " ".join((p.description or "").split())
     base = DESCRIPTION_CHARS_CJK if cjk_ratio(text) > 0.3 else DESCRIPTION_CHARS
-    first = _FIRST_END.search(text)
+    first = SENTENCE_STOP.search(text)
     if len(text) > base and first is not None and base < first.end() <= base * STRETCH:
         return first.end()
     return base
